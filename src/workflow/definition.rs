@@ -1,0 +1,272 @@
+//! What a workflow definition is: the [`Workflow`] trait, the [`Outcome`] of a step, and the
+//! [`Effect`]s a step hands to the outbox. Also the type-erased form the engine stores in its
+//! registry, keyed by (name, definition version).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::codec::{self, CodecError};
+use super::context::{RunInput, StepCtx};
+use super::record::{EventKind, Timestamp, short};
+
+/// A durable workflow definition. The engine persists `State` after every step; `Signal`s reach
+/// the instance through its inbox. An instance is pinned to the `VERSION` it started with: to
+/// change a definition incompatibly, register the new version beside the old one (same `NAME`),
+/// and old instances keep running on the old code.
+pub trait Workflow: Send + Sync + 'static {
+    /// Stable name stored with every instance.
+    const NAME: &'static str;
+    /// Definition version new instances of this type are pinned to.
+    const VERSION: u32;
+    type State: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Signals must stay decodable by every registered version of the same `NAME`.
+    type Signal: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Runs one step from the last committed `state`. The returned outcome (new state, history
+    /// note, effects, consumed signals) is committed atomically before anything else happens.
+    fn step(
+        &self,
+        ctx: &mut StepCtx<Self::Signal>,
+        state: Self::State,
+    ) -> impl Future<Output = StepResult<Self::State>> + Send;
+
+    /// Runs once when the instance is cancelled, before it ends `cancelled`; the returned
+    /// report is recorded in its history. Stop whatever the workflow started outside here.
+    fn cleanup(
+        &self,
+        ctx: &mut StepCtx<Self::Signal>,
+        state: &Self::State,
+        reason: &str,
+    ) -> impl Future<Output = String> + Send {
+        let _ = (ctx, state, reason);
+        async { "nothing to clean up".to_string() }
+    }
+}
+
+/// The result of a step: an outcome, or an error after which the step is retried from the last
+/// committed state with backoff.
+pub type StepResult<S> = Result<Outcome<S>, StepError>;
+
+/// A step that could not finish. The engine records it and retries the step later.
+#[derive(Debug)]
+pub struct StepError(pub String);
+
+impl<E: std::error::Error> From<E> for StepError {
+    fn from(e: E) -> Self {
+        StepError(e.to_string())
+    }
+}
+
+impl StepError {
+    pub fn msg(m: impl Into<String>) -> Self {
+        StepError(m.into())
+    }
+}
+
+/// Where the instance goes after a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Run the next step at once.
+    Continue,
+    /// Park until a signal arrives or, if given, the absolute deadline passes.
+    Wait { deadline: Option<Timestamp> },
+    /// Park for a delay, then run again.
+    RetryAfter(Duration),
+    Complete,
+    Fail(String),
+}
+
+/// A step's outcome: where to go, the new state, and what to commit with it.
+#[derive(Debug)]
+pub struct Outcome<S> {
+    pub next: Next,
+    pub state: S,
+    pub effects: Vec<Effect>,
+    pub note: Option<String>,
+}
+
+impl<S> Outcome<S> {
+    fn new(next: Next, state: S) -> Self {
+        Outcome {
+            next,
+            state,
+            effects: Vec::new(),
+            note: None,
+        }
+    }
+    pub fn next(state: S) -> Self {
+        Self::new(Next::Continue, state)
+    }
+    pub fn wait(state: S) -> Self {
+        Self::new(Next::Wait { deadline: None }, state)
+    }
+    pub fn wait_until(state: S, deadline: Timestamp) -> Self {
+        Self::new(
+            Next::Wait {
+                deadline: Some(deadline),
+            },
+            state,
+        )
+    }
+    pub fn retry_after(state: S, delay: Duration) -> Self {
+        Self::new(Next::RetryAfter(delay), state)
+    }
+    pub fn complete(state: S) -> Self {
+        Self::new(Next::Complete, state)
+    }
+    pub fn fail(state: S, reason: impl Into<String>) -> Self {
+        Self::new(Next::Fail(reason.into()), state)
+    }
+    /// Adds an effect, committed with this transition and delivered by the outbox.
+    pub fn effect(mut self, effect: Effect) -> Self {
+        self.effects.push(effect);
+        self
+    }
+    /// Adds a short note to the step's history event.
+    pub fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = Some(short(note));
+        self
+    }
+}
+
+/// An effect on the outside world, handed to the handler registered for `kind`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    pub kind: String,
+    pub payload: Vec<u8>,
+}
+
+impl Effect {
+    pub fn new<T: Serialize>(kind: impl Into<String>, payload: &T) -> Result<Effect, CodecError> {
+        Ok(Effect {
+            kind: kind.into(),
+            payload: codec::encode_value(payload)?,
+        })
+    }
+}
+
+/// What a step run asks the writer to commit.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub kind: PlanKind,
+    /// New encoded state; `None` keeps the committed one.
+    pub state: Option<Vec<u8>>,
+    pub events: Vec<EventKind>,
+    pub consumed: Vec<u64>,
+    pub discarded: Vec<(u64, String)>,
+    pub effects: Vec<Effect>,
+    /// The instance's `next_signal` when the step loaded its inbox: a later signal wakes a Wait.
+    pub seen_next_signal: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum PlanKind {
+    Continue,
+    Wait(Option<Timestamp>),
+    Sleep(Timestamp),
+    Complete,
+    Fail(String),
+    Cancelled,
+    Error { error: String, retry_at: Timestamp },
+}
+
+impl PlanKind {
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            PlanKind::Continue => "continue",
+            PlanKind::Wait(_) => "wait",
+            PlanKind::Sleep(_) => "retry",
+            PlanKind::Complete => "complete",
+            PlanKind::Fail(_) => "fail",
+            PlanKind::Cancelled => "cancelled",
+            PlanKind::Error { .. } => "error",
+        }
+    }
+}
+
+/// A registered definition with its types erased, as the engine's registry holds it.
+pub(crate) trait Definition: Send + Sync {
+    fn run(&self, input: RunInput) -> BoxFuture<'_, Plan>;
+}
+
+pub(crate) struct Typed<W>(pub W);
+
+impl<W: Workflow> Definition for Typed<W> {
+    fn run(&self, input: RunInput) -> BoxFuture<'_, Plan> {
+        Box::pin(async move {
+            let error_backoff = input.error_backoff;
+            let now = input.now;
+            let (mut ctx, discarded) = StepCtx::<W::Signal>::from_input(&input);
+            let fail_plan = |error: String, discarded: Vec<(u64, String)>| Plan {
+                kind: PlanKind::Error {
+                    retry_at: now.after(error_backoff),
+                    error: short(error),
+                },
+                state: None,
+                events: Vec::new(),
+                consumed: Vec::new(),
+                discarded,
+                effects: Vec::new(),
+                seen_next_signal: input.next_signal,
+            };
+            let state: W::State = match codec::decode_value("workflow state", &input.state) {
+                Ok(s) => s,
+                Err(e) => return fail_plan(e.to_string(), discarded),
+            };
+            if let Some(reason) = input.cancel.as_deref() {
+                let report = AssertUnwindSafe(self.0.cleanup(&mut ctx, &state, reason))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| "cleanup panicked".to_string());
+                return Plan {
+                    kind: PlanKind::Cancelled,
+                    state: None,
+                    events: vec![EventKind::CleanedUp {
+                        report: short(report),
+                    }],
+                    consumed: Vec::new(),
+                    discarded,
+                    effects: Vec::new(),
+                    seen_next_signal: input.next_signal,
+                };
+            }
+            let result = AssertUnwindSafe(self.0.step(&mut ctx, state))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(StepError::msg("step panicked")));
+            let outcome = match result {
+                Ok(o) => o,
+                Err(StepError(e)) => return fail_plan(e, discarded),
+            };
+            let encoded = match codec::encode_value(&outcome.state) {
+                Ok(b) => b,
+                Err(e) => return fail_plan(e.to_string(), discarded),
+            };
+            let kind = match outcome.next {
+                Next::Continue => PlanKind::Continue,
+                Next::Wait { deadline } => PlanKind::Wait(deadline),
+                Next::RetryAfter(d) => PlanKind::Sleep(now.after(d)),
+                Next::Complete => PlanKind::Complete,
+                Next::Fail(r) => PlanKind::Fail(short(r)),
+            };
+            Plan {
+                events: vec![EventKind::Step {
+                    step: input.step,
+                    outcome: kind.label().to_string(),
+                    note: outcome.note,
+                }],
+                kind,
+                state: Some(encoded),
+                consumed: ctx.taken(),
+                discarded,
+                effects: outcome.effects,
+                seen_next_signal: input.next_signal,
+            }
+        })
+    }
+}

@@ -1,0 +1,630 @@
+//! The engine: registry of definitions and effect handlers, recovery on open, the scheduler
+//! that runs runnable instances (one task per *runnable* instance, none per parked one), and the
+//! public API (start, signal, cancel, queries, shutdown).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::InstanceId;
+use super::codec;
+use super::context::RunInput;
+use super::definition::{Definition, Typed, Workflow};
+use super::error::{EngineError, StoreError};
+use super::outbox::{Backoff, EffectHandler, Outbox};
+use super::record::{Event, InstanceRecord, Status, Timestamp};
+use super::store::Store;
+use super::timers::{self, TimerWake};
+use super::writer::{Notices, Op, Reply, Writer};
+
+/// Tunables of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Steps running at once, across all instances.
+    pub max_active_steps: usize,
+    /// Effect deliveries in flight at once.
+    pub effect_concurrency: usize,
+    pub effect_backoff: Backoff,
+    /// Delay before re-running a step that returned an error (doubles per consecutive error).
+    pub step_error_backoff: Backoff,
+    /// History events kept per instance; older ones are dropped.
+    pub history_cap: u64,
+    /// How long shutdown waits for running steps before leaving them to recovery.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_active_steps: 1024,
+            effect_concurrency: 64,
+            effect_backoff: Backoff {
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(60),
+            },
+            step_error_backoff: Backoff {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(300),
+            },
+            history_cap: 4096,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What recovery found when the engine opened.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoveryReport {
+    pub instances: u64,
+    pub runnable: u64,
+    pub parked: u64,
+    pub terminal: u64,
+    pub pending_effects: u64,
+    pub elapsed_ms: u64,
+}
+
+/// A status change of an instance, published after its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub id: InstanceId,
+    pub status: Status,
+}
+
+/// Summary of one instance, for queries.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceInfo {
+    pub id: InstanceId,
+    pub workflow: String,
+    pub def_version: u32,
+    pub status: Status,
+    pub step: u64,
+    pub wake_at: Option<Timestamp>,
+    pub pending_signals: u32,
+    pub cancel_requested: Option<String>,
+    pub created: Timestamp,
+    pub updated: Timestamp,
+}
+
+/// Acknowledgement of a committed (or deduplicated) signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalAck {
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+/// Result of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelAck {
+    /// Recorded now; the instance will run its cleanup and end cancelled.
+    Requested,
+    /// Was already requested.
+    AlreadyRequested,
+    /// The instance had already ended.
+    AlreadyEnded(Status),
+}
+
+/// Registers definitions and handlers, then opens the store and recovers.
+pub struct EngineBuilder {
+    path: PathBuf,
+    config: EngineConfig,
+    defs: HashMap<(String, u32), Arc<dyn Definition>>,
+    handlers: HashMap<String, Arc<dyn EffectHandler>>,
+}
+
+impl EngineBuilder {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        EngineBuilder {
+            path: path.into(),
+            config: EngineConfig::default(),
+            defs: HashMap::new(),
+            handlers: HashMap::new(),
+        }
+    }
+
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Registers a definition version. Register every version that may still have instances.
+    pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
+        self.defs.insert(
+            (W::NAME.to_string(), W::VERSION),
+            Arc::new(Typed(workflow)),
+        );
+        self
+    }
+
+    /// Registers the handler for effects of `kind`.
+    pub fn handler(mut self, kind: impl Into<String>, handler: impl EffectHandler) -> Self {
+        self.handlers.insert(kind.into(), Arc::new(handler));
+        self
+    }
+
+    /// Opens (or creates) the store, checks every instance record, and schedules every
+    /// unfinished instance that is runnable; parked ones wait for their signal or timer.
+    pub async fn open(self) -> Result<Engine, EngineError> {
+        let started = Instant::now();
+        let path = self.path.clone();
+        let (store, report, runnable, effects) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&path)?;
+            let mut report = RecoveryReport::default();
+            let mut runnable = Vec::new();
+            store.scan_instances(|id, rec| {
+                report.instances += 1;
+                match rec.status {
+                    Status::Runnable => {
+                        report.runnable += 1;
+                        runnable.push(id);
+                    }
+                    s if s.is_terminal() => report.terminal += 1,
+                    _ => report.parked += 1,
+                }
+            })?;
+            let effects: Vec<(u64, Timestamp)> = store
+                .pending_effects()?
+                .into_iter()
+                .map(|(id, r)| (id, r.next_attempt))
+                .collect();
+            report.pending_effects = effects.len() as u64;
+            Ok::<_, EngineError>((store, report, runnable, effects))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("recovery task failed: {e}")))??;
+
+        let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Notices>();
+        let (writer, writer_thread) =
+            Writer::spawn(store.clone(), self.config.history_cap, move |n| {
+                let _ = notice_tx.send(n);
+            })
+            .map_err(|e| EngineError::Internal(format!("cannot start writer thread: {e}")))?;
+        let (changes, _) = broadcast::channel(4096);
+        let (effect_tx, effect_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            writer: writer.clone(),
+            defs: self.defs,
+            active: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(self.config.max_active_steps.max(1))),
+            stop: CancellationToken::new(),
+            background_stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            background: TaskTracker::new(),
+            timer_wake: Arc::new(TimerWake::default()),
+            effects: effect_tx.clone(),
+            changes,
+            config: self.config.clone(),
+            writer_thread: Mutex::new(Some(writer_thread)),
+            closed: AtomicBool::new(false),
+        });
+        let outbox = Arc::new(Outbox {
+            store: store.clone(),
+            writer: writer.clone(),
+            handlers: self.handlers,
+            backoff: self.config.effect_backoff,
+            concurrency: self.config.effect_concurrency.max(1),
+        });
+        inner.background.spawn(outbox.run(
+            effects,
+            effect_rx,
+            effect_tx,
+            inner.background_stop.clone(),
+        ));
+        inner.background.spawn(timers::run(
+            store,
+            writer,
+            inner.timer_wake.clone(),
+            inner.background_stop.clone(),
+        ));
+        inner
+            .background
+            .spawn(notice_loop(Arc::downgrade(&inner), notice_rx));
+        for id in runnable {
+            inner.schedule(id);
+        }
+        let mut report = report;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(?report, "engine recovered");
+        Ok(Engine { inner, report })
+    }
+}
+
+/// A running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    report: RecoveryReport,
+}
+
+struct Active {
+    cancel: CancellationToken,
+    rerun: bool,
+}
+
+struct Inner {
+    store: Store,
+    writer: Writer,
+    defs: HashMap<(String, u32), Arc<dyn Definition>>,
+    active: Mutex<HashMap<InstanceId, Active>>,
+    permits: Arc<Semaphore>,
+    /// Stops scheduling steps.
+    stop: CancellationToken,
+    /// Stops timers, outbox and notices (after the steps).
+    background_stop: CancellationToken,
+    tasks: TaskTracker,
+    background: TaskTracker,
+    timer_wake: Arc<TimerWake>,
+    effects: mpsc::UnboundedSender<(u64, Timestamp)>,
+    changes: broadcast::Sender<Change>,
+    config: EngineConfig,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+}
+
+async fn notice_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Notices>) {
+    while let Some(n) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { return };
+        for id in n.cancelled {
+            inner.trip_cancel(id);
+        }
+        for id in n.runnable {
+            inner.schedule(id);
+        }
+        if let Some(at) = n.earliest_timer {
+            inner.timer_wake.timer_set(at);
+        }
+        for e in n.effects {
+            let _ = inner.effects.send(e);
+        }
+        for (id, status) in n.changed {
+            let _ = inner.changes.send(Change { id, status });
+        }
+    }
+}
+
+impl Inner {
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Active>> {
+        // A panic while holding this lock can only come from HashMap itself; keep going with
+        // the data as it is (it holds no invariant a half-done operation could break).
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn trip_cancel(&self, id: InstanceId) {
+        if let Some(a) = self.lock_active().get(&id) {
+            a.cancel.cancel();
+        }
+    }
+
+    /// Makes sure a task runs `id` (at most one task per instance).
+    fn schedule(self: &Arc<Self>, id: InstanceId) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        {
+            let mut active = self.lock_active();
+            if let Some(a) = active.get_mut(&id) {
+                a.rerun = true;
+                return;
+            }
+            active.insert(
+                id,
+                Active {
+                    cancel: CancellationToken::new(),
+                    rerun: false,
+                },
+            );
+        }
+        let this = self.clone();
+        self.tasks.spawn(async move { this.drive(id).await });
+    }
+
+    /// Runs `id` while it stays runnable, then releases it.
+    async fn drive(self: Arc<Self>, id: InstanceId) {
+        let Ok(_permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        loop {
+            self.run_while_runnable(id).await;
+            let mut active = self.lock_active();
+            match active.get_mut(&id) {
+                Some(a) if a.rerun && !self.stop.is_cancelled() => a.rerun = false,
+                _ => {
+                    active.remove(&id);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn run_while_runnable(&self, id: InstanceId) {
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let rec = match self.store.instance(id) {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::error!(instance = id, error = %e, "cannot load instance");
+                    return;
+                }
+            };
+            if rec.status != Status::Runnable {
+                return;
+            }
+            let Some(def) = self.defs.get(&(rec.workflow.clone(), rec.def_version)) else {
+                tracing::error!(
+                    instance = id,
+                    error = %EngineError::UnknownDefinition { name: rec.workflow.clone(), version: rec.def_version },
+                    "instance left as it is until a daemon with its definition runs it"
+                );
+                return;
+            };
+            let inbox = if rec.pending_signals > 0 {
+                match self.store.inbox(id) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::error!(instance = id, error = %e, "cannot load inbox");
+                        return;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let cancel_token = match self.lock_active().get(&id) {
+                Some(a) => a.cancel.clone(),
+                None => CancellationToken::new(),
+            };
+            let input = RunInput {
+                id,
+                step: rec.step,
+                wake: rec.wake,
+                errors: rec.errors,
+                now: Timestamp::now(),
+                next_signal: rec.next_signal,
+                cancel: rec.cancel.clone(),
+                state: rec.state,
+                inbox,
+                cancel_token,
+                shutdown: self.stop.clone(),
+                writer: self.writer.clone(),
+                error_backoff: self.config.step_error_backoff.delay(rec.errors),
+            };
+            let plan = def.run(input).await;
+            if self.stop.is_cancelled() && self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let op = Op::Transition {
+                id,
+                expected_step: rec.step,
+                plan,
+            };
+            match self.writer.submit(op).await {
+                Ok(Reply::Transitioned {
+                    status: Status::Runnable,
+                }) => continue,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(instance = id, error = %e, "transition not committed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    pub fn builder(path: impl Into<PathBuf>) -> EngineBuilder {
+        EngineBuilder::new(path)
+    }
+
+    /// What recovery found when this engine opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.report
+    }
+
+    /// Starts an instance of `W` pinned to `W::VERSION`. With an idempotency key, a repeated
+    /// start returns the instance the first one created.
+    pub async fn start<W: Workflow>(
+        &self,
+        state: &W::State,
+        key: Option<&str>,
+    ) -> Result<InstanceId, EngineError> {
+        if !self
+            .inner
+            .defs
+            .contains_key(&(W::NAME.to_string(), W::VERSION))
+        {
+            return Err(EngineError::UnknownDefinition {
+                name: W::NAME.into(),
+                version: W::VERSION,
+            });
+        }
+        let op = Op::Start {
+            workflow: W::NAME.to_string(),
+            version: W::VERSION,
+            state: codec::encode_value(state)?,
+            key: key.map(str::to_string),
+        };
+        match self.inner.writer.submit(op).await? {
+            Reply::Started { id } => Ok(id),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Commits `signal` to the inbox of `id` and returns after the commit. A repeated
+    /// `idempotency_key` for the same instance is a no-op that still succeeds.
+    pub async fn signal<W: Workflow>(
+        &self,
+        id: InstanceId,
+        signal: &W::Signal,
+        idempotency_key: &str,
+    ) -> Result<SignalAck, EngineError> {
+        let op = Op::Signal {
+            id,
+            workflow: Some(W::NAME.to_string()),
+            key: idempotency_key.to_string(),
+            payload: codec::encode_value(signal)?,
+        };
+        match self.inner.writer.submit(op).await? {
+            Reply::Signalled { seq, duplicate } => Ok(SignalAck { seq, duplicate }),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Requests cancellation: committed, then the running step's token is tripped (or the parked
+    /// instance woken) and the definition's cleanup runs before the instance ends cancelled.
+    pub async fn cancel(&self, id: InstanceId, reason: &str) -> Result<CancelAck, EngineError> {
+        let op = Op::Cancel {
+            id,
+            reason: reason.to_string(),
+        };
+        match self.inner.writer.submit(op).await? {
+            Reply::CancelRequested { already: false } => Ok(CancelAck::Requested),
+            Reply::CancelRequested { already: true } => Ok(CancelAck::AlreadyRequested),
+            Reply::CancelTooLate { status } => Ok(CancelAck::AlreadyEnded(status)),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    pub fn info(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
+        let rec = self.record(id)?;
+        Ok(InstanceInfo {
+            id,
+            workflow: rec.workflow,
+            def_version: rec.def_version,
+            status: rec.status,
+            step: rec.step,
+            wake_at: rec.wake_at,
+            pending_signals: rec.pending_signals,
+            cancel_requested: rec.cancel,
+            created: rec.created,
+            updated: rec.updated,
+        })
+    }
+
+    /// The committed state of `id`, decoded as `W::State`.
+    pub fn state<W: Workflow>(&self, id: InstanceId) -> Result<W::State, EngineError> {
+        let rec = self.record(id)?;
+        if rec.workflow != W::NAME {
+            return Err(EngineError::WrongWorkflow {
+                id,
+                expected: W::NAME.into(),
+                actual: rec.workflow,
+            });
+        }
+        Ok(codec::decode_value("workflow state", &rec.state)?)
+    }
+
+    /// The history of `id`, oldest first, with sequence numbers.
+    pub fn history(&self, id: InstanceId) -> Result<Vec<(u64, Event)>, EngineError> {
+        self.record(id)?;
+        self.inner.store.history(id)
+    }
+
+    /// Every instance, in id order.
+    pub fn list(&self) -> Result<Vec<InstanceInfo>, EngineError> {
+        let mut out = Vec::new();
+        self.inner.store.scan_instances(|id, rec| {
+            out.push(InstanceInfo {
+                id,
+                workflow: rec.workflow,
+                def_version: rec.def_version,
+                status: rec.status,
+                step: rec.step,
+                wake_at: rec.wake_at,
+                pending_signals: rec.pending_signals,
+                cancel_requested: rec.cancel,
+                created: rec.created,
+                updated: rec.updated,
+            })
+        })?;
+        Ok(out)
+    }
+
+    fn record(&self, id: InstanceId) -> Result<InstanceRecord, EngineError> {
+        self.inner
+            .store
+            .instance(id)?
+            .ok_or(EngineError::UnknownInstance(id))
+    }
+
+    /// Status changes as they commit.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Waits until `id` reaches a terminal status (or `timeout` passes) and returns it.
+    pub async fn wait_terminal(
+        &self,
+        id: InstanceId,
+        timeout: Duration,
+    ) -> Result<Status, EngineError> {
+        let mut rx = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.info(id)?.status;
+            if status.is_terminal() {
+                return Ok(status);
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Err(_) => return Ok(self.info(id)?.status),
+                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(EngineError::ShuttingDown);
+                }
+            }
+        }
+    }
+
+    /// Transactions committed by the writer since open (each is one fsync).
+    pub fn commits(&self) -> u64 {
+        self.inner.writer.stats.commits.load(Ordering::Relaxed)
+    }
+
+    /// Requests the writer applied since open.
+    pub fn committed_ops(&self) -> u64 {
+        self.inner.writer.stats.ops.load(Ordering::Relaxed)
+    }
+
+    /// Stops taking work: no new step starts; running steps get `shutdown_grace` to finish and
+    /// commit (the others are left to recovery); then the writer commits what is queued and
+    /// stops. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), EngineError> {
+        let inner = &self.inner;
+        inner.stop.cancel();
+        inner.tasks.close();
+        if tokio::time::timeout(inner.config.shutdown_grace, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("steps still running at shutdown; they resume after restart");
+        }
+        inner.closed.store(true, Ordering::Release);
+        inner.background_stop.cancel();
+        inner.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), inner.background.wait()).await;
+        let _ = inner.writer.submit(Op::Stop).await;
+        let thread = inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .map_err(|e| EngineError::Internal(e.to_string()))?
+                .map_err(|_| EngineError::Store(StoreError::WriterPanicked))?;
+        }
+        Ok(())
+    }
+}
+

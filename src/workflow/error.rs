@@ -1,0 +1,93 @@
+//! Typed errors of the durable engine: storage, encoding, and the engine's own refusals.
+
+use super::codec::CodecError;
+use super::record::Status;
+use super::InstanceId;
+
+/// Everything the engine can refuse or fail with. Storage errors fail a whole commit batch;
+/// every other variant fails only the request that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    #[error("record encoding error: {0}")]
+    Codec(#[from] CodecError),
+    #[error("{what} cannot be read: {source}")]
+    Corrupt {
+        what: String,
+        #[source]
+        source: CodecError,
+    },
+    #[error("unknown workflow instance {0}")]
+    UnknownInstance(InstanceId),
+    #[error("instance {id} runs workflow `{actual}`, not `{expected}`")]
+    WrongWorkflow {
+        id: InstanceId,
+        expected: String,
+        actual: String,
+    },
+    #[error("instance {id} has already ended ({status:?})")]
+    Finished { id: InstanceId, status: Status },
+    #[error("no workflow definition `{name}` version {version} is registered")]
+    UnknownDefinition { name: String, version: u32 },
+    #[error("instance {id} was advanced concurrently (expected step {expected}, found {found})")]
+    Conflict {
+        id: InstanceId,
+        expected: u64,
+        found: u64,
+    },
+    #[error("intent `{name}` of instance {id} does not exist")]
+    UnknownIntent { id: InstanceId, name: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+/// A failure of the underlying redb file or of the writer thread.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("store {path} was written by a newer agent-fleet (store format {found}, this build reads up to {supported})")]
+    UnsupportedFormat {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("store writer panicked")]
+    WriterPanicked,
+}
+
+macro_rules! redb_into_store {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self { StoreError::Redb(e.into()) }
+        }
+        impl From<$t> for EngineError {
+            fn from(e: $t) -> Self { EngineError::Store(StoreError::Redb(e.into())) }
+        }
+    )*};
+}
+redb_into_store!(
+    redb::StorageError,
+    redb::TableError,
+    redb::TransactionError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl EngineError {
+    /// True when the error concerns the whole store (the batch failed), not one request.
+    pub fn is_storage(&self) -> bool {
+        matches!(self, EngineError::Store(_))
+    }
+}

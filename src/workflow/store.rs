@@ -1,0 +1,197 @@
+//! The redb file: table layout, opening (with format checks), and every read-side query.
+//!
+//! Writes happen only in [`super::writer`], in one transaction per batch. Reads open their own
+//! read transaction and never block the writer.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::codec::decode;
+use super::error::{EngineError, StoreError};
+use super::record::{EffectRecord, Event, InstanceRecord, SignalRecord, Timestamp};
+use super::InstanceId;
+
+/// Engine bookkeeping: store format and id counters.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Instance id → [`InstanceRecord`].
+pub(crate) const INSTANCES: TableDefinition<u64, &[u8]> = TableDefinition::new("instances");
+/// (instance, seq) → [`Event`]; append-only per instance.
+pub(crate) const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
+/// (instance, seq) → [`SignalRecord`] not yet consumed.
+pub(crate) const INBOX: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("inbox");
+/// (due ms, instance) → (); ordered by absolute due time.
+pub(crate) const TIMERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("timers");
+/// Effect id → [`EffectRecord`].
+pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+/// Effect ids not yet delivered nor abandoned.
+pub(crate) const OUTBOX_PENDING: TableDefinition<u64, ()> = TableDefinition::new("outbox_pending");
+/// Scoped idempotency key → the id or sequence number it produced.
+pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// (instance, intent name) → [`IntentRecord`].
+pub(crate) const INTENTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("intents");
+
+/// Store file format written by this build (the table layout above).
+pub const STORE_FORMAT: u64 = 1;
+pub(crate) const META_FORMAT: &str = "format";
+pub(crate) const META_NEXT_INSTANCE: &str = "next_instance";
+pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
+
+/// Shared handle on the open redb database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens `path`, creating the file and its tables if needed. Refuses files written by a newer
+    /// store format, and reports a damaged file as an error, never a panic.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display().to_string();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: shown.clone(),
+                source: redb::DatabaseError::Storage(redb::StorageError::Io(e)),
+            })?;
+        }
+        // redb reports most damage as an error, but a few malformed pages trip assertions inside
+        // it; a damaged file must still be an error here, not an abort of the daemon.
+        let opened = std::panic::catch_unwind(|| Database::create(path)).unwrap_or_else(|_| {
+            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+                "redb could not read the file (it panicked while opening it)".into(),
+            )))
+        });
+        let db = opened.map_err(|source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let format = meta.get(META_FORMAT)?.map(|g| g.value());
+            match format {
+                None => {
+                    meta.insert(META_FORMAT, STORE_FORMAT)?;
+                }
+                Some(found) if found > STORE_FORMAT => {
+                    return Err(StoreError::UnsupportedFormat {
+                        path: shown,
+                        found: u32::try_from(found).unwrap_or(u32::MAX),
+                        supported: STORE_FORMAT as u32,
+                    });
+                }
+                Some(_) => {}
+            }
+            txn.open_table(INSTANCES)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(INBOX)?;
+            txn.open_table(TIMERS)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(OUTBOX_PENDING)?;
+            txn.open_table(IDEMPOTENCY)?;
+            txn.open_table(INTENTS)?;
+        }
+        txn.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    pub fn instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INSTANCES)?;
+        let guard = table.get(id)?;
+        Ok(match guard {
+            Some(g) => Some(decode(g.value())?),
+            None => None,
+        })
+    }
+
+    /// The unconsumed signals of `id`, oldest first.
+    pub fn inbox(&self, id: InstanceId) -> Result<Vec<(u64, SignalRecord)>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INBOX)?;
+        let mut out = Vec::new();
+        for row in table.range((id, 0)..=(id, u64::MAX))? {
+            let (k, v) = row?;
+            out.push((k.value().1, decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The recorded history of `id`, in order (the oldest events may have been compacted away).
+    pub fn history(&self, id: InstanceId) -> Result<Vec<(u64, Event)>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HISTORY)?;
+        let mut out = Vec::new();
+        for row in table.range((id, 0)..=(id, u64::MAX))? {
+            let (k, v) = row?;
+            out.push((k.value().1, decode(v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn effect(&self, effect: u64) -> Result<Option<EffectRecord>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTBOX)?;
+        let guard = table.get(effect)?;
+        Ok(match guard {
+            Some(g) => Some(decode(g.value())?),
+            None => None,
+        })
+    }
+
+    /// Every effect still waiting for delivery.
+    pub fn pending_effects(&self) -> Result<Vec<(u64, EffectRecord)>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let pending = txn.open_table(OUTBOX_PENDING)?;
+        let outbox = txn.open_table(OUTBOX)?;
+        let mut out = Vec::new();
+        for row in pending.iter()? {
+            let (k, _) = row?;
+            let id = k.value();
+            if let Some(v) = outbox.get(id)? {
+                out.push((id, decode(v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Timers due at or before `now`, oldest first, at most `limit`; and the next later due time.
+    pub fn due_timers(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<(Timestamp, InstanceId)>, Option<Timestamp>), EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TIMERS)?;
+        let mut due = Vec::new();
+        for row in table.range((0, 0)..)? {
+            let (k, _) = row?;
+            let (at, id) = k.value();
+            if at > now.0 || due.len() >= limit {
+                return Ok((due, Some(Timestamp(at))));
+            }
+            due.push((Timestamp(at), id));
+        }
+        Ok((due, None))
+    }
+
+    /// Calls `f` with every instance record, in id order. Stops at the first undecodable record.
+    pub fn scan_instances(
+        &self,
+        mut f: impl FnMut(InstanceId, InstanceRecord),
+    ) -> Result<(), EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INSTANCES)?;
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let id = k.value();
+            let rec: InstanceRecord = decode(v.value()).map_err(|source| EngineError::Corrupt {
+                what: format!("instance {id}"),
+                source,
+            })?;
+            f(id, rec);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,851 @@
+//! Group commit: the one thread that writes to redb.
+//!
+//! Callers submit [`Op`]s over a channel and await a reply. The writer takes everything queued
+//! (up to a batch limit), applies it in one `Durability::Immediate` transaction, commits once,
+//! then publishes the [`Notices`] of the batch (instances made runnable, timers, effects) and
+//! answers each caller. Each op checks everything it can refuse before it writes, so a refused
+//! op fails only its own caller; a storage failure fails the whole batch, and then no caller is
+//! told its request committed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use redb::{Durability, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::InstanceId;
+use super::codec::{decode, encode};
+use super::definition::{Effect, Plan, PlanKind};
+use super::error::{EngineError, StoreError};
+use super::record::{
+    EffectRecord, EffectStatus, Event, EventKind, InstanceRecord, IntentRecord, SignalRecord,
+    Status, Timestamp, Wake,
+};
+use super::store::{
+    HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, META, META_NEXT_EFFECT, META_NEXT_INSTANCE,
+    OUTBOX, OUTBOX_PENDING, Store, TIMERS,
+};
+
+/// Most ops applied in one transaction.
+const MAX_BATCH: usize = 8192;
+
+/// One request to the writer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Start {
+        workflow: String,
+        version: u32,
+        state: Vec<u8>,
+        key: Option<String>,
+    },
+    Signal {
+        id: InstanceId,
+        workflow: Option<String>,
+        key: String,
+        payload: Vec<u8>,
+    },
+    Transition {
+        id: InstanceId,
+        expected_step: u64,
+        plan: Plan,
+    },
+    Cancel {
+        id: InstanceId,
+        reason: String,
+    },
+    IntentBegin {
+        id: InstanceId,
+        name: String,
+        payload: Vec<u8>,
+    },
+    IntentResolve {
+        id: InstanceId,
+        name: String,
+        result: Vec<u8>,
+    },
+    FireTimers(Vec<(Timestamp, InstanceId)>),
+    EffectAttempt {
+        effect: u64,
+        outcome: EffectOutcome,
+    },
+    /// Drain what is queued before it, commit, and stop the thread.
+    Stop,
+}
+
+/// The result of one delivery attempt of an effect.
+#[derive(Debug, Clone)]
+pub(crate) enum EffectOutcome {
+    Delivered,
+    Retry { error: String, next: Timestamp },
+    Abandon { error: String },
+}
+
+/// The writer's answer, sent only after the op's transaction committed.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Started { id: InstanceId },
+    Signalled { seq: u64, duplicate: bool },
+    Transitioned { status: Status },
+    CancelRequested { already: bool },
+    CancelTooLate { status: Status },
+    IntentFresh,
+    IntentUnresolved(Vec<u8>),
+    IntentResolved(Vec<u8>),
+    Done,
+}
+
+impl Reply {
+    pub(crate) fn unexpected(&self) -> EngineError {
+        EngineError::Internal(format!("unexpected writer reply {self:?}"))
+    }
+}
+
+/// What a committed batch changed that the rest of the engine must react to.
+#[derive(Debug, Default)]
+pub(crate) struct Notices {
+    pub runnable: Vec<InstanceId>,
+    pub cancelled: Vec<InstanceId>,
+    pub earliest_timer: Option<Timestamp>,
+    pub effects: Vec<(u64, Timestamp)>,
+    pub changed: Vec<(InstanceId, Status)>,
+}
+
+impl Notices {
+    fn merge(&mut self, other: Notices) {
+        self.runnable.extend(other.runnable);
+        self.cancelled.extend(other.cancelled);
+        self.effects.extend(other.effects);
+        self.changed.extend(other.changed);
+        self.earliest_timer = match (self.earliest_timer, other.earliest_timer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.runnable.is_empty()
+            && self.cancelled.is_empty()
+            && self.effects.is_empty()
+            && self.changed.is_empty()
+            && self.earliest_timer.is_none()
+    }
+}
+
+/// Counters of the writer, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: AtomicU64,
+    pub ops: AtomicU64,
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, EngineError>>,
+}
+
+/// Handle for submitting ops to the writer thread.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::UnboundedSender<Request>,
+    pub stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    /// Starts the writer thread. `notify` is called after each commit with what it changed.
+    pub(crate) fn spawn(
+        store: Store,
+        history_cap: u64,
+        notify: impl Fn(Notices) + Send + 'static,
+    ) -> Result<(Writer, JoinHandle<()>), std::io::Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(WriterStats::default());
+        let thread_stats = stats.clone();
+        let handle = std::thread::Builder::new()
+            .name("fleet-writer".into())
+            .spawn(move || run(store, rx, thread_stats, history_cap, notify))?;
+        Ok((Writer { tx, stats }, handle))
+    }
+
+    /// Submits `op` and waits until it is committed (or refused).
+    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, EngineError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { op, reply })
+            .map_err(|_| EngineError::Store(StoreError::WriterGone))?;
+        rx.await
+            .map_err(|_| EngineError::Store(StoreError::WriterGone))?
+    }
+}
+
+fn run(
+    store: Store,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    stats: Arc<WriterStats>,
+    history_cap: u64,
+    notify: impl Fn(Notices),
+) {
+    let mut batch: Vec<Request> = Vec::new();
+    let mut stopping = false;
+    while !stopping {
+        match rx.blocking_recv() {
+            Some(r) => batch.push(r),
+            None => break,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Some(pos) = batch.iter().position(|r| matches!(r.op, Op::Stop)) {
+            stopping = true;
+            // Everything queued after the stop is refused below (dropped senders → WriterGone).
+            let rest = batch.split_off(pos);
+            drop(rest);
+        }
+        let ops = batch.len() as u64;
+        match apply_batch(&store, &mut batch, history_cap) {
+            Ok(results) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.ops.fetch_add(ops, Ordering::Relaxed);
+                let mut notices = Notices::default();
+                let mut replies = Vec::with_capacity(results.len());
+                for (req, (result, n)) in batch.drain(..).zip(results) {
+                    if result.is_ok() {
+                        notices.merge(n);
+                    }
+                    replies.push((req.reply, result));
+                }
+                if !notices.is_empty() {
+                    notify(notices);
+                }
+                for (reply, result) in replies {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ops, "store commit failed; batch refused");
+                let msg = e.to_string();
+                for req in batch.drain(..) {
+                    let _ = req
+                        .reply
+                        .send(Err(EngineError::Internal(format!("commit failed: {msg}"))));
+                }
+            }
+        }
+    }
+    // Refuse anything still queued.
+    rx.close();
+}
+
+type OpResult = (Result<Reply, EngineError>, Notices);
+
+fn apply_batch(
+    store: &Store,
+    batch: &mut [Request],
+    history_cap: u64,
+) -> Result<Vec<OpResult>, EngineError> {
+    let mut txn: WriteTransaction = store.db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut t = Tables::open(&txn, history_cap)?;
+        let now = Timestamp::now();
+        for req in batch.iter_mut() {
+            let op = std::mem::replace(&mut req.op, Op::Stop);
+            let mut notices = Notices::default();
+            let result = t.apply(op, now, &mut notices);
+            match result {
+                Err(e) if e.is_storage() => return Err(e),
+                r => results.push((r, notices)),
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+/// The tables of one write transaction, and the op logic on them.
+struct Tables<'txn> {
+    meta: Table<'txn, &'static str, u64>,
+    instances: Table<'txn, u64, &'static [u8]>,
+    history: Table<'txn, (u64, u64), &'static [u8]>,
+    inbox: Table<'txn, (u64, u64), &'static [u8]>,
+    timers: Table<'txn, (u64, u64), ()>,
+    outbox: Table<'txn, u64, &'static [u8]>,
+    pending: Table<'txn, u64, ()>,
+    idem: Table<'txn, &'static str, u64>,
+    intents: Table<'txn, (u64, &'static str), &'static [u8]>,
+    history_cap: u64,
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction, history_cap: u64) -> Result<Self, EngineError> {
+        Ok(Tables {
+            meta: txn.open_table(META)?,
+            instances: txn.open_table(INSTANCES)?,
+            history: txn.open_table(HISTORY)?,
+            inbox: txn.open_table(INBOX)?,
+            timers: txn.open_table(TIMERS)?,
+            outbox: txn.open_table(OUTBOX)?,
+            pending: txn.open_table(OUTBOX_PENDING)?,
+            idem: txn.open_table(IDEMPOTENCY)?,
+            intents: txn.open_table(INTENTS)?,
+            history_cap,
+        })
+    }
+
+    fn apply(&mut self, op: Op, now: Timestamp, n: &mut Notices) -> Result<Reply, EngineError> {
+        match op {
+            Op::Start {
+                workflow,
+                version,
+                state,
+                key,
+            } => self.start(workflow, version, state, key, now, n),
+            Op::Signal {
+                id,
+                workflow,
+                key,
+                payload,
+            } => self.signal(id, workflow, key, payload, now, n),
+            Op::Transition {
+                id,
+                expected_step,
+                plan,
+            } => self.transition(id, expected_step, plan, now, n),
+            Op::Cancel { id, reason } => self.cancel(id, reason, now, n),
+            Op::IntentBegin { id, name, payload } => self.intent_begin(id, name, payload, now),
+            Op::IntentResolve { id, name, result } => self.intent_resolve(id, name, result, now),
+            Op::FireTimers(due) => self.fire_timers(due, now, n),
+            Op::EffectAttempt { effect, outcome } => self.effect_attempt(effect, outcome, now),
+            Op::Stop => Ok(Reply::Done),
+        }
+    }
+
+    // ---- helpers -------------------------------------------------------------------------
+
+    fn next_id(&mut self, counter: &'static str) -> Result<u64, EngineError> {
+        let id = self.meta.get(counter)?.map(|g| g.value()).unwrap_or(1);
+        self.meta.insert(counter, id + 1)?;
+        Ok(id)
+    }
+
+    fn load(&self, id: InstanceId) -> Result<InstanceRecord, EngineError> {
+        let guard = self
+            .instances
+            .get(id)?
+            .ok_or(EngineError::UnknownInstance(id))?;
+        decode(guard.value()).map_err(|source| EngineError::Corrupt {
+            what: format!("instance {id}"),
+            source,
+        })
+    }
+
+    fn save(&mut self, id: InstanceId, rec: &InstanceRecord) -> Result<(), EngineError> {
+        self.instances.insert(id, encode(rec)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Appends to the instance's history, dropping the oldest event past the cap.
+    fn event(
+        &mut self,
+        id: InstanceId,
+        rec: &mut InstanceRecord,
+        kind: EventKind,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let bytes = encode(&Event { at: now, kind })?;
+        self.history.insert((id, rec.history_next), bytes.as_slice())?;
+        rec.history_next += 1;
+        while rec.history_next - rec.history_first > self.history_cap {
+            self.history.remove((id, rec.history_first))?;
+            rec.history_first += 1;
+        }
+        Ok(())
+    }
+
+    /// Moves the instance's timer row to `at` (or removes it).
+    fn set_timer(
+        &mut self,
+        id: InstanceId,
+        rec: &mut InstanceRecord,
+        at: Option<Timestamp>,
+        n: &mut Notices,
+    ) -> Result<(), EngineError> {
+        if rec.wake_at == at {
+            return Ok(());
+        }
+        if let Some(old) = rec.wake_at {
+            self.timers.remove((old.0, id))?;
+        }
+        if let Some(new) = at {
+            self.timers.insert((new.0, id), ())?;
+            n.earliest_timer = Some(n.earliest_timer.map_or(new, |e| e.min(new)));
+        }
+        rec.wake_at = at;
+        Ok(())
+    }
+
+    fn make_runnable(
+        &mut self,
+        id: InstanceId,
+        rec: &mut InstanceRecord,
+        wake: Wake,
+        n: &mut Notices,
+    ) -> Result<(), EngineError> {
+        self.set_timer(id, rec, None, n)?;
+        rec.status = Status::Runnable;
+        rec.wake = wake;
+        n.runnable.push(id);
+        n.changed.push((id, Status::Runnable));
+        Ok(())
+    }
+
+    // ---- ops -----------------------------------------------------------------------------
+
+    fn start(
+        &mut self,
+        workflow: String,
+        version: u32,
+        state: Vec<u8>,
+        key: Option<String>,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
+        let scoped = key.map(|k| format!("start/{workflow}/{k}"));
+        if let Some(k) = &scoped
+            && let Some(existing) = self.idem.get(k.as_str())?
+        {
+            return Ok(Reply::Started {
+                id: existing.value(),
+            });
+        }
+        let id = self.next_id(META_NEXT_INSTANCE)?;
+        let mut rec = InstanceRecord {
+            workflow: workflow.clone(),
+            def_version: version,
+            status: Status::Runnable,
+            state,
+            step: 0,
+            wake_at: None,
+            wake: Wake::Start,
+            errors: 0,
+            next_signal: 0,
+            pending_signals: 0,
+            history_first: 0,
+            history_next: 0,
+            cancel: None,
+            created: now,
+            updated: now,
+        };
+        self.event(id, &mut rec, EventKind::Started { workflow, version }, now)?;
+        self.save(id, &rec)?;
+        if let Some(k) = &scoped {
+            self.idem.insert(k.as_str(), id)?;
+        }
+        n.runnable.push(id);
+        n.changed.push((id, Status::Runnable));
+        Ok(Reply::Started { id })
+    }
+
+    fn signal(
+        &mut self,
+        id: InstanceId,
+        workflow: Option<String>,
+        key: String,
+        payload: Vec<u8>,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
+        let mut rec = self.load(id)?;
+        if let Some(expected) = workflow
+            && expected != rec.workflow
+        {
+            return Err(EngineError::WrongWorkflow {
+                id,
+                expected,
+                actual: rec.workflow,
+            });
+        }
+        let scoped = format!("signal/{id}/{key}");
+        if let Some(seq) = self.idem.get(scoped.as_str())? {
+            return Ok(Reply::Signalled {
+                seq: seq.value(),
+                duplicate: true,
+            });
+        }
+        if rec.status.is_terminal() {
+            return Err(EngineError::Finished {
+                id,
+                status: rec.status,
+            });
+        }
+        let seq = rec.next_signal;
+        let signal = SignalRecord {
+            key: key.clone(),
+            payload,
+            received: now,
+        };
+        self.inbox.insert((id, seq), encode(&signal)?.as_slice())?;
+        self.idem.insert(scoped.as_str(), seq)?;
+        rec.next_signal += 1;
+        rec.pending_signals += 1;
+        rec.updated = now;
+        self.event(id, &mut rec, EventKind::SignalReceived { seq, key }, now)?;
+        if rec.status == Status::Waiting {
+            self.make_runnable(id, &mut rec, Wake::Signal, n)?;
+        }
+        self.save(id, &rec)?;
+        Ok(Reply::Signalled {
+            seq,
+            duplicate: false,
+        })
+    }
+
+    fn transition(
+        &mut self,
+        id: InstanceId,
+        expected_step: u64,
+        plan: Plan,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
+        let mut rec = self.load(id)?;
+        if rec.status.is_terminal() {
+            return Err(EngineError::Finished {
+                id,
+                status: rec.status,
+            });
+        }
+        if rec.step != expected_step {
+            return Err(EngineError::Conflict {
+                id,
+                expected: expected_step,
+                found: rec.step,
+            });
+        }
+        // Validation done: from here on only storage can fail.
+        for seq in plan.consumed {
+            if self.inbox.remove((id, seq))?.is_some() {
+                rec.pending_signals = rec.pending_signals.saturating_sub(1);
+                self.event(id, &mut rec, EventKind::SignalConsumed { seq }, now)?;
+            }
+        }
+        for (seq, error) in plan.discarded {
+            if self.inbox.remove((id, seq))?.is_some() {
+                rec.pending_signals = rec.pending_signals.saturating_sub(1);
+                self.event(id, &mut rec, EventKind::SignalDiscarded { seq, error }, now)?;
+            }
+        }
+        for kind in plan.events {
+            self.event(id, &mut rec, kind, now)?;
+        }
+        for effect in plan.effects {
+            self.queue_effect(id, &mut rec, effect, now, n)?;
+        }
+        if let Some(state) = plan.state {
+            rec.state = state;
+        }
+        rec.step += 1;
+        rec.updated = now;
+        let late_signal = rec.next_signal > plan.seen_next_signal;
+        match plan.kind {
+            PlanKind::Continue => {
+                rec.errors = 0;
+                self.set_timer(id, &mut rec, None, n)?;
+                rec.status = Status::Runnable;
+                rec.wake = Wake::Next;
+            }
+            PlanKind::Wait(deadline) => {
+                rec.errors = 0;
+                if late_signal || rec.cancel.is_some() {
+                    self.set_timer(id, &mut rec, None, n)?;
+                    rec.status = Status::Runnable;
+                    rec.wake = Wake::Signal;
+                } else {
+                    self.set_timer(id, &mut rec, deadline, n)?;
+                    rec.status = Status::Waiting;
+                }
+            }
+            PlanKind::Sleep(at) => {
+                rec.errors = 0;
+                self.set_timer(id, &mut rec, Some(at), n)?;
+                rec.status = Status::Sleeping;
+            }
+            PlanKind::Error { error, retry_at } => {
+                rec.errors = rec.errors.saturating_add(1);
+                let retry_in_ms = retry_at.0.saturating_sub(now.0);
+                self.event(
+                    id,
+                    &mut rec,
+                    EventKind::StepError {
+                        step: expected_step,
+                        error,
+                        retry_in_ms,
+                    },
+                    now,
+                )?;
+                self.set_timer(id, &mut rec, Some(retry_at), n)?;
+                rec.status = Status::Sleeping;
+            }
+            PlanKind::Complete => self.finish(id, &mut rec, EventKind::Completed, now, n)?,
+            PlanKind::Fail(reason) => {
+                self.finish(id, &mut rec, EventKind::Failed { reason }, now, n)?
+            }
+            PlanKind::Cancelled => self.finish(id, &mut rec, EventKind::Cancelled, now, n)?,
+        }
+        if rec.cancel.is_some() && !rec.status.is_terminal() && rec.status != Status::Runnable {
+            self.set_timer(id, &mut rec, None, n)?;
+            rec.status = Status::Runnable;
+            rec.wake = Wake::Cancel;
+        }
+        if rec.status != Status::Runnable {
+            n.changed.push((id, rec.status));
+        }
+        self.save(id, &rec)?;
+        Ok(Reply::Transitioned { status: rec.status })
+    }
+
+    fn queue_effect(
+        &mut self,
+        id: InstanceId,
+        rec: &mut InstanceRecord,
+        effect: Effect,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<(), EngineError> {
+        let effect_id = self.next_id(META_NEXT_EFFECT)?;
+        let record = EffectRecord {
+            instance: id,
+            kind: effect.kind.clone(),
+            payload: effect.payload,
+            status: EffectStatus::Pending,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+            created: now,
+        };
+        self.outbox.insert(effect_id, encode(&record)?.as_slice())?;
+        self.pending.insert(effect_id, ())?;
+        self.event(
+            id,
+            rec,
+            EventKind::EffectQueued {
+                effect: effect_id,
+                kind: effect.kind,
+            },
+            now,
+        )?;
+        n.effects.push((effect_id, now));
+        Ok(())
+    }
+
+    /// Ends the instance with `end` (Completed, Failed or Cancelled): no timer, no intents, and
+    /// unconsumed signals discarded with an event.
+    fn finish(
+        &mut self,
+        id: InstanceId,
+        rec: &mut InstanceRecord,
+        end: EventKind,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<(), EngineError> {
+        self.set_timer(id, rec, None, n)?;
+        let left: Vec<u64> = self
+            .inbox
+            .range((id, 0)..=(id, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for seq in left {
+            self.inbox.remove((id, seq))?;
+            self.event(
+                id,
+                rec,
+                EventKind::SignalDiscarded {
+                    seq,
+                    error: "instance ended before taking it".into(),
+                },
+                now,
+            )?;
+        }
+        rec.pending_signals = 0;
+        let mut names: Vec<String> = Vec::new();
+        for row in self.intents.range((id, "")..)? {
+            let (k, _) = row?;
+            let (owner, name) = k.value();
+            if owner != id {
+                break;
+            }
+            names.push(name.to_string());
+        }
+        for name in names {
+            self.intents.remove((id, name.as_str()))?;
+        }
+        rec.status = match end {
+            EventKind::Completed => Status::Completed,
+            EventKind::Cancelled => Status::Cancelled,
+            _ => Status::Failed,
+        };
+        self.event(id, rec, end, now)
+    }
+
+    fn cancel(
+        &mut self,
+        id: InstanceId,
+        reason: String,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
+        let mut rec = self.load(id)?;
+        if rec.status.is_terminal() {
+            return Ok(Reply::CancelTooLate { status: rec.status });
+        }
+        if rec.cancel.is_some() {
+            return Ok(Reply::CancelRequested { already: true });
+        }
+        rec.cancel = Some(reason.clone());
+        rec.updated = now;
+        self.event(id, &mut rec, EventKind::CancelRequested { reason }, now)?;
+        if matches!(rec.status, Status::Waiting | Status::Sleeping) {
+            self.make_runnable(id, &mut rec, Wake::Cancel, n)?;
+        }
+        self.save(id, &rec)?;
+        n.cancelled.push(id);
+        Ok(Reply::CancelRequested { already: false })
+    }
+
+    fn intent_begin(
+        &mut self,
+        id: InstanceId,
+        name: String,
+        payload: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<Reply, EngineError> {
+        let mut rec = self.load(id)?;
+        if rec.status.is_terminal() {
+            return Err(EngineError::Finished {
+                id,
+                status: rec.status,
+            });
+        }
+        if let Some(existing) = self.intents.get((id, name.as_str()))? {
+            let intent: IntentRecord = decode(existing.value())?;
+            return Ok(match intent.result {
+                Some(r) => Reply::IntentResolved(r),
+                None => Reply::IntentUnresolved(intent.payload),
+            });
+        }
+        let intent = IntentRecord {
+            payload,
+            result: None,
+            recorded: now,
+        };
+        self.intents
+            .insert((id, name.as_str()), encode(&intent)?.as_slice())?;
+        self.event(id, &mut rec, EventKind::IntentRecorded { name }, now)?;
+        self.save(id, &rec)?;
+        Ok(Reply::IntentFresh)
+    }
+
+    fn intent_resolve(
+        &mut self,
+        id: InstanceId,
+        name: String,
+        result: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<Reply, EngineError> {
+        let mut rec = self.load(id)?;
+        let mut intent: IntentRecord = match self.intents.get((id, name.as_str()))? {
+            Some(g) => decode(g.value())?,
+            None => return Err(EngineError::UnknownIntent { id, name }),
+        };
+        intent.result = Some(result);
+        self.intents
+            .insert((id, name.as_str()), encode(&intent)?.as_slice())?;
+        self.event(id, &mut rec, EventKind::IntentResolved { name }, now)?;
+        self.save(id, &rec)?;
+        Ok(Reply::Done)
+    }
+
+    fn fire_timers(
+        &mut self,
+        due: Vec<(Timestamp, InstanceId)>,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
+        for (at, id) in due {
+            self.timers.remove((at.0, id))?;
+            let mut rec = match self.load(id) {
+                Ok(r) => r,
+                Err(EngineError::UnknownInstance(_)) => continue,
+                Err(e) if e.is_storage() => return Err(e),
+                Err(e) => {
+                    tracing::error!(instance = id, error = %e, "timer of an unreadable instance dropped");
+                    continue;
+                }
+            };
+            if rec.wake_at != Some(at) {
+                continue; // stale row: the instance moved its timer meanwhile
+            }
+            rec.wake_at = None;
+            if matches!(rec.status, Status::Waiting | Status::Sleeping) {
+                self.event(id, &mut rec, EventKind::TimerFired { due: at }, now)?;
+                self.make_runnable(id, &mut rec, Wake::Timer, n)?;
+            }
+            self.save(id, &rec)?;
+        }
+        Ok(Reply::Done)
+    }
+
+    fn effect_attempt(
+        &mut self,
+        effect: u64,
+        outcome: EffectOutcome,
+        now: Timestamp,
+    ) -> Result<Reply, EngineError> {
+        let mut record: EffectRecord = match self.outbox.get(effect)? {
+            Some(g) => decode(g.value())?,
+            None => return Ok(Reply::Done), // already delivered and purged
+        };
+        if record.status != EffectStatus::Pending {
+            return Ok(Reply::Done);
+        }
+        record.attempts += 1;
+        let instance = record.instance;
+        let event = match outcome {
+            EffectOutcome::Delivered => {
+                self.outbox.remove(effect)?;
+                self.pending.remove(effect)?;
+                Some(EventKind::EffectDelivered {
+                    effect,
+                    attempts: record.attempts,
+                })
+            }
+            EffectOutcome::Retry { error, next } => {
+                record.last_error = Some(error);
+                record.next_attempt = next;
+                self.outbox.insert(effect, encode(&record)?.as_slice())?;
+                None
+            }
+            EffectOutcome::Abandon { error } => {
+                record.status = EffectStatus::Abandoned;
+                record.last_error = Some(error.clone());
+                self.outbox.insert(effect, encode(&record)?.as_slice())?;
+                self.pending.remove(effect)?;
+                Some(EventKind::EffectAbandoned { effect, error })
+            }
+        };
+        if let Some(kind) = event {
+            match self.load(instance) {
+                Ok(mut rec) => {
+                    self.event(instance, &mut rec, kind, now)?;
+                    self.save(instance, &rec)?;
+                }
+                Err(EngineError::UnknownInstance(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Reply::Done)
+    }
+}
