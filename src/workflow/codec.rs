@@ -43,7 +43,9 @@ pub fn encode<R: Record>(value: &R) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a record written by [`encode`], checking its schema version.
 pub fn decode<R: Record>(bytes: &[u8]) -> Result<R, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty { record: R::NAME })?;
+    let (&version, body) = bytes
+        .split_first()
+        .ok_or(CodecError::Empty { record: R::NAME })?;
     if version != R::VERSION {
         return Err(CodecError::UnknownVersion {
             record: R::NAME,
@@ -67,7 +69,10 @@ pub fn encode_value<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 }
 
 /// Decodes a value written by [`encode_value`].
-pub fn decode_value<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
+pub fn decode_value<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
     postcard::from_bytes(bytes).map_err(|source| CodecError::Malformed {
         record: what,
         source,

@@ -142,10 +142,7 @@ impl<S> StepCtx<S> {
     where
         S: Clone,
     {
-        let rest: Vec<_> = self
-            .signals()
-            .map(|s| (s.seq, s.signal.clone()))
-            .collect();
+        let rest: Vec<_> = self.signals().map(|s| (s.seq, s.signal.clone())).collect();
         self.taken.extend(rest.iter().map(|(seq, _)| *seq));
         rest.into_iter().map(|(_, s)| s).collect()
     }
@@ -180,10 +177,9 @@ impl<S> StepCtx<S> {
                 "intent payload",
                 &p,
             )?)),
-            Reply::IntentResolved(r) => Ok(Intent::Resolved(codec::decode_value(
-                "intent result",
-                &r,
-            )?)),
+            Reply::IntentResolved(r) => {
+                Ok(Intent::Resolved(codec::decode_value("intent result", &r)?))
+            }
             other => Err(other.unexpected()),
         }
     }

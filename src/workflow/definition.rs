@@ -74,7 +74,9 @@ pub enum Next {
     /// Run the next step at once.
     Continue,
     /// Park until a signal arrives or, if given, the absolute deadline passes.
-    Wait { deadline: Option<Timestamp> },
+    Wait {
+        deadline: Option<Timestamp>,
+    },
     /// Park for a delay, then run again.
     RetryAfter(Duration),
     Complete,

@@ -136,10 +136,8 @@ impl EngineBuilder {
 
     /// Registers a definition version. Register every version that may still have instances.
     pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
-        self.defs.insert(
-            (W::NAME.to_string(), W::VERSION),
-            Arc::new(Typed(workflow)),
-        );
+        self.defs
+            .insert((W::NAME.to_string(), W::VERSION), Arc::new(Typed(workflow)));
         self
     }
 
@@ -224,9 +222,11 @@ impl EngineBuilder {
             inner.timer_wake.clone(),
             inner.background_stop.clone(),
         ));
-        inner
-            .background
-            .spawn(notice_loop(Arc::downgrade(&inner), notice_rx));
+        inner.background.spawn(notice_loop(
+            Arc::downgrade(&inner),
+            notice_rx,
+            inner.background_stop.clone(),
+        ));
         for id in runnable {
             inner.schedule(id);
         }
@@ -269,8 +269,19 @@ struct Inner {
     closed: AtomicBool,
 }
 
-async fn notice_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Notices>) {
-    while let Some(n) = rx.recv().await {
+async fn notice_loop(
+    inner: std::sync::Weak<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Notices>,
+    stop: CancellationToken,
+) {
+    loop {
+        let n = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = rx.recv() => match n {
+                Some(n) => n,
+                None => return,
+            },
+        };
         let Some(inner) = inner.upgrade() else { return };
         for id in n.cancelled {
             inner.trip_cancel(id);
@@ -627,4 +638,3 @@ impl Engine {
         Ok(())
     }
 }
-

@@ -1,8 +1,8 @@
 //! Typed errors of the durable engine: storage, encoding, and the engine's own refusals.
 
+use super::InstanceId;
 use super::codec::CodecError;
 use super::record::Status;
-use super::InstanceId;
 
 /// Everything the engine can refuse or fail with. Storage errors fail a whole commit batch;
 /// every other variant fails only the request that caused it.
@@ -53,7 +53,9 @@ pub enum StoreError {
         #[source]
         source: redb::DatabaseError,
     },
-    #[error("store {path} was written by a newer agent-fleet (store format {found}, this build reads up to {supported})")]
+    #[error(
+        "store {path} was written by a newer agent-fleet (store format {found}, this build reads up to {supported})"
+    )]
     UnsupportedFormat {
         path: String,
         found: u32,

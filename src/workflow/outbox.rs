@@ -169,7 +169,11 @@ impl Outbox {
                 (EffectOutcome::Retry { error, next }, Some(next))
             }
         };
-        match self.writer.submit(Op::EffectAttempt { effect, outcome }).await {
+        match self
+            .writer
+            .submit(Op::EffectAttempt { effect, outcome })
+            .await
+        {
             Ok(_) => retry,
             // Not recorded: try again; the key keeps a second delivery harmless.
             Err(_) => Some(Timestamp::now().after(self.backoff.base)),

@@ -120,22 +120,62 @@ impl Record for Event {
 /// What happened. Notes are short (truncated to [`MAX_NOTE`]); large payloads live elsewhere.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum EventKind {
-    Started { workflow: String, version: u32 },
-    Step { step: u64, outcome: String, note: Option<String> },
-    StepError { step: u64, error: String, retry_in_ms: u64 },
-    SignalReceived { seq: u64, key: String },
-    SignalConsumed { seq: u64 },
-    SignalDiscarded { seq: u64, error: String },
-    TimerFired { due: Timestamp },
-    EffectQueued { effect: u64, kind: String },
-    EffectDelivered { effect: u64, attempts: u32 },
-    EffectAbandoned { effect: u64, error: String },
-    IntentRecorded { name: String },
-    IntentResolved { name: String },
-    CancelRequested { reason: String },
-    CleanedUp { report: String },
+    Started {
+        workflow: String,
+        version: u32,
+    },
+    Step {
+        step: u64,
+        outcome: String,
+        note: Option<String>,
+    },
+    StepError {
+        step: u64,
+        error: String,
+        retry_in_ms: u64,
+    },
+    SignalReceived {
+        seq: u64,
+        key: String,
+    },
+    SignalConsumed {
+        seq: u64,
+    },
+    SignalDiscarded {
+        seq: u64,
+        error: String,
+    },
+    TimerFired {
+        due: Timestamp,
+    },
+    EffectQueued {
+        effect: u64,
+        kind: String,
+    },
+    EffectDelivered {
+        effect: u64,
+        attempts: u32,
+    },
+    EffectAbandoned {
+        effect: u64,
+        error: String,
+    },
+    IntentRecorded {
+        name: String,
+    },
+    IntentResolved {
+        name: String,
+    },
+    CancelRequested {
+        reason: String,
+    },
+    CleanedUp {
+        report: String,
+    },
     Completed,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     Cancelled,
 }
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::InstanceId;
 use super::codec::decode;
 use super::error::{EngineError, StoreError};
 use super::record::{EffectRecord, Event, InstanceRecord, SignalRecord, Timestamp};
-use super::InstanceId;
 
 /// Engine bookkeeping: store format and id counters.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -32,7 +32,12 @@ impl TimerWake {
     }
 }
 
-pub(crate) async fn run(store: Store, writer: Writer, wake: Arc<TimerWake>, stop: CancellationToken) {
+pub(crate) async fn run(
+    store: Store,
+    writer: Writer,
+    wake: Arc<TimerWake>,
+    stop: CancellationToken,
+) {
     loop {
         // Any timer committed from here on wakes us (Notify keeps one permit).
         wake.sleeping_until.store(0, Ordering::Release);

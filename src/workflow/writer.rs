@@ -356,7 +356,8 @@ impl<'txn> Tables<'txn> {
         now: Timestamp,
     ) -> Result<(), EngineError> {
         let bytes = encode(&Event { at: now, kind })?;
-        self.history.insert((id, rec.history_next), bytes.as_slice())?;
+        self.history
+            .insert((id, rec.history_next), bytes.as_slice())?;
         rec.history_next += 1;
         while rec.history_next - rec.history_first > self.history_cap {
             self.history.remove((id, rec.history_first))?;
