@@ -596,6 +596,11 @@ impl Engine {
         }
     }
 
+    /// Effects committed but not yet delivered (nor abandoned).
+    pub fn pending_effects(&self) -> Result<u64, EngineError> {
+        self.inner.store.pending_effect_count()
+    }
+
     /// Transactions committed by the writer since open (each is one fsync).
     pub fn commits(&self) -> u64 {
         self.inner.writer.stats.commits.load(Ordering::Relaxed)

@@ -140,6 +140,13 @@ impl Store {
         })
     }
 
+    /// Number of effects still waiting for delivery.
+    pub fn pending_effect_count(&self) -> Result<u64, EngineError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(OUTBOX_PENDING)?.len()?)
+    }
+
     /// Every effect still waiting for delivery.
     pub fn pending_effects(&self) -> Result<Vec<(u64, EffectRecord)>, EngineError> {
         let txn = self.db.begin_read()?;
