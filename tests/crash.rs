@@ -130,6 +130,7 @@ fn sigkilled_worker_loses_nothing_and_repeats_nothing() {
     let chunk = plan.len().div_ceil(MIN_KILLS as usize);
     let mut sent_upto = 0;
     let mut kills = 0;
+    let mut kills_mid_flight = 0;
     let started = Instant::now();
 
     while kills < MIN_KILLS || sent_upto < plan.len() {
@@ -169,7 +170,7 @@ fn sigkilled_worker_loses_nothing_and_repeats_nothing() {
         }
         sent_upto = next;
         // Let it work for a random moment, then kill it mid-flight.
-        let until = Instant::now() + Duration::from_millis(rng.random_range(5..250));
+        let until = Instant::now() + Duration::from_millis(rng.random_range(1..80));
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match w.lines.recv_timeout(left) {
                 Ok(line) => acks.absorb(&line),
@@ -180,6 +181,12 @@ fn sigkilled_worker_loses_nothing_and_repeats_nothing() {
             acks.absorb(&line);
         }
         kills += 1;
+        let unacked = plan[..sent_upto]
+            .iter()
+            .any(|(idx, which)| !acks.signals.contains(&format!("{idx}-{which}")));
+        if unacked {
+            kills_mid_flight += 1;
+        }
     }
 
     // Final run: re-send what is unacknowledged until everything has ended, then stop cleanly.
@@ -211,6 +218,11 @@ fn sigkilled_worker_loses_nothing_and_repeats_nothing() {
     let status = w.child.wait().unwrap();
     assert!(status.success(), "clean shutdown");
 
+    eprintln!("{kills_mid_flight} of {kills} kills hit signals in flight");
+    assert!(
+        kills_mid_flight > 0,
+        "no kill hit the worker mid-flight: the test proves nothing"
+    );
     check_final_state(&store, &ledger, &acks, kills);
 }
 
