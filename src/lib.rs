@@ -1,1 +1,5 @@
+pub mod api;
+pub mod config;
+pub mod io;
+pub mod steps;
 pub mod workflow;

@@ -1,1 +1,230 @@
-fn main(){}
+//! The `agent-fleet` binary: command-line parsing, logging, and the daemon's lifecycle
+//! (`serve`: listen first, open and recover the engine in the background, stop cleanly on
+//! SIGTERM/SIGINT).
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use agent_fleet::api::{self, AppState};
+use agent_fleet::config::{Config, ConfigError};
+use agent_fleet::steps;
+use agent_fleet::workflow::{Engine, EngineConfig};
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use serde_json::json;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{CheckArgs, Cli, Command, ConfigCommand, ServeArgs};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Config(ConfigCommand::Check(args)) => config_check(&args),
+        Command::Serve(args) => match serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // Shown even when RUST_LOG silences the logs: it is why the daemon stopped.
+                if tracing::enabled!(tracing::Level::ERROR) {
+                    tracing::error!("{e:#}");
+                } else {
+                    eprintln!("agent-fleet: error: {e:#}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// Logs go to stderr; `RUST_LOG` filters them (default `info`).
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// `agent-fleet config check`: exit 0 when the file is valid, 1 otherwise.
+fn config_check(args: &CheckArgs) -> ExitCode {
+    let path = &args.config.config;
+    let shown = path.display().to_string();
+    match Config::load(path) {
+        Ok(config) => {
+            if args.json {
+                let out = json!({
+                    "ok": true,
+                    "file": shown,
+                    "agents": config.agents.len(),
+                    "hosts": config.hosts.len(),
+                });
+                println!("{out}");
+            } else {
+                println!(
+                    "config OK: {} agents, {} hosts",
+                    config.agents.len(),
+                    config.hosts.len()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            if args.json {
+                let list: Vec<_> = errors.errors.iter().map(error_json).collect();
+                println!("{}", json!({ "ok": false, "file": shown, "errors": list }));
+            } else {
+                for e in &errors.errors {
+                    eprintln!("{shown}: {e}");
+                }
+                let n = errors.errors.len();
+                eprintln!("{shown}: {n} error{}", if n == 1 { "" } else { "s" });
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_json(e: &ConfigError) -> serde_json::Value {
+    let at = e.location();
+    json!({
+        "key": e.key(),
+        "line": at.map(|l| l.line),
+        "column": at.map(|l| l.column),
+        "message": e.message(),
+        "text": e.to_string(),
+    })
+}
+
+/// `agent-fleet serve`.
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let path = &args.config.config;
+    let config = Config::load(path).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .errors
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect();
+        anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    })?;
+    let config = Arc::new(config);
+    // Installed before anything else so that a signal is never the default "die at once".
+    let mut signals = Signals::install()?;
+
+    // Listen first: /healthz must answer while the store is still being recovered.
+    let listen = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!("agent-fleet listening on http://{addr}");
+
+    let state = AppState::new(config.clone());
+    let stop_http = CancellationToken::new();
+    let mut http = tokio::spawn(
+        axum::serve(listener, api::router(state.clone()))
+            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
+            .into_future(),
+    );
+    let mut opening = tokio::spawn(open_engine(config.clone()));
+
+    let engine = tokio::select! {
+        opened = &mut opening => opened.context("engine start-up task failed")??,
+        sig = signals.recv() => {
+            tracing::info!("{sig} received while recovering; stopping once the store is open");
+            stop_http.cancel();
+            let engine = opening.await.context("engine start-up task failed")??;
+            return stop(engine).await;
+        }
+        served = &mut http => return Err(http_stopped(served)),
+    };
+    state.set_engine(engine.clone());
+    tracing::info!("ready");
+
+    let sig = tokio::select! {
+        sig = signals.recv() => sig,
+        served = &mut http => {
+            let err = http_stopped(served);
+            stop(engine).await?;
+            return Err(err);
+        }
+    };
+    tracing::info!("{sig} received; shutting down (a second signal exits at once)");
+    tokio::spawn(async move {
+        let sig = signals.recv().await;
+        tracing::warn!("{sig} received again; exiting now, unfinished steps resume on restart");
+        std::process::exit(1);
+    });
+    stop_http.cancel();
+    match tokio::time::timeout(std::time::Duration::from_secs(10), http).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("the HTTP server stopped with an error: {e}"),
+        Ok(Err(e)) => tracing::warn!("the HTTP server task failed: {e}"),
+        Err(_) => tracing::warn!("HTTP connections still open after 10s; closing them"),
+    }
+    stop(engine).await
+}
+
+/// Opens the store, registers the workflows and recovers every unfinished instance.
+async fn open_engine(config: Arc<Config>) -> anyhow::Result<Engine> {
+    let path = &config.storage.path;
+    tracing::info!(store = %path.display(), "opening the store");
+    let engine_config = EngineConfig {
+        history_cap: config.storage.history_cap,
+        ..EngineConfig::default()
+    };
+    let builder = Engine::builder(path).config(engine_config);
+    steps::register(builder, &config).open().await.map_err(|e| {
+        // The engine's messages already include their causes (and usually the store's path).
+        let shown = path.display().to_string();
+        let message = e.to_string();
+        if message.contains(&shown) {
+            anyhow!("cannot start the engine: {message}")
+        } else {
+            anyhow!("cannot start the engine on the store {shown}: {message}")
+        }
+    })
+}
+
+/// Lets the commit in flight finish, then stops the engine.
+async fn stop(engine: Engine) -> anyhow::Result<()> {
+    engine.shutdown().await.context("engine shutdown failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn http_stopped(served: Result<std::io::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match served {
+        Ok(Ok(())) => anyhow!("the HTTP server stopped unexpectedly"),
+        Ok(Err(e)) => anyhow!("the HTTP server failed: {e}"),
+        Err(e) => anyhow!("the HTTP server task failed: {e}"),
+    }
+}
+
+/// SIGTERM and SIGINT.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}

@@ -38,6 +38,9 @@ pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_NEXT_INSTANCE: &str = "next_instance";
 pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
 
+/// Due timers (due time, instance) and the due time of the next one not yet due.
+pub(crate) type DueTimers = (Vec<(Timestamp, InstanceId)>, Option<Timestamp>);
+
 /// Shared handle on the open redb database.
 #[derive(Clone)]
 pub struct Store {
@@ -59,7 +62,7 @@ impl Store {
         // it; a damaged file must still be an error here, not an abort of the daemon.
         let opened = std::panic::catch_unwind(|| Database::create(path)).unwrap_or_else(|_| {
             Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
-                "redb could not read the file (it panicked while opening it)".into(),
+                "redb could not read the file (a malformed page)".into(),
             )))
         });
         let db = opened.map_err(|source| StoreError::Open {
@@ -164,11 +167,7 @@ impl Store {
     }
 
     /// Timers due at or before `now`, oldest first, at most `limit`; and the next later due time.
-    pub fn due_timers(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> Result<(Vec<(Timestamp, InstanceId)>, Option<Timestamp>), EngineError> {
+    pub fn due_timers(&self, now: Timestamp, limit: usize) -> Result<DueTimers, EngineError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TIMERS)?;
         let mut due = Vec::new();
