@@ -398,3 +398,65 @@ async fn serve_exits_1_when_the_port_is_taken() {
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
     assert_no_panic(&err);
 }
+
+/// A minimal definition, only to leave an instance in the store.
+struct Parked;
+
+impl agent_fleet::workflow::Workflow for Parked {
+    const NAME: &'static str = "parked";
+    const VERSION: u32 = 1;
+    type State = ();
+    type Signal = ();
+    async fn step(
+        &self,
+        _ctx: &mut agent_fleet::workflow::StepCtx<()>,
+        s: (),
+    ) -> agent_fleet::workflow::StepResult<()> {
+        Ok(agent_fleet::workflow::Outcome::wait(s))
+    }
+}
+
+#[tokio::test]
+async fn serve_exits_1_on_a_record_of_an_unknown_schema_version() {
+    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    let setup = Setup::new();
+    let engine = agent_fleet::workflow::Engine::builder(setup.store())
+        .register(Parked)
+        .open()
+        .await
+        .unwrap();
+    let id = engine.start::<Parked>(&(), None).await.unwrap();
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    {
+        let db = redb::Database::create(setup.store()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn
+                .open_table(TableDefinition::<u64, &[u8]>::new("instances"))
+                .unwrap();
+            let mut bytes = table.get(id).unwrap().unwrap().value().to_vec();
+            bytes[0] = 200; // a schema version from the future
+            table.insert(id, bytes.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    let mut daemon = Daemon::spawn(&setup.config());
+    let status = daemon.exit_status(START_TIMEOUT).await;
+    let err = daemon.stderr();
+    assert_eq!(status.code(), Some(1), "stderr:\n{err}");
+    assert!(
+        err.contains(&format!("instance {id} cannot be read"))
+            && err.contains("schema version 200"),
+        "{err}"
+    );
+    assert_no_panic(&err);
+    // The record is left as it was, for a newer daemon to read.
+    let db = redb::Database::create(setup.store()).unwrap();
+    let txn = db.begin_read().unwrap();
+    let table = txn
+        .open_table(TableDefinition::<u64, &[u8]>::new("instances"))
+        .unwrap();
+    assert_eq!(table.get(id).unwrap().unwrap().value()[0], 200);
+}

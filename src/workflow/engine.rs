@@ -93,6 +93,23 @@ pub struct InstanceInfo {
     pub updated: Timestamp,
 }
 
+impl InstanceInfo {
+    fn of(id: InstanceId, rec: InstanceRecord) -> Self {
+        InstanceInfo {
+            id,
+            workflow: rec.workflow,
+            def_version: rec.def_version,
+            status: rec.status,
+            step: rec.step,
+            wake_at: rec.wake_at,
+            pending_signals: rec.pending_signals,
+            cancel_requested: rec.cancel,
+            created: rec.created,
+            updated: rec.updated,
+        }
+    }
+}
+
 /// Acknowledgement of a committed (or deduplicated) signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignalAck {
@@ -507,19 +524,7 @@ impl Engine {
     }
 
     pub fn info(&self, id: InstanceId) -> Result<InstanceInfo, EngineError> {
-        let rec = self.record(id)?;
-        Ok(InstanceInfo {
-            id,
-            workflow: rec.workflow,
-            def_version: rec.def_version,
-            status: rec.status,
-            step: rec.step,
-            wake_at: rec.wake_at,
-            pending_signals: rec.pending_signals,
-            cancel_requested: rec.cancel,
-            created: rec.created,
-            updated: rec.updated,
-        })
+        Ok(InstanceInfo::of(id, self.record(id)?))
     }
 
     /// The committed state of `id`, decoded as `W::State`.
@@ -544,20 +549,9 @@ impl Engine {
     /// Every instance, in id order.
     pub fn list(&self) -> Result<Vec<InstanceInfo>, EngineError> {
         let mut out = Vec::new();
-        self.inner.store.scan_instances(|id, rec| {
-            out.push(InstanceInfo {
-                id,
-                workflow: rec.workflow,
-                def_version: rec.def_version,
-                status: rec.status,
-                step: rec.step,
-                wake_at: rec.wake_at,
-                pending_signals: rec.pending_signals,
-                cancel_requested: rec.cancel,
-                created: rec.created,
-                updated: rec.updated,
-            })
-        })?;
+        self.inner
+            .store
+            .scan_instances(|id, rec| out.push(InstanceInfo::of(id, rec)))?;
         Ok(out)
     }
 
