@@ -373,17 +373,24 @@ impl Inner {
     }
 
     async fn run_while_runnable(&self, id: InstanceId) {
+        // The record this loop committed last. A signal or cancel committed after it is not in
+        // it, and that is safe: the writer compares the step's view (`next_signal`, `step`) with
+        // the stored record and keeps the instance runnable, and the next reply carries it.
+        let mut committed: Option<Box<InstanceRecord>> = None;
         loop {
             if self.stop.is_cancelled() {
                 return;
             }
-            let rec = match self.store.instance(id) {
-                Ok(Some(r)) => r,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::error!(instance = id, error = %e, "cannot load instance");
-                    return;
-                }
+            let rec = match committed.take() {
+                Some(r) => *r,
+                None => match self.store.instance(id) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::error!(instance = id, error = %e, "cannot load instance");
+                        return;
+                    }
+                },
             };
             if rec.status != Status::Runnable {
                 return;
@@ -436,9 +443,9 @@ impl Inner {
                 plan,
             };
             match self.writer.submit(op).await {
-                Ok(Reply::Transitioned {
-                    status: Status::Runnable,
-                }) => continue,
+                Ok(Reply::Transitioned(rec)) if rec.status == Status::Runnable => {
+                    committed = Some(rec);
+                }
                 Ok(_) => return,
                 Err(e) => {
                     tracing::error!(instance = id, error = %e, "transition not committed");
@@ -575,14 +582,16 @@ impl Engine {
     ) -> Result<Status, EngineError> {
         let mut rx = self.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut status = self.info(id)?.status;
         loop {
-            let status = self.info(id)?.status;
             if status.is_terminal() {
                 return Ok(status);
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Err(_) => return Ok(self.info(id)?.status),
-                Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Ok(change)) if change.id == id => status = change.status,
+                Ok(Ok(_)) => {}
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => status = self.info(id)?.status,
                 Ok(Err(broadcast::error::RecvError::Closed)) => {
                     return Err(EngineError::ShuttingDown);
                 }

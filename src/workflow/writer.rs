@@ -84,11 +84,21 @@ pub(crate) enum EffectOutcome {
 /// The writer's answer, sent only after the op's transaction committed.
 #[derive(Debug)]
 pub(crate) enum Reply {
-    Started { id: InstanceId },
-    Signalled { seq: u64, duplicate: bool },
-    Transitioned { status: Status },
-    CancelRequested { already: bool },
-    CancelTooLate { status: Status },
+    Started {
+        id: InstanceId,
+    },
+    Signalled {
+        seq: u64,
+        duplicate: bool,
+    },
+    /// The committed record, so that the step loop need not read it back.
+    Transitioned(Box<InstanceRecord>),
+    CancelRequested {
+        already: bool,
+    },
+    CancelTooLate {
+        status: Status,
+    },
     IntentFresh,
     IntentUnresolved(Vec<u8>),
     IntentResolved(Vec<u8>),
@@ -605,7 +615,7 @@ impl<'txn> Tables<'txn> {
             n.changed.push((id, rec.status));
         }
         self.save(id, &rec)?;
-        Ok(Reply::Transitioned { status: rec.status })
+        Ok(Reply::Transitioned(Box::new(rec)))
     }
 
     fn queue_effect(

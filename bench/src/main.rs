@@ -1,0 +1,203 @@
+//! Benchmarks of the agent-fleet workflow engine.
+//!
+//! ```text
+//! cargo run --release --manifest-path bench/Cargo.toml -- engine [--quick]
+//! ```
+//!
+//! Every figure goes to stdout as one `metric <name> <value>` line; notes go to stderr. See
+//! README.md beside Cargo.toml for what each metric means.
+
+mod completions;
+mod duroxide_bench;
+mod engine_bench;
+mod raw;
+mod recovery;
+mod report;
+mod scratch;
+mod workload;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::report::Report;
+
+const USAGE: &str =
+    "usage: agent-fleet-bench engine [--quick] [--only raw|engine|duroxide|recovery]";
+
+/// Groups of the engine benchmark, in the order they run.
+const GROUPS: [&str; 4] = ["raw", "engine", "duroxide", "recovery"];
+
+/// Options of the `engine` benchmark.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    plan: Plan,
+    /// Runs only this group (the ratios that need another group print `nan`).
+    only: Option<&'static str>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
+        let mut options = Options {
+            plan: Plan::FULL,
+            only: None,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--quick" => options.plan = Plan::QUICK,
+                "--only" => {
+                    let group = args.next().map(String::as_str).unwrap_or_default();
+                    let Some(known) = GROUPS.iter().find(|g| **g == group) else {
+                        bail!("unknown group {group:?}; {USAGE}");
+                    };
+                    options.only = Some(known);
+                }
+                _ => bail!("unexpected argument {arg:?}; {USAGE}"),
+            }
+        }
+        Ok(options)
+    }
+
+    fn runs(&self, group: &str) -> bool {
+        self.only.is_none_or(|only| only == group)
+    }
+}
+
+/// Sizes of one run: the full run is the one the README reports, `--quick` iterates fast.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// How long each raw loop (fsync, redb commit) runs in all, over its slices.
+    pub raw_seconds: f64,
+    /// Workflows run at concurrency 1, 16 and 256.
+    pub engine_c1: u64,
+    pub engine_c16: u64,
+    pub engine_c256: u64,
+    /// Workflows run on duroxide at concurrency 256.
+    pub duroxide: u64,
+    /// Instances parked for the recovery measurement.
+    pub parked: u64,
+}
+
+impl Plan {
+    const FULL: Plan = Plan {
+        raw_seconds: 3.0,
+        engine_c1: 600,
+        engine_c16: 6_000,
+        engine_c256: 40_000,
+        duroxide: 1_000,
+        parked: 100_000,
+    };
+    const QUICK: Plan = Plan {
+        raw_seconds: 1.0,
+        engine_c1: 60,
+        engine_c16: 600,
+        engine_c256: 4_000,
+        duroxide: 300,
+        parked: 10_000,
+    };
+}
+
+fn main() -> anyhow::Result<()> {
+    init_tracing();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(bench) = args.first() else {
+        bail!("{USAGE}");
+    };
+    let rest = &args[1..];
+    match bench.as_str() {
+        "engine" => {
+            let options = Options::parse(rest)?;
+            runtime()?.block_on(run_engine(options))
+        }
+        // Hidden: the recovery half of the engine benchmark, run in a fresh child process so
+        // its RSS holds nothing but the recovered engine.
+        recovery::SUBCOMMAND => {
+            let (path, expected, resume) = match rest {
+                [path, expected] => (path, expected, false),
+                [path, expected, flag] if flag == recovery::RESUME_FLAG => (path, expected, true),
+                _ => bail!(
+                    "usage: agent-fleet-bench {} <db> <parked> [{}]",
+                    recovery::SUBCOMMAND,
+                    recovery::RESUME_FLAG
+                ),
+            };
+            let expected: u64 = expected.parse().context("parked count")?;
+            recovery::child_main(&PathBuf::from(path), expected, resume)
+        }
+        other => bail!("unknown benchmark {other:?}; {USAGE}"),
+    }
+}
+
+/// Logs (the engine's and duroxide's) go to stderr, so stdout holds only metric lines.
+/// duroxide installs its own stdout logger unless a global subscriber already exists. Its
+/// warnings (one per SQLite "database is locked" retry) are hidden unless `RUST_LOG` asks.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,duroxide=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the tokio runtime")
+}
+
+/// Runs every group of the engine benchmark in order, all on the same disk.
+async fn run_engine(options: Options) -> anyhow::Result<()> {
+    let plan = options.plan;
+    let scratch = scratch::Scratch::new()?;
+    report::note(format!(
+        "scratch directory {} ({plan:?})",
+        scratch.path().display()
+    ));
+    let mut report = Report::default();
+
+    let mut raw = if options.runs("raw") {
+        Some(raw::RawDisk::open(&scratch)?)
+    } else {
+        None
+    };
+    if options.runs("engine") {
+        // The raw loops run in slices around the engine phases, on the disk as it is then.
+        engine_bench::run(&scratch, plan, raw.as_mut(), &mut report).await?;
+    } else if let Some(raw) = raw.as_mut() {
+        raw.sample(Duration::from_secs_f64(plan.raw_seconds))?;
+    }
+    if let Some(raw) = &raw {
+        raw.report(&mut report);
+    }
+    if options.runs("duroxide")
+        && let Err(e) = duroxide_bench::run(&scratch, plan.duroxide, &mut report).await
+    {
+        // The comparison must not cost the engine's own figures.
+        report::note(format!("duroxide run failed: {e:#}"));
+        report.metric("duroxide_workflows_per_s", f64::NAN);
+    }
+    if options.runs("recovery") {
+        recovery::run(&scratch, plan.parked, &mut report).await?;
+    }
+
+    report.ratio(
+        "ratio_c1_vs_raw_commit",
+        "engine_transitions_per_s_c1",
+        "raw_redb_commit_per_s",
+    );
+    report.ratio(
+        "ratio_c256_vs_raw_commit",
+        "engine_transitions_per_s_c256",
+        "raw_redb_commit_per_s",
+    );
+    report.ratio(
+        "ratio_vs_duroxide",
+        "engine_workflows_per_s_c256",
+        "duroxide_workflows_per_s",
+    );
+    Ok(())
+}
