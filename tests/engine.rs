@@ -709,10 +709,10 @@ async fn instance_of_an_unregistered_version_is_left_untouched() {
     let engine = builder(&dir).register(FlowV1).open().await.unwrap();
     let old = engine.start::<FlowV1>(&vec![], None).await.unwrap();
     wait_status(&engine, old, Status::Waiting).await;
-    engine.signal::<FlowV1>(old, &(), "go").await.ok();
     engine.shutdown().await.unwrap();
     drop(engine);
     let engine = builder(&dir).register(FlowV2).open().await.unwrap();
+    engine.signal::<FlowV2>(old, &(), "go").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let info = engine.info(old).unwrap();
     assert!(!info.status.is_terminal(), "never failed or lost: {info:?}");

@@ -23,7 +23,7 @@ use super::outbox::{Backoff, EffectHandler, Outbox};
 use super::record::{Event, InstanceRecord, Status, Timestamp};
 use super::store::Store;
 use super::timers::{self, TimerWake};
-use super::writer::{Notices, Op, Reply, Writer};
+use super::writer::{Commit, Notices, Op, Reply, Writer};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -195,10 +195,13 @@ impl EngineBuilder {
         .await
         .map_err(|e| EngineError::Internal(format!("recovery task failed: {e}")))??;
 
-        let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Notices>();
+        let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Commit>();
         let (writer, writer_thread) =
-            Writer::spawn(store.clone(), self.config.history_cap, move |n| {
-                let _ = notice_tx.send(n);
+            Writer::spawn(store.clone(), self.config.history_cap, move |commit| {
+                // If the engine is gone, answer here: callers must never hang.
+                if let Err(mpsc::error::SendError(commit)) = notice_tx.send(commit) {
+                    commit.answer();
+                }
             })
             .map_err(|e| EngineError::Internal(format!("cannot start writer thread: {e}")))?;
         let (changes, _) = broadcast::channel(4096);
@@ -239,11 +242,8 @@ impl EngineBuilder {
             inner.timer_wake.clone(),
             inner.background_stop.clone(),
         ));
-        inner.background.spawn(notice_loop(
-            Arc::downgrade(&inner),
-            notice_rx,
-            inner.background_stop.clone(),
-        ));
+        // Runs until the writer thread ends (it owns the sending side).
+        tokio::spawn(notice_loop(Arc::downgrade(&inner), notice_rx));
         for id in runnable {
             inner.schedule(id);
         }
@@ -274,7 +274,7 @@ struct Inner {
     permits: Arc<Semaphore>,
     /// Stops scheduling steps.
     stop: CancellationToken,
-    /// Stops timers, outbox and notices (after the steps).
+    /// Stops timers and outbox (after the steps).
     background_stop: CancellationToken,
     tasks: TaskTracker,
     background: TaskTracker,
@@ -286,39 +286,38 @@ struct Inner {
     closed: AtomicBool,
 }
 
-async fn notice_loop(
-    inner: std::sync::Weak<Inner>,
-    mut rx: mpsc::UnboundedReceiver<Notices>,
-    stop: CancellationToken,
-) {
-    loop {
-        let n = tokio::select! {
-            _ = stop.cancelled() => return,
-            n = rx.recv() => match n {
-                Some(n) => n,
-                None => return,
-            },
-        };
-        let Some(inner) = inner.upgrade() else { return };
-        for id in n.cancelled {
-            inner.trip_cancel(id);
+/// Acts on each committed batch (schedule, trip cancel tokens, wake timers, queue effects,
+/// publish changes), then answers its callers.
+async fn notice_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Commit>) {
+    while let Some(commit) = rx.recv().await {
+        if let Some(inner) = inner.upgrade() {
+            inner.act_on(commit.notices);
         }
-        for id in n.runnable {
-            inner.schedule(id);
-        }
-        if let Some(at) = n.earliest_timer {
-            inner.timer_wake.timer_set(at);
-        }
-        for e in n.effects {
-            let _ = inner.effects.send(e);
-        }
-        for (id, status) in n.changed {
-            let _ = inner.changes.send(Change { id, status });
+        for (tx, result) in commit.replies {
+            let _ = tx.send(result);
         }
     }
 }
 
 impl Inner {
+    fn act_on(self: &Arc<Self>, n: Notices) {
+        for id in n.cancelled {
+            self.trip_cancel(id);
+        }
+        for id in n.runnable {
+            self.schedule(id);
+        }
+        if let Some(at) = n.earliest_timer {
+            self.timer_wake.timer_set(at);
+        }
+        for e in n.effects {
+            let _ = self.effects.send(e);
+        }
+        for (id, status) in n.changed {
+            let _ = self.changes.send(Change { id, status });
+        }
+    }
+
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Active>> {
         // A panic while holding this lock can only come from HashMap itself; keep going with
         // the data as it is (it holds no invariant a half-done operation could break).

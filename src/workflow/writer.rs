@@ -2,8 +2,9 @@
 //!
 //! Callers submit [`Op`]s over a channel and await a reply. The writer takes everything queued
 //! (up to a batch limit), applies it in one `Durability::Immediate` transaction, commits once,
-//! then publishes the [`Notices`] of the batch (instances made runnable, timers, effects) and
-//! answers each caller. Each op checks everything it can refuse before it writes, so a refused
+//! then hands the batch's [`Commit`] — its notices (instances made runnable, timers, effects)
+//! and every caller's reply — to the engine in one message. The engine's notice task answers
+//! the callers: one cross-thread wake-up per batch instead of one per caller. Each op checks everything it can refuse before it writes, so a refused
 //! op fails only its own caller; a storage failure fails the whole batch, and then no caller is
 //! told its request committed.
 
@@ -132,13 +133,6 @@ impl Notices {
             (a, b) => a.or(b),
         };
     }
-    pub(crate) fn is_empty(&self) -> bool {
-        self.runnable.is_empty()
-            && self.cancelled.is_empty()
-            && self.effects.is_empty()
-            && self.changed.is_empty()
-            && self.earliest_timer.is_none()
-    }
 }
 
 /// Counters of the writer, for tests and metrics.
@@ -150,7 +144,25 @@ pub struct WriterStats {
 
 struct Request {
     op: Op,
-    reply: oneshot::Sender<Result<Reply, EngineError>>,
+    reply: ReplySender,
+}
+
+pub(crate) type ReplySender = oneshot::Sender<Result<Reply, EngineError>>;
+
+/// What one committed batch hands to the engine.
+pub(crate) struct Commit {
+    pub notices: Notices,
+    /// Each caller's reply, to be sent after the notices are acted on.
+    pub replies: Vec<(ReplySender, Result<Reply, EngineError>)>,
+}
+
+impl Commit {
+    /// Acts on nothing and answers every caller (used when nobody else will).
+    pub(crate) fn answer(self) {
+        for (tx, result) in self.replies {
+            let _ = tx.send(result);
+        }
+    }
 }
 
 /// Handle for submitting ops to the writer thread.
@@ -161,18 +173,19 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread. `notify` is called after each commit with what it changed.
+    /// Starts the writer thread. `deliver` is called after each commit with what it changed and
+    /// the replies; it must answer them (see [`Commit::answer`]).
     pub(crate) fn spawn(
         store: Store,
         history_cap: u64,
-        notify: impl Fn(Notices) + Send + 'static,
+        deliver: impl Fn(Commit) + Send + 'static,
     ) -> Result<(Writer, JoinHandle<()>), std::io::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
         let thread_stats = stats.clone();
         let handle = std::thread::Builder::new()
             .name("fleet-writer".into())
-            .spawn(move || run(store, rx, thread_stats, history_cap, notify))?;
+            .spawn(move || run(store, rx, thread_stats, history_cap, deliver))?;
         Ok((Writer { tx, stats }, handle))
     }
 
@@ -192,7 +205,7 @@ fn run(
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<WriterStats>,
     history_cap: u64,
-    notify: impl Fn(Notices),
+    deliver: impl Fn(Commit),
 ) {
     let mut batch: Vec<Request> = Vec::new();
     let mut stopping = false;
@@ -226,12 +239,7 @@ fn run(
                     }
                     replies.push((req.reply, result));
                 }
-                if !notices.is_empty() {
-                    notify(notices);
-                }
-                for (reply, result) in replies {
-                    let _ = reply.send(result);
-                }
+                deliver(Commit { notices, replies });
             }
             Err(e) => {
                 tracing::error!(error = %e, ops, "store commit failed; batch refused");
