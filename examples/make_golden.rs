@@ -1,4 +1,4 @@
-//! Writes `tests/fixtures/golden-v1.redb`: a small store with instances in every parked shape
+//! Writes `tests/fixtures/golden-v<STORE_FORMAT>.redb`: a small store with instances in every parked shape
 //! (waiting, timer, early signal, unresolved intent, completed) and effects left undelivered.
 //! Run once per store format: `cargo run --example make_golden`; commit the file; never rewrite
 //! an existing fixture (later versions must keep reading it).
@@ -8,12 +8,13 @@ mod golden;
 
 use std::time::Duration;
 
-use agent_fleet::workflow::{Engine, EngineConfig, Status, Timestamp};
+use agent_fleet::workflow::{Engine, EngineConfig, STORE_FORMAT, Status, Timestamp};
 use golden::{GoldenFlow, GoldenSignal, GoldenState};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let path = std::path::Path::new("tests/fixtures/golden-v1.redb");
+    let path = format!("tests/fixtures/golden-v{STORE_FORMAT}.redb");
+    let path = std::path::Path::new(&path);
     anyhow::ensure!(
         !path.exists(),
         "{} exists: fixtures are never rewritten",

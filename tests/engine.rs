@@ -929,3 +929,30 @@ async fn garbage_store_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn store_of_a_newer_format_is_refused() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("fleet.redb");
+    let engine = open_adder(&dir, &Recorder::default()).await;
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    {
+        let table: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(table).unwrap().insert("format", 99).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = builder(&dir)
+        .register(Adder)
+        .open()
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("written by a newer agent-fleet (store format 99"),
+        "{err}"
+    );
+}

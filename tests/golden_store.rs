@@ -1,7 +1,8 @@
-//! A store written by the first version of the engine (`tests/fixtures/golden-v1.redb`, made by
-//! `examples/make_golden.rs`) opens in this version and its workflows run to completion:
-//! parked waits, an overdue timer, an early signal, an unresolved intent and undelivered
-//! effects all survive the upgrade.
+//! Stores written by earlier versions of the engine (`tests/fixtures/golden-v<format>.redb`,
+//! made by `examples/make_golden.rs`, one per store format, never rewritten) open in this
+//! version and their workflows run to completion: parked waits, an overdue timer, an early
+//! signal, an unresolved intent and undelivered effects all survive the upgrade. Format 1 is
+//! upgraded to format 2 (the `live` index) on open.
 
 #[path = "support/golden.rs"]
 mod golden;
@@ -11,14 +12,23 @@ use std::time::Duration;
 use agent_fleet::workflow::{Engine, EventKind, Status};
 use golden::{GoldenFlow, GoldenSignal, GoldenSink};
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden-v1.redb");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const T: Duration = Duration::from_secs(10);
 
 #[tokio::test]
-async fn store_written_by_version_one_runs_to_completion() {
+async fn store_of_format_1_is_upgraded_and_runs_to_completion() {
+    runs_to_completion("golden-v1.redb").await;
+}
+
+#[tokio::test]
+async fn store_of_format_2_runs_to_completion() {
+    runs_to_completion("golden-v2.redb").await;
+}
+
+async fn runs_to_completion(fixture: &str) {
     let dir = tempfile::TempDir::new().unwrap();
     let path = dir.path().join("fleet.redb");
-    std::fs::copy(FIXTURE, &path).expect("fixture present");
+    std::fs::copy(format!("{FIXTURES}/{fixture}"), &path).expect("fixture present");
     let sink = GoldenSink::default();
     let engine = Engine::builder(&path)
         .register(GoldenFlow)

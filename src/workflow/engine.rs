@@ -173,17 +173,15 @@ impl EngineBuilder {
             let store = Store::open(&path)?;
             let mut report = RecoveryReport::default();
             let mut runnable = Vec::new();
-            store.scan_instances(|id, rec| {
-                report.instances += 1;
-                match rec.status {
-                    Status::Runnable => {
-                        report.runnable += 1;
-                        runnable.push(id);
-                    }
-                    s if s.is_terminal() => report.terminal += 1,
-                    _ => report.parked += 1,
-                }
+            // Only unfinished instances are read (and checked); ended ones stay on disk.
+            store.scan_live(|id, rec| match rec.status {
+                Status::Runnable => runnable.push(id),
+                s if s.is_terminal() => {}
+                _ => report.parked += 1,
             })?;
+            report.runnable = runnable.len() as u64;
+            report.instances = store.instance_count()?;
+            report.terminal = report.instances - report.runnable - report.parked;
             let effects: Vec<(u64, Timestamp)> = store
                 .pending_effects()?
                 .into_iter()

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::InstanceId;
 use super::codec::decode;
@@ -29,11 +29,14 @@ pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("out
 pub(crate) const OUTBOX_PENDING: TableDefinition<u64, ()> = TableDefinition::new("outbox_pending");
 /// Scoped idempotency key → the id or sequence number it produced.
 pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// Ids of the instances that have not ended: what recovery reads (format 2 on).
+pub(crate) const LIVE: TableDefinition<u64, ()> = TableDefinition::new("live");
 /// (instance, intent name) → [`IntentRecord`].
 pub(crate) const INTENTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("intents");
 
-/// Store file format written by this build (the table layout above).
-pub const STORE_FORMAT: u64 = 1;
+/// Store file format written by this build (the table layout above). Format 1 had no `live`
+/// table; opening such a file builds it (see `migrate_1_to_2`).
+pub const STORE_FORMAT: u64 = 2;
 pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_NEXT_INSTANCE: &str = "next_instance";
 pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
@@ -50,7 +53,7 @@ pub struct Store {
 impl Store {
     /// Opens `path`, creating the file and its tables if needed. Refuses files written by a newer
     /// store format, and reports a damaged file as an error, never a panic.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<Store, EngineError> {
         let shown = path.display().to_string();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
@@ -82,7 +85,13 @@ impl Store {
                         path: shown,
                         found: u32::try_from(found).unwrap_or(u32::MAX),
                         supported: STORE_FORMAT as u32,
-                    });
+                    }
+                    .into());
+                }
+                Some(1) => {
+                    migrate_1_to_2(&txn)?;
+                    meta.insert(META_FORMAT, STORE_FORMAT)?;
+                    tracing::info!(path = %shown, "store upgraded from format 1 to 2");
                 }
                 Some(_) => {}
             }
@@ -94,9 +103,35 @@ impl Store {
             txn.open_table(OUTBOX_PENDING)?;
             txn.open_table(IDEMPOTENCY)?;
             txn.open_table(INTENTS)?;
+            txn.open_table(LIVE)?;
         }
         txn.commit()?;
         Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Number of instances, ended ones included.
+    pub fn instance_count(&self) -> Result<u64, EngineError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(INSTANCES)?.len()?)
+    }
+
+    /// Calls `f` with every instance that has not ended, in id order; stops at the first
+    /// record that cannot be decoded.
+    pub fn scan_live(
+        &self,
+        mut f: impl FnMut(InstanceId, InstanceRecord),
+    ) -> Result<(), EngineError> {
+        let txn = self.db.begin_read()?;
+        let live = txn.open_table(LIVE)?;
+        let instances = txn.open_table(INSTANCES)?;
+        for row in live.iter()? {
+            let id = row?.0.value();
+            let Some(bytes) = instances.get(id)? else {
+                continue;
+            };
+            f(id, decode_instance(id, bytes.value())?);
+        }
+        Ok(())
     }
 
     pub fn instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, EngineError> {
@@ -145,7 +180,6 @@ impl Store {
 
     /// Number of effects still waiting for delivery.
     pub fn pending_effect_count(&self) -> Result<u64, EngineError> {
-        use redb::ReadableTableMetadata;
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(OUTBOX_PENDING)?.len()?)
     }
@@ -192,12 +226,29 @@ impl Store {
         for row in table.iter()? {
             let (k, v) = row?;
             let id = k.value();
-            let rec: InstanceRecord = decode(v.value()).map_err(|source| EngineError::Corrupt {
-                what: format!("instance {id}"),
-                source,
-            })?;
-            f(id, rec);
+            f(id, decode_instance(id, v.value())?);
         }
         Ok(())
     }
+}
+
+fn decode_instance(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, EngineError> {
+    decode(bytes).map_err(|source| EngineError::Corrupt {
+        what: format!("instance {id}"),
+        source,
+    })
+}
+
+/// Format 1 → 2: index the instances that have not ended in `live`.
+fn migrate_1_to_2(txn: &redb::WriteTransaction) -> Result<(), EngineError> {
+    let instances = txn.open_table(INSTANCES)?;
+    let mut live = txn.open_table(LIVE)?;
+    for row in instances.iter()? {
+        let (k, v) = row?;
+        let id = k.value();
+        if !decode_instance(id, v.value())?.status.is_terminal() {
+            live.insert(id, ())?;
+        }
+    }
+    Ok(())
 }

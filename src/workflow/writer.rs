@@ -24,8 +24,8 @@ use super::record::{
     Status, Timestamp, Wake,
 };
 use super::store::{
-    HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, META, META_NEXT_EFFECT, META_NEXT_INSTANCE,
-    OUTBOX, OUTBOX_PENDING, Store, TIMERS,
+    HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META, META_NEXT_EFFECT,
+    META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, Store, TIMERS,
 };
 
 /// Most ops applied in one transaction.
@@ -294,6 +294,7 @@ struct Tables<'txn> {
     pending: Table<'txn, u64, ()>,
     idem: Table<'txn, &'static str, u64>,
     intents: Table<'txn, (u64, &'static str), &'static [u8]>,
+    live: Table<'txn, u64, ()>,
     history_cap: u64,
 }
 
@@ -309,6 +310,7 @@ impl<'txn> Tables<'txn> {
             pending: txn.open_table(OUTBOX_PENDING)?,
             idem: txn.open_table(IDEMPOTENCY)?,
             intents: txn.open_table(INTENTS)?,
+            live: txn.open_table(LIVE)?,
             history_cap,
         })
     }
@@ -460,6 +462,7 @@ impl<'txn> Tables<'txn> {
         };
         self.event(id, &mut rec, EventKind::Started { workflow, version }, now)?;
         self.save(id, &rec)?;
+        self.live.insert(id, ())?;
         if let Some(k) = &scoped {
             self.idem.insert(k.as_str(), id)?;
         }
@@ -671,6 +674,7 @@ impl<'txn> Tables<'txn> {
         n: &mut Notices,
     ) -> Result<(), EngineError> {
         self.set_timer(id, rec, None, n)?;
+        self.live.remove(id)?;
         let left: Vec<u64> = self
             .inbox
             .range((id, 0)..=(id, u64::MAX))?
