@@ -170,7 +170,13 @@ fn sigkilled_worker_loses_nothing_and_repeats_nothing() {
         }
         sent_upto = next;
         // Let it work for a random moment, then kill it mid-flight.
-        let until = Instant::now() + Duration::from_millis(rng.random_range(1..80));
+        // Half the kills come at once (mid-commit), half after a random moment of work.
+        let pause = if rng.random_bool(0.5) {
+            rng.random_range(0..3)
+        } else {
+            rng.random_range(3..80)
+        };
+        let until = Instant::now() + Duration::from_millis(pause);
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match w.lines.recv_timeout(left) {
                 Ok(line) => acks.absorb(&line),

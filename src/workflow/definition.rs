@@ -216,15 +216,15 @@ impl<W: Workflow> Definition for Typed<W> {
                 effects: Vec::new(),
                 seen_next_signal: input.next_signal,
             };
-            let state: W::State = match codec::decode_value("workflow state", &input.state) {
-                Ok(s) => s,
-                Err(e) => return fail_plan(e.to_string(), discarded),
-            };
+            let decoded = codec::decode_value::<W::State>("workflow state", &input.state);
             if let Some(reason) = input.cancel.as_deref() {
-                let report = AssertUnwindSafe(self.0.cleanup(&mut ctx, &state, reason))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| "cleanup panicked".to_string());
+                let report = match &decoded {
+                    Ok(state) => AssertUnwindSafe(self.0.cleanup(&mut ctx, state, reason))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| "cleanup panicked".to_string()),
+                    Err(e) => format!("cleanup skipped: the state cannot be read: {e}"),
+                };
                 return Plan {
                     kind: PlanKind::Cancelled,
                     state: None,
@@ -237,6 +237,10 @@ impl<W: Workflow> Definition for Typed<W> {
                     seen_next_signal: input.next_signal,
                 };
             }
+            let state = match decoded {
+                Ok(s) => s,
+                Err(e) => return fail_plan(e.to_string(), discarded),
+            };
             let result = AssertUnwindSafe(self.0.step(&mut ctx, state))
                 .catch_unwind()
                 .await
@@ -260,7 +264,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 events: vec![EventKind::Step {
                     step: input.step,
                     outcome: kind.label().to_string(),
-                    note: outcome.note,
+                    note: outcome.note.map(short),
                 }],
                 kind,
                 state: Some(encoded),

@@ -93,6 +93,19 @@ pub struct InstanceInfo {
     pub updated: Timestamp,
 }
 
+/// Longest idempotency key accepted (a delivery id or a client key, never a payload).
+pub const MAX_KEY_LEN: usize = 256;
+
+fn check_key(key: &str) -> Result<(), EngineError> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(EngineError::InvalidKey {
+            len: key.len(),
+            max: MAX_KEY_LEN,
+        });
+    }
+    Ok(())
+}
+
 impl InstanceInfo {
     fn of(id: InstanceId, rec: InstanceRecord) -> Self {
         InstanceInfo {
@@ -233,6 +246,7 @@ impl EngineBuilder {
             effect_rx,
             effect_tx,
             inner.background_stop.clone(),
+            inner.background.clone(),
         ));
         inner.background.spawn(timers::run(
             store,
@@ -374,7 +388,17 @@ impl Inner {
         // it, and that is safe: the writer compares the step's view (`next_signal`, `step`) with
         // the stored record and keeps the instance runnable, and the next reply carries it.
         let mut committed: Option<Box<InstanceRecord>> = None;
+        // Consecutive failures to read or commit: nothing else would wake a runnable instance,
+        // so this loop retries them itself, with backoff.
+        let mut failures: u32 = 0;
         loop {
+            if failures > 0 {
+                let delay = self.config.step_error_backoff.delay(failures - 1);
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
             if self.stop.is_cancelled() {
                 return;
             }
@@ -384,8 +408,9 @@ impl Inner {
                     Ok(Some(r)) => r,
                     Ok(None) => return,
                     Err(e) => {
-                        tracing::error!(instance = id, error = %e, "cannot load instance");
-                        return;
+                        tracing::error!(instance = id, error = %e, "cannot load instance; will retry");
+                        failures += 1;
+                        continue;
                     }
                 },
             };
@@ -404,8 +429,9 @@ impl Inner {
                 match self.store.inbox(id) {
                     Ok(i) => i,
                     Err(e) => {
-                        tracing::error!(instance = id, error = %e, "cannot load inbox");
-                        return;
+                        tracing::error!(instance = id, error = %e, "cannot load inbox; will retry");
+                        failures += 1;
+                        continue;
                     }
                 }
             } else {
@@ -441,12 +467,16 @@ impl Inner {
             };
             match self.writer.submit(op).await {
                 Ok(Reply::Transitioned(rec)) if rec.status == Status::Runnable => {
+                    failures = 0;
                     committed = Some(rec);
                 }
                 Ok(_) => return,
+                // Someone else advanced or ended it: nothing left for this loop.
+                Err(EngineError::Conflict { .. } | EngineError::Finished { .. }) => return,
+                Err(EngineError::UnknownInstance(_)) => return,
                 Err(e) => {
-                    tracing::error!(instance = id, error = %e, "transition not committed");
-                    return;
+                    tracing::error!(instance = id, error = %e, "transition not committed; will retry");
+                    failures += 1;
                 }
             }
         }
@@ -480,6 +510,9 @@ impl Engine {
                 version: W::VERSION,
             });
         }
+        if let Some(k) = key {
+            check_key(k)?;
+        }
         let op = Op::Start {
             workflow: W::NAME.to_string(),
             version: W::VERSION,
@@ -500,6 +533,7 @@ impl Engine {
         signal: &W::Signal,
         idempotency_key: &str,
     ) -> Result<SignalAck, EngineError> {
+        check_key(idempotency_key)?;
         let op = Op::Signal {
             id,
             workflow: Some(W::NAME.to_string()),
@@ -578,7 +612,11 @@ impl Engine {
         timeout: Duration,
     ) -> Result<Status, EngineError> {
         let mut rx = self.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let now = tokio::time::Instant::now();
+        // `Duration::MAX` means no timeout; far enough without overflowing.
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut status = self.info(id)?.status;
         loop {
             if status.is_terminal() {

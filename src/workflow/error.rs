@@ -38,6 +38,8 @@ pub enum EngineError {
     },
     #[error("intent `{name}` of instance {id} does not exist")]
     UnknownIntent { id: InstanceId, name: String },
+    #[error("idempotency key of {len} bytes: it must be 1 to {max} bytes")]
+    InvalidKey { len: usize, max: usize },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("the engine is shutting down")]

@@ -7,13 +7,16 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::InstanceId;
 use super::codec::{self, CodecError};
@@ -96,6 +99,7 @@ impl Outbox {
         mut queue: mpsc::UnboundedReceiver<(u64, Timestamp)>,
         requeue: mpsc::UnboundedSender<(u64, Timestamp)>,
         stop: CancellationToken,
+        attempts: TaskTracker,
     ) {
         let mut heap: BinaryHeap<Reverse<(Timestamp, u64)>> =
             initial.into_iter().map(|(e, t)| Reverse((t, e))).collect();
@@ -103,16 +107,21 @@ impl Outbox {
         loop {
             let now = Timestamp::now();
             while let Some(Reverse((due, effect))) = heap.peek().copied() {
-                if due > now {
+                if due > now || stop.is_cancelled() {
                     break;
                 }
-                heap.pop();
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return;
+                let permit = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
                 };
+                heap.pop();
                 let this = self.clone();
                 let requeue = requeue.clone();
-                tokio::spawn(async move {
+                // Tracked: shutdown waits for deliveries in flight so their outcome commits.
+                attempts.spawn(async move {
                     if let Some(next) = this.attempt(effect).await {
                         let _ = requeue.send((effect, next));
                     }
@@ -154,7 +163,10 @@ impl Outbox {
             attempt: record.attempts,
         };
         let result = match self.handlers.get(&record.kind) {
-            Some(h) => h.deliver(&delivery).await,
+            Some(h) => AssertUnwindSafe(h.deliver(&delivery))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(EffectError::Transient("effect handler panicked".into()))),
             None => Err(EffectError::Transient(format!(
                 "no handler registered for effect kind `{}`",
                 record.kind

@@ -73,7 +73,6 @@ pub enum Wake {
     Signal,
     Timer,
     Cancel,
-    Recovery,
 }
 
 /// One workflow instance: the `instances` table's value.

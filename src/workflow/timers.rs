@@ -40,7 +40,7 @@ pub(crate) async fn run(
 ) {
     loop {
         // Any timer committed from here on wakes us (Notify keeps one permit).
-        wake.sleeping_until.store(0, Ordering::Release);
+        wake.sleeping_until.store(u64::MAX, Ordering::Release);
         let now = Timestamp::now();
         let (due, next) = match store.due_timers(now, FIRE_BATCH) {
             Ok(x) => x,

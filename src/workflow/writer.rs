@@ -21,7 +21,7 @@ use super::definition::{Effect, Plan, PlanKind};
 use super::error::{EngineError, StoreError};
 use super::record::{
     EffectRecord, EffectStatus, Event, EventKind, InstanceRecord, IntentRecord, SignalRecord,
-    Status, Timestamp, Wake,
+    Status, Timestamp, Wake, short,
 };
 use super::store::{
     HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META, META_NEXT_EFFECT,
@@ -531,6 +531,7 @@ impl<'txn> Tables<'txn> {
         rec.next_signal += 1;
         rec.pending_signals += 1;
         rec.updated = now;
+        let key = short(key);
         self.event(id, &mut rec, EventKind::SignalReceived { seq, key }, now)?;
         if rec.status == Status::Waiting {
             self.make_runnable(id, &mut rec, Wake::Signal, n)?;
@@ -589,7 +590,17 @@ impl<'txn> Tables<'txn> {
         rec.step += 1;
         rec.updated = now;
         let late_signal = rec.next_signal > plan.seen_next_signal;
+        let cancelled = rec.cancel.is_some();
+        let plan_label = plan.kind.label();
         match plan.kind {
+            // A cancel was acknowledged while this step ran: it wins over the step's own ending,
+            // which stays in history; the cleanup runs next and the instance ends cancelled.
+            PlanKind::Complete | PlanKind::Fail(_) if cancelled => {
+                rec.errors = 0;
+                self.set_timer(id, &mut rec, None, n)?;
+                rec.status = Status::Runnable;
+                rec.wake = Wake::Cancel;
+            }
             PlanKind::Continue => {
                 rec.errors = 0;
                 self.set_timer(id, &mut rec, None, n)?;
@@ -598,7 +609,11 @@ impl<'txn> Tables<'txn> {
             }
             PlanKind::Wait(deadline) => {
                 rec.errors = 0;
-                if late_signal || rec.cancel.is_some() {
+                if cancelled {
+                    self.set_timer(id, &mut rec, None, n)?;
+                    rec.status = Status::Runnable;
+                    rec.wake = Wake::Cancel;
+                } else if late_signal {
                     self.set_timer(id, &mut rec, None, n)?;
                     rec.status = Status::Runnable;
                     rec.wake = Wake::Signal;
@@ -634,7 +649,12 @@ impl<'txn> Tables<'txn> {
             }
             PlanKind::Cancelled => self.finish(id, &mut rec, EventKind::Cancelled, now, n)?,
         }
-        if rec.cancel.is_some() && !rec.status.is_terminal() && rec.status != Status::Runnable {
+        // A cancelled instance goes to its cleanup at once, except after a step error: the
+        // error's backoff still applies (the state may be unreadable until it is fixed).
+        if cancelled
+            && matches!(rec.status, Status::Waiting | Status::Sleeping)
+            && !matches!(plan_label, "error")
+        {
             self.set_timer(id, &mut rec, None, n)?;
             rec.status = Status::Runnable;
             rec.wake = Wake::Cancel;
@@ -746,6 +766,7 @@ impl<'txn> Tables<'txn> {
         }
         rec.cancel = Some(reason.clone());
         rec.updated = now;
+        let reason = short(reason);
         self.event(id, &mut rec, EventKind::CancelRequested { reason }, now)?;
         if matches!(rec.status, Status::Waiting | Status::Sleeping) {
             self.make_runnable(id, &mut rec, Wake::Cancel, n)?;
@@ -853,6 +874,16 @@ impl<'txn> Tables<'txn> {
         }
         record.attempts += 1;
         let instance = record.instance;
+        // Read the instance before writing anything: a refused op must write nothing.
+        let mut owner = match self.load(instance) {
+            Ok(rec) => Some(rec),
+            Err(EngineError::UnknownInstance(_)) => None,
+            Err(e) if e.is_storage() => return Err(e),
+            Err(e) => {
+                tracing::error!(instance, effect, error = %e, "effect outcome not recorded in an unreadable instance's history");
+                None
+            }
+        };
         let event = match outcome {
             EffectOutcome::Delivered => {
                 self.outbox.remove(effect)?;
@@ -863,12 +894,13 @@ impl<'txn> Tables<'txn> {
                 })
             }
             EffectOutcome::Retry { error, next } => {
-                record.last_error = Some(error);
+                record.last_error = Some(short(error));
                 record.next_attempt = next;
                 self.outbox.insert(effect, encode(&record)?.as_slice())?;
                 None
             }
             EffectOutcome::Abandon { error } => {
+                let error = short(error);
                 record.status = EffectStatus::Abandoned;
                 record.last_error = Some(error.clone());
                 self.outbox.insert(effect, encode(&record)?.as_slice())?;
@@ -876,15 +908,9 @@ impl<'txn> Tables<'txn> {
                 Some(EventKind::EffectAbandoned { effect, error })
             }
         };
-        if let Some(kind) = event {
-            match self.load(instance) {
-                Ok(mut rec) => {
-                    self.event(instance, &mut rec, kind, now)?;
-                    self.save(instance, &rec)?;
-                }
-                Err(EngineError::UnknownInstance(_)) => {}
-                Err(e) => return Err(e),
-            }
+        if let (Some(kind), Some(rec)) = (event, owner.as_mut()) {
+            self.event(instance, rec, kind, now)?;
+            self.save(instance, rec)?;
         }
         Ok(Reply::Done)
     }
