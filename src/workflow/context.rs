@@ -160,7 +160,9 @@ impl<S> StepCtx<S> {
     }
 
     /// Records intent `name` durably before acting (returns after the commit), or reports what
-    /// an earlier run left: see [`Intent`].
+    /// an earlier run left: see [`Intent`]. A name stands for one action for the instance's
+    /// whole life: when acting again is intended (a retry, a review round), put the attempt in
+    /// the name (`launch-2`).
     pub async fn intent<P, R>(&self, name: &str, payload: &P) -> Result<Intent<P, R>, EngineError>
     where
         P: Serialize + DeserializeOwned,
