@@ -5,30 +5,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use agent_fleet::workflow::{
-    Backoff, CancelAck, Delivery, Effect, EffectError, EffectHandler, Engine, EngineBuilder,
-    EngineConfig, EngineError, EventKind, Intent, Outcome, Status, StepCtx, StepError, StepResult,
-    Timestamp, Workflow,
+    CancelAck, Delivery, Effect, EffectError, EffectHandler, Engine, EngineConfig, EngineError,
+    EventKind, Intent, Outcome, Status, StepCtx, StepError, StepResult, Timestamp, Workflow,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tempfile::TempDir;
 
-const T: Duration = Duration::from_secs(10);
-
-fn fast_config() -> EngineConfig {
-    EngineConfig {
-        effect_backoff: Backoff {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-        },
-        step_error_backoff: Backoff {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-        },
-        shutdown_grace: Duration::from_millis(200),
-        ..EngineConfig::default()
-    }
-}
+#[path = "support/engine.rs"]
+mod support;
+use support::{T, builder, events, fast_config, wait_status};
 
 // ---- workflows used by the tests --------------------------------------------------------------
 
@@ -103,10 +89,6 @@ impl EffectHandler for Recorder {
     }
 }
 
-fn builder(dir: &TempDir) -> EngineBuilder {
-    Engine::builder(dir.path().join("fleet.redb")).config(fast_config())
-}
-
 async fn open_adder(dir: &TempDir, rec: &Recorder) -> Engine {
     builder(dir)
         .register(Adder)
@@ -114,30 +96,6 @@ async fn open_adder(dir: &TempDir, rec: &Recorder) -> Engine {
         .open()
         .await
         .expect("engine opens")
-}
-
-async fn wait_status(engine: &Engine, id: u64, want: Status) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let s = engine.info(id).unwrap().status;
-        if s == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "instance {id} stuck in {s:?}, wanted {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn events(engine: &Engine, id: u64) -> Vec<EventKind> {
-    engine
-        .history(id)
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e.kind)
-        .collect()
 }
 
 // ---- 1. atomic transitions -----------------------------------------------------------------

@@ -7,57 +7,16 @@ use std::time::Duration;
 
 use agent_fleet::workflow::record::MAX_NOTE;
 use agent_fleet::workflow::{
-    Backoff, CancelAck, Delivery, Effect, EffectError, EffectHandler, Engine, EngineBuilder,
-    EngineConfig, EventKind, Outcome, Status, StepCtx, StepResult, Workflow,
+    CancelAck, Delivery, Effect, EffectError, EffectHandler, EngineConfig, EventKind, Outcome,
+    Status, StepCtx, StepResult, Workflow,
 };
 use futures::future::BoxFuture;
 use serde::{Deserialize, Deserializer, Serialize};
 use tempfile::TempDir;
 
-const T: Duration = Duration::from_secs(5);
-
-fn fast_config() -> EngineConfig {
-    EngineConfig {
-        effect_backoff: Backoff {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-        },
-        step_error_backoff: Backoff {
-            base: Duration::from_millis(20),
-            max: Duration::from_millis(100),
-        },
-        shutdown_grace: Duration::from_millis(200),
-        ..EngineConfig::default()
-    }
-}
-
-fn builder(dir: &TempDir) -> EngineBuilder {
-    Engine::builder(dir.path().join("fleet.redb")).config(fast_config())
-}
-
-fn events(engine: &Engine, id: u64) -> Vec<EventKind> {
-    engine
-        .history(id)
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e.kind)
-        .collect()
-}
-
-async fn wait_status(engine: &Engine, id: u64, want: Status) {
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let s = engine.info(id).unwrap().status;
-        if s == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "instance {id} stuck in {s:?}, wanted {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+#[path = "support/engine.rs"]
+mod support;
+use support::{T, builder, events, fast_config, wait_status};
 
 // ---- 1. cancel of an instance whose state no longer decodes: hot loop, never ends ------------
 
