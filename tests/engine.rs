@@ -98,6 +98,16 @@ async fn open_adder(dir: &TempDir, rec: &Recorder) -> Engine {
         .expect("engine opens")
 }
 
+/// Starts an `Adder` that completes when its signals add up to `target` (or at `deadline`).
+async fn start_adder(engine: &Engine, target: u32, deadline: Option<Timestamp>) -> u64 {
+    let state = AddState {
+        target,
+        deadline,
+        ..Default::default()
+    };
+    engine.start::<Adder>(&state, None).await.unwrap()
+}
+
 // ---- 1. atomic transitions -----------------------------------------------------------------
 
 #[tokio::test]
@@ -106,17 +116,7 @@ async fn transition_commits_state_history_timer_and_effect_together() {
     let rec = Recorder::default();
     let engine = open_adder(&dir, &rec).await;
     let deadline = Timestamp::now().after(Duration::from_secs(3600));
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 5,
-                deadline: Some(deadline),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 5, Some(deadline)).await;
     wait_status(&engine, id, Status::Waiting).await;
     engine.signal::<Adder>(id, &Sig::Go(2), "k1").await.unwrap();
     // After the signal: one step took it (state), queued an effect, and waited again with the
@@ -149,16 +149,7 @@ async fn refused_request_fails_only_its_own_caller() {
     let dir = TempDir::new().unwrap();
     let rec = Recorder::default();
     let engine = open_adder(&dir, &rec).await;
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 100,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 100, None).await;
     wait_status(&engine, id, Status::Waiting).await;
     let commits_before = engine.commits();
     // Submitted together: the bad ones are refused, the good ones commit, in few transactions.
@@ -192,16 +183,7 @@ async fn duplicate_signal_key_is_a_noop_that_still_succeeds() {
     let dir = TempDir::new().unwrap();
     let rec = Recorder::default();
     let engine = open_adder(&dir, &rec).await;
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 3,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 3, None).await;
     let first = engine
         .signal::<Adder>(id, &Sig::Go(1), "delivery-1")
         .await
@@ -240,16 +222,7 @@ async fn signal_sent_before_the_workflow_waits_is_kept() {
     let engine = open_adder(&dir, &rec).await;
     // `Other` is never taken by Adder: it must stay in the inbox, not be dropped, while the
     // `Go` sent in the same breath is taken.
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 4,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 4, None).await;
     engine
         .signal::<Adder>(id, &Sig::Other("early".into()), "a")
         .await
@@ -274,16 +247,7 @@ async fn signal_kept_across_a_restart() {
     let dir = TempDir::new().unwrap();
     let rec = Recorder::default();
     let engine = open_adder(&dir, &rec).await;
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 9,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 9, None).await;
     wait_status(&engine, id, Status::Waiting).await;
     engine.shutdown().await.unwrap();
     drop(engine);
@@ -317,17 +281,7 @@ async fn overdue_timer_fires_right_after_restart() {
     let rec = Recorder::default();
     let engine = open_adder(&dir, &rec).await;
     let deadline = Timestamp::now().after(Duration::from_millis(400));
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 1,
-                deadline: Some(deadline),
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 1, Some(deadline)).await;
     wait_status(&engine, id, Status::Waiting).await;
     engine.shutdown().await.unwrap();
     drop(engine);
@@ -356,16 +310,7 @@ async fn effect_is_retried_with_backoff_until_delivered_under_one_key() {
         ..Default::default()
     };
     let engine = open_adder(&dir, &rec).await;
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 7,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 7, None).await;
     engine.signal::<Adder>(id, &Sig::Go(7), "s").await.unwrap();
     engine.wait_terminal(id, T).await.unwrap();
     let deadline = tokio::time::Instant::now() + T;
@@ -401,16 +346,7 @@ async fn pending_effect_is_delivered_after_restart() {
         ..Default::default()
     };
     let engine = open_adder(&dir, &failing).await;
-    let id = engine
-        .start::<Adder>(
-            &AddState {
-                target: 1,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let id = start_adder(&engine, 1, None).await;
     engine.signal::<Adder>(id, &Sig::Go(1), "s").await.unwrap();
     engine.wait_terminal(id, T).await.unwrap();
     engine.shutdown().await.unwrap();
