@@ -1,3 +1,9 @@
+//! agent-fleet: runs AI coding agents against a forge's issues as durable workflows on redb.
+//!
+//! Layers, dependencies pointing inward (see ARCHITECTURE.md): [`api`] → [`steps`] →
+//! [`workflow`]; [`io`] is used by `steps`; `workflow` depends on none of them. [`config`] is
+//! the daemon's TOML configuration.
+
 pub mod api;
 pub mod config;
 pub mod io;
