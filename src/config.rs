@@ -546,6 +546,19 @@ impl KeyPath {
     fn root(k: &str) -> KeyPath {
         KeyPath(vec![Seg::Key(k.to_string())])
     }
+
+    /// The name of the array this path's entry belongs to (`hosts` for `hosts[1].host_id`).
+    fn list_name(&self) -> &str {
+        self.0
+            .iter()
+            .rev()
+            .skip_while(|s| !matches!(s, Seg::Index(_)))
+            .find_map(|s| match s {
+                Seg::Key(k) => Some(k.as_str()),
+                Seg::Index(_) => None,
+            })
+            .unwrap_or("")
+    }
 }
 
 impl fmt::Display for KeyPath {
@@ -695,6 +708,33 @@ impl Validator {
         true
     }
 
+    /// [`Self::identifier`], and not already used by an earlier entry of the same list
+    /// (`seen` maps each name to the index of its first entry).
+    fn unique_identifier<'a>(
+        &mut self,
+        seen: &mut HashMap<&'a str, usize>,
+        path: KeyPath,
+        what: &str,
+        value: &'a str,
+        index: usize,
+    ) {
+        if !self.identifier(path.clone(), what, value) {
+            return;
+        }
+        match seen.get(value) {
+            Some(first) => {
+                let list = path.list_name().to_string();
+                self.report(
+                    path,
+                    format!("duplicate {what} `{value}` (already used by {list}[{first}])"),
+                );
+            }
+            None => {
+                seen.insert(value, index);
+            }
+        }
+    }
+
     fn http_url(&mut self, path: KeyPath, value: &str) {
         let rest = value
             .strip_prefix("https://")
@@ -828,19 +868,7 @@ impl Validator {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, a) in agents.iter().enumerate() {
             let p = KeyPath::root("agents").index(i);
-            if self.identifier(p.key("name"), "agent name", &a.name) {
-                if let Some(first) = seen.get(a.name.as_str()) {
-                    self.report(
-                        p.key("name"),
-                        format!(
-                            "duplicate agent name `{}` (already defined by agents[{first}])",
-                            a.name
-                        ),
-                    );
-                } else {
-                    seen.insert(&a.name, i);
-                }
-            }
+            self.unique_identifier(&mut seen, p.key("name"), "agent name", &a.name, i);
             self.template(p.key("cli_template"), &a.cli_template, true);
             if let Some(t) = &a.resume_template {
                 self.template(p.key("resume_template"), t, true);
@@ -876,19 +904,7 @@ impl Validator {
         let mut ids: HashMap<&str, usize> = HashMap::new();
         for (i, h) in hosts.iter().enumerate() {
             let p = KeyPath::root("hosts").index(i);
-            if self.identifier(p.key("host_id"), "host_id", &h.host_id) {
-                if let Some(first) = ids.get(h.host_id.as_str()) {
-                    self.report(
-                        p.key("host_id"),
-                        format!(
-                            "duplicate host_id `{}` (already used by hosts[{first}])",
-                            h.host_id
-                        ),
-                    );
-                } else {
-                    ids.insert(&h.host_id, i);
-                }
-            }
+            self.unique_identifier(&mut ids, p.key("host_id"), "host_id", &h.host_id, i);
             if h.hostname.trim().is_empty() {
                 self.report(p.key("hostname"), "must not be empty");
             }
