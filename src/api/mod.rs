@@ -4,6 +4,8 @@
 //! result to JSON. Every error answer has the shape `{"error": {"code", "message"}}`
 //! ([`ApiError`]).
 
+pub mod views;
+
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, State};
