@@ -19,6 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -130,6 +131,8 @@ pub struct DispatchConfig {
     pub heartbeat_interval: Duration,
     /// Missed heartbeats after which a pull agent is offline and its tasks `agent_lost`.
     pub heartbeat_misses: u32,
+    /// Repository (local path or git URL) of tasks that name none.
+    pub default_repo: Option<String>,
 }
 
 impl Default for DispatchConfig {
@@ -142,6 +145,7 @@ impl Default for DispatchConfig {
             max_reviews: 3,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_misses: 3,
+            default_repo: None,
         }
     }
 }
@@ -234,6 +238,46 @@ impl AgentConfig {
     pub fn timeout_or_default(&self, dispatch: &DispatchConfig) -> Duration {
         self.timeout.unwrap_or(dispatch.task_timeout)
     }
+}
+
+/// The agent kinds every daemon knows: `claude`, `codex` and `demo` (the script shipped in
+/// `scripts/`, which needs no API key). An `[[agents]]` entry with the same name replaces one.
+pub fn builtin_agents() -> &'static [AgentConfig] {
+    static BUILTIN: LazyLock<Vec<AgentConfig>> = LazyLock::new(|| {
+        let kind =
+            |name: &str, cli: &str, resume: &str, format, version: Option<&str>| AgentConfig {
+                name: name.to_string(),
+                cli_template: cli.to_string(),
+                output_format: format,
+                timeout: None,
+                resume_template: Some(resume.to_string()),
+                version_command: version.map(str::to_string),
+            };
+        vec![
+            kind(
+                "claude",
+                "claude -p --output-format json --permission-mode acceptEdits < {prompt_file}",
+                "claude -p --output-format json --permission-mode acceptEdits --resume {session_id} < {prompt_file}",
+                OutputFormat::ClaudeJson,
+                Some("claude --version"),
+            ),
+            kind(
+                "codex",
+                "codex exec --json --full-auto - < {prompt_file}",
+                "codex exec resume --json --full-auto {session_id} - < {prompt_file}",
+                OutputFormat::CodexJsonl,
+                Some("codex --version"),
+            ),
+            kind(
+                "demo",
+                "scripts/demo-agent --prompt-file {prompt_file}",
+                "scripts/demo-agent --prompt-file {prompt_file} --resume {session_id}",
+                OutputFormat::ClaudeJson,
+                None,
+            ),
+        ]
+    });
+    &BUILTIN
 }
 
 /// `[[hosts]]`: a machine reached by SSH, or `localhost` (local subprocesses).
@@ -471,13 +515,28 @@ impl Config {
             v.matrix(m);
         }
         v.agents(&self.agents);
-        v.hosts(&self.hosts, &self.agents);
+        let kinds: Vec<AgentConfig> = self.agent_kinds().into_iter().cloned().collect();
+        v.hosts(&self.hosts, &kinds);
         v.problems
     }
 
-    /// The agent kind called `name`.
+    /// The agent kind called `name`: an `[[agents]]` entry, else a built-in one.
     pub fn agent(&self, name: &str) -> Option<&AgentConfig> {
-        self.agents.iter().find(|a| a.name == name)
+        self.agents
+            .iter()
+            .find(|a| a.name == name)
+            .or_else(|| builtin_agents().iter().find(|a| a.name == name))
+    }
+
+    /// Every agent kind: the configured ones, then the built-ins they do not override.
+    pub fn agent_kinds(&self) -> Vec<&AgentConfig> {
+        let mut kinds: Vec<&AgentConfig> = self.agents.iter().collect();
+        for b in builtin_agents() {
+            if !self.agents.iter().any(|a| a.name == b.name) {
+                kinds.push(b);
+            }
+        }
+        kinds
     }
 
     /// The host with `host_id`.

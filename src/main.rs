@@ -11,6 +11,8 @@ use std::sync::Arc;
 use agent_fleet::api::{self, AppState};
 use agent_fleet::config::{Config, ConfigError};
 use agent_fleet::steps;
+use agent_fleet::steps::agent_task::Runtime;
+use agent_fleet::steps::dispatch::Fleet;
 use agent_fleet::workflow::{Engine, EngineConfig};
 use anyhow::{Context, anyhow};
 use clap::Parser;
@@ -114,6 +116,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })?;
     let config = Arc::new(config);
+    let admin_token = admin_token(&config)?;
+    let base_dir = std::env::current_dir().context("cannot read the working directory")?;
+    let rt = Arc::new(Runtime::new(
+        config.clone(),
+        Fleet::new(&config),
+        base_dir.clone(),
+    ));
     // Installed before anything else so that a signal is never the default "die at once".
     let mut signals = Signals::install()?;
 
@@ -125,14 +134,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     eprintln!("agent-fleet listening on http://{addr}");
 
-    let state = AppState::new(config.clone());
+    let state = AppState::with(config.clone(), Some(admin_token), base_dir);
     let stop_http = CancellationToken::new();
     let mut http = tokio::spawn(
         axum::serve(listener, api::router(state.clone()))
             .with_graceful_shutdown(stop_http.clone().cancelled_owned())
             .into_future(),
     );
-    let mut opening = tokio::spawn(open_engine(config.clone()));
+    let mut opening = tokio::spawn(open_engine(config.clone(), rt.clone()));
 
     let engine = tokio::select! {
         opened = &mut opening => opened.context("engine start-up task failed")??,
@@ -172,7 +181,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Opens the store, registers the workflows and recovers every unfinished instance.
-async fn open_engine(config: Arc<Config>) -> anyhow::Result<Engine> {
+async fn open_engine(config: Arc<Config>, rt: Arc<Runtime>) -> anyhow::Result<Engine> {
     let path = &config.storage.path;
     tracing::info!(store = %path.display(), "opening the store");
     let engine_config = EngineConfig {
@@ -180,7 +189,7 @@ async fn open_engine(config: Arc<Config>) -> anyhow::Result<Engine> {
         ..EngineConfig::default()
     };
     let builder = Engine::builder(path).config(engine_config);
-    steps::register(builder, &config).open().await.map_err(|e| {
+    let engine = steps::register(builder, &rt).open().await.map_err(|e| {
         // The engine's messages already include their causes (and usually the store's path).
         let shown = path.display().to_string();
         let message = e.to_string();
@@ -189,7 +198,21 @@ async fn open_engine(config: Arc<Config>) -> anyhow::Result<Engine> {
         } else {
             anyhow!("cannot start the engine on the store {shown}: {message}")
         }
-    })
+    })?;
+    steps::recover(&engine, &rt).context("cannot rebuild the host slots of recovered tasks")?;
+    Ok(engine)
+}
+
+/// The coordinator's bearer token, from the environment variable the config names.
+fn admin_token(config: &Config) -> anyhow::Result<String> {
+    let name = &config.server.admin_token_env;
+    match std::env::var(name) {
+        Ok(token) if !token.trim().is_empty() => Ok(token),
+        _ => Err(anyhow!(
+            "the API needs an admin token: set the environment variable {name} \
+             (named by server.admin_token_env), e.g. {name}=$(openssl rand -hex 16)"
+        )),
+    }
 }
 
 /// Lets the commit in flight finish, then stops the engine.

@@ -75,6 +75,7 @@ impl Daemon {
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .env("FLEET_ADMIN_TOKEN", "test-admin-token")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

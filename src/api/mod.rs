@@ -4,8 +4,11 @@
 //! result to JSON. Every error answer has the shape `{"error": {"code", "message"}}`
 //! ([`ApiError`]).
 
+pub mod auth;
+pub mod tasks;
 pub mod views;
 
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -26,6 +29,10 @@ pub struct AppState {
 
 struct Shared {
     config: Arc<Config>,
+    /// The coordinator's bearer token; `None` refuses every `/api/v1` request.
+    admin_token: Option<String>,
+    /// Where relative repository paths start (the daemon's working directory).
+    base_dir: PathBuf,
     /// Set once the engine has opened the store and recovered.
     engine: OnceLock<Engine>,
 }
@@ -33,12 +40,27 @@ struct Shared {
 impl AppState {
     /// State of a daemon whose engine is still opening; see [`AppState::set_engine`].
     pub fn new(config: Arc<Config>) -> Self {
+        Self::with(config, None, PathBuf::from("."))
+    }
+
+    /// State with the admin token and the base directory of relative repository paths.
+    pub fn with(config: Arc<Config>, admin_token: Option<String>, base_dir: PathBuf) -> Self {
         AppState {
             inner: Arc::new(Shared {
                 config,
+                admin_token,
+                base_dir,
                 engine: OnceLock::new(),
             }),
         }
+    }
+
+    pub fn admin_token(&self) -> Option<&str> {
+        self.inner.admin_token.as_deref()
+    }
+
+    pub fn base_dir(&self) -> &std::path::Path {
+        &self.inner.base_dir
     }
 
     pub fn config(&self) -> &Config {
@@ -65,7 +87,12 @@ impl AppState {
 /// The daemon's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().server.body_limit;
+    let api = tasks::routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_admin,
+    ));
     Router::new()
+        .nest("/api/v1", api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(not_found)

@@ -164,3 +164,185 @@ pub struct CancelRequest {
     #[serde(default)]
     pub reason: Option<String>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// From the workflow's records to the views
+// ---------------------------------------------------------------------------------------------
+
+use std::time::{Duration, SystemTime};
+
+use crate::steps::agent_task::{Run, TaskSignal};
+use crate::steps::task::Source;
+use crate::steps::tasks::TaskRecord;
+use crate::workflow::{Event, EventKind, Timestamp};
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(t.0))
+        .to_string()
+}
+
+impl From<&TaskRecord> for TaskView {
+    fn from(r: &TaskRecord) -> Self {
+        let s = &r.state;
+        TaskView {
+            id: r.id.to_string(),
+            title: s.spec.title.clone(),
+            body: s.spec.body.clone(),
+            status: r.status().to_string(),
+            execution_mode: s.mode.to_string(),
+            priority: s.spec.priority.to_string(),
+            kind: s.spec.kind.clone(),
+            labels: s.spec.labels.clone(),
+            agent: s.spec.agent.clone(),
+            capabilities: s.spec.capabilities.clone(),
+            repo: s.spec.repo.clone(),
+            source: match &s.spec.source {
+                Source::Api => "api".to_string(),
+                Source::Forge { repo, issue } => format!("{repo}#{issue}"),
+            },
+            assigned_host: s.assigned_host.clone(),
+            assigned_agent: s.assigned_agent.clone(),
+            branch_name: crate::steps::task::branch_name(r.id),
+            pr_number: None,
+            pr_title: None,
+            attempt: s.attempt,
+            review_count: s.review_count,
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(r.info.updated),
+            last_activity_at: s.last_activity_at.map(rfc3339),
+            failure: r.failure(),
+            runs: s.runs.iter().map(RunView::from).collect(),
+            receipt: s.receipt.as_ref().map(|rc| ReceiptView {
+                branch: rc.branch.clone(),
+                base: rc.base.clone(),
+                base_sha: rc.base_sha.clone(),
+                head_sha: rc.work.head_sha.clone(),
+                commits: rc
+                    .work
+                    .commits
+                    .iter()
+                    .map(|(sha, subject)| CommitView {
+                        sha: sha.clone(),
+                        subject: subject.clone(),
+                    })
+                    .collect(),
+                files_changed: rc.work.files_changed.clone(),
+                summary: rc.summary.clone(),
+                cost_usd: rc.cost_usd,
+                verified_at: rfc3339(rc.verified_at),
+            }),
+            events: r.history.as_ref().map(|h| {
+                h.iter()
+                    .map(|(seq, e)| EventView::from_event(*seq, e))
+                    .collect()
+            }),
+        }
+    }
+}
+
+impl From<&Run> for RunView {
+    fn from(r: &Run) -> Self {
+        let rep = r.report.as_ref();
+        RunView {
+            run_id: r.run_id.clone(),
+            host: r.host.clone(),
+            agent: r.agent.clone(),
+            attempt: r.attempt,
+            run_dir: r.run_dir.clone(),
+            started_at: rfc3339(r.started_at),
+            ended_at: r.ended_at.map(rfc3339),
+            exit_code: r.exit_code,
+            outcome: r.outcome.as_str().to_string(),
+            summary: rep.map(|x| x.summary.clone()),
+            session_id: rep.and_then(|x| x.session_id.clone()),
+            turns: rep.and_then(|x| x.turns),
+            input_tokens: rep.and_then(|x| x.input_tokens),
+            output_tokens: rep.and_then(|x| x.output_tokens),
+            cost_usd: rep.and_then(|x| x.cost_usd),
+            files_changed: rep.map(|x| x.files_changed.clone()).unwrap_or_default(),
+            notes: rep.map(|x| x.notes.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+impl EventView {
+    pub fn from_event(seq: u64, e: &Event) -> Self {
+        let (kind, text) = match &e.kind {
+            EventKind::Started { workflow, version } => {
+                ("started", format!("{workflow} v{version}"))
+            }
+            EventKind::Step {
+                step,
+                outcome,
+                note,
+            } => (
+                "step",
+                match note {
+                    Some(n) => format!("#{step} {outcome}: {n}"),
+                    None => format!("#{step} {outcome}"),
+                },
+            ),
+            EventKind::StepError {
+                step,
+                error,
+                retry_in_ms,
+            } => (
+                "error",
+                format!("#{step} {error} (again in {retry_in_ms} ms)"),
+            ),
+            EventKind::SignalReceived { seq, key } => {
+                ("signal", format!("signal {seq} received (key {key})"))
+            }
+            EventKind::SignalConsumed { seq } => ("signal", format!("signal {seq} handled")),
+            EventKind::SignalDiscarded { seq, error } => {
+                ("signal", format!("signal {seq} discarded: {error}"))
+            }
+            EventKind::TimerFired { due } => {
+                ("timer", format!("timer due {} fired", rfc3339(*due)))
+            }
+            EventKind::EffectQueued { effect, kind } => {
+                ("effect", format!("effect {effect} ({kind}) queued"))
+            }
+            EventKind::EffectDelivered { effect, attempts } => (
+                "effect",
+                format!("effect {effect} delivered after {attempts} attempt(s)"),
+            ),
+            EventKind::EffectAbandoned { effect, error } => {
+                ("effect", format!("effect {effect} abandoned: {error}"))
+            }
+            EventKind::IntentRecorded { name } => ("intent", format!("intent `{name}` recorded")),
+            EventKind::IntentResolved { name } => ("intent", format!("intent `{name}` resolved")),
+            EventKind::CancelRequested { reason } => {
+                ("cancel", format!("cancel requested: {reason}"))
+            }
+            EventKind::CleanedUp { report } => ("cancel", format!("cleanup: {report}")),
+            EventKind::Completed => ("end", "completed".to_string()),
+            EventKind::Failed { reason } => ("end", format!("failed: {reason}")),
+            EventKind::Cancelled => ("end", "cancelled".to_string()),
+        };
+        EventView {
+            seq,
+            at: rfc3339(e.at),
+            kind: kind.to_string(),
+            text,
+        }
+    }
+}
+
+/// The JSON form of a [`TaskSignal`]: `{"type": "retry"}`, `{"type": "note", "text": "…"}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SignalJson {
+    Retry,
+    Note { text: String },
+}
+
+impl From<SignalJson> for TaskSignal {
+    fn from(s: SignalJson) -> Self {
+        match s {
+            SignalJson::Retry => TaskSignal::Retry,
+            SignalJson::Note { text } => TaskSignal::Note { text },
+        }
+    }
+}

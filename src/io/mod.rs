@@ -4,3 +4,6 @@
 //!
 //! The workflow engine never calls these directly: steps use them, and outbox effect handlers
 //! deliver forge comments, labels and chat messages through them.
+
+pub mod run;
+pub mod shell;

@@ -123,6 +123,14 @@ impl InstanceInfo {
     }
 }
 
+/// Acknowledgement of a committed (or deduplicated) start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartAck {
+    pub id: InstanceId,
+    /// The idempotency key had started this instance before: nothing new was created.
+    pub duplicate: bool,
+}
+
 /// Acknowledgement of a committed (or deduplicated) signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SignalAck {
@@ -500,6 +508,15 @@ impl Engine {
         state: &W::State,
         key: Option<&str>,
     ) -> Result<InstanceId, EngineError> {
+        Ok(self.start_ack::<W>(state, key).await?.id)
+    }
+
+    /// [`Engine::start`], also telling whether the key had started an instance before.
+    pub async fn start_ack<W: Workflow>(
+        &self,
+        state: &W::State,
+        key: Option<&str>,
+    ) -> Result<StartAck, EngineError> {
         if !self
             .inner
             .defs
@@ -520,7 +537,7 @@ impl Engine {
             key: key.map(str::to_string),
         };
         match self.inner.writer.submit(op).await? {
-            Reply::Started { id } => Ok(id),
+            Reply::Started { id, duplicate } => Ok(StartAck { id, duplicate }),
             other => Err(other.unexpected()),
         }
     }

@@ -23,7 +23,8 @@ pub type InstanceId = u64;
 pub use context::{Inbound, Intent, StepCtx};
 pub use definition::{Effect, Next, Outcome, StepError, StepResult, Workflow};
 pub use engine::{
-    CancelAck, Change, Engine, EngineBuilder, EngineConfig, InstanceInfo, RecoveryReport, SignalAck,
+    CancelAck, Change, Engine, EngineBuilder, EngineConfig, InstanceInfo, MAX_KEY_LEN,
+    RecoveryReport, SignalAck, StartAck,
 };
 pub use error::{EngineError, StoreError};
 pub use outbox::{Backoff, Delivery, EffectError, EffectHandler, EffectKey};

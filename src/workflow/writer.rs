@@ -87,6 +87,7 @@ pub(crate) enum EffectOutcome {
 pub(crate) enum Reply {
     Started {
         id: InstanceId,
+        duplicate: bool,
     },
     Signalled {
         seq: u64,
@@ -457,6 +458,7 @@ impl<'txn> Tables<'txn> {
         {
             return Ok(Reply::Started {
                 id: existing.value(),
+                duplicate: true,
             });
         }
         let id = self.next_id(META_NEXT_INSTANCE)?;
@@ -485,7 +487,10 @@ impl<'txn> Tables<'txn> {
         }
         n.runnable.push(id);
         n.changed.push((id, Status::Runnable));
-        Ok(Reply::Started { id })
+        Ok(Reply::Started {
+            id,
+            duplicate: false,
+        })
     }
 
     fn signal(

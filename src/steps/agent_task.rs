@@ -1,0 +1,826 @@
+//! The agent-task workflow (SPEC §4): one durable instance per task, one checkpointed step per
+//! phase —
+//!
+//! ```text
+//! Route → Prepare → Launch → Await → Parse → Verify ─→ completed
+//!   ↑                                          │
+//!   └──────────── Backoff ←── failed run ──────┴─→ Failed (waits for a retry signal)
+//! ```
+//!
+//! Steps that touch a host go through [`Shell`] scripts, so a re-run after a crash finds what
+//! the previous run left: the worktree is reused, the launch is guarded by an intent and by the
+//! run directory's `started/` marker, and Await re-attaches to the run by its directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{AgentConfig, Config, LOCALHOST};
+use crate::io::run::{self, RunState, Started};
+use crate::io::shell::{LocalShell, SharedShell};
+use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
+
+use super::dispatch::{Fleet, Ticket};
+use super::parse::{self, RunOutput, RunReport};
+use super::prompt::{self, PromptInput};
+use super::task::{ExecutionMode, TaskSpec, TaskStatus};
+use super::template::{self, Vars};
+use super::workspace::{self, BranchWork, Workspace};
+
+/// The run output read back for parsing (the tail, if longer).
+const MAX_OUTPUT: u64 = 16 << 20;
+/// How long a stopped run gets between SIGTERM and SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(3);
+
+/// A message to a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TaskSignal {
+    /// Run a failed task again (attempts start over).
+    Retry,
+    /// A remark kept in the task's history.
+    Note { text: String },
+}
+
+/// Where the workflow stands; each variant is one step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Phase {
+    Route,
+    Prepare,
+    Launch,
+    Await,
+    Parse,
+    Verify,
+    /// A failed run waits here before it is routed again.
+    Backoff {
+        until: Timestamp,
+    },
+    /// No host offers what the task needs: pull agents may take it (SPEC §4 pull mode).
+    Pull,
+    /// `failed`: waits for a retry signal.
+    Settled,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RunOutcome {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    /// Its process vanished without an exit code.
+    Lost,
+    Cancelled,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Running => "running",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::TimedOut => "timed_out",
+            RunOutcome::Lost => "lost",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One launch of an agent CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub run_id: String,
+    pub host: String,
+    pub agent: String,
+    pub attempt: u32,
+    pub run_dir: String,
+    pub started_at: Timestamp,
+    pub deadline: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub exit_code: Option<i32>,
+    pub outcome: RunOutcome,
+    pub report: Option<RunReport>,
+}
+
+/// The verified evidence of the task's work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub branch: String,
+    pub base: String,
+    pub base_sha: String,
+    pub work: BranchWork,
+    pub summary: String,
+    pub cost_usd: Option<f64>,
+    pub verified_at: Timestamp,
+}
+
+/// The workflow state of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskState {
+    pub spec: TaskSpec,
+    pub status: TaskStatus,
+    pub mode: ExecutionMode,
+    pub phase: Phase,
+    pub assigned_host: Option<String>,
+    pub assigned_agent: Option<String>,
+    /// Counts from 1; a retry after a failed run adds one.
+    pub attempt: u32,
+    pub review_count: u32,
+    pub workspace: Option<Workspace>,
+    pub runs: Vec<Run>,
+    pub receipt: Option<Receipt>,
+    /// Why the last run (or the task) failed.
+    pub failure: Option<String>,
+    /// Since when no host can take the task.
+    pub undecided_since: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub last_activity_at: Option<Timestamp>,
+}
+
+impl TaskState {
+    pub fn new(spec: TaskSpec, now: Timestamp) -> Self {
+        TaskState {
+            spec,
+            status: TaskStatus::Created,
+            mode: ExecutionMode::Undecided,
+            phase: Phase::Route,
+            assigned_host: None,
+            assigned_agent: None,
+            attempt: 1,
+            review_count: 0,
+            workspace: None,
+            runs: Vec::new(),
+            receipt: None,
+            failure: None,
+            undecided_since: None,
+            created_at: now,
+            updated_at: now,
+            last_activity_at: None,
+        }
+    }
+
+    /// Whether the task holds a slot on its host in this phase.
+    pub fn holds_host(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Prepare | Phase::Launch | Phase::Await | Phase::Parse | Phase::Verify
+        )
+    }
+
+    fn set_status(&mut self, to: TaskStatus) -> Result<(), StepError> {
+        self.status = self.status.move_to(to)?;
+        Ok(())
+    }
+}
+
+/// What the workflow's steps need from the daemon.
+pub struct Runtime {
+    config: Arc<Config>,
+    fleet: Fleet,
+    /// Where relative paths (work roots, repository paths, agent programs) start.
+    base_dir: PathBuf,
+    /// How often Await looks at a running run.
+    poll: Duration,
+}
+
+impl Runtime {
+    pub fn new(config: Arc<Config>, fleet: Fleet, base_dir: PathBuf) -> Self {
+        Runtime {
+            config,
+            fleet,
+            base_dir,
+            poll: Duration::from_millis(250),
+        }
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The shell of `host`. Only local hosts exist until the SSH transport lands.
+    fn shell(&self, host: &str) -> Result<SharedShell, StepError> {
+        let cfg = self
+            .config
+            .host(host)
+            .ok_or_else(|| StepError::msg(format!("host `{host}` is no longer configured")))?;
+        if cfg.hostname != LOCALHOST {
+            return Err(StepError::msg(format!(
+                "host `{host}` is reached over SSH, which this daemon cannot do yet"
+            )));
+        }
+        Ok(Arc::new(LocalShell::new(host, self.secret_env())))
+    }
+
+    /// Environment variables holding the daemon's secrets: never passed to agents.
+    fn secret_env(&self) -> Vec<String> {
+        let c = &self.config;
+        let mut names = vec![c.server.admin_token_env.clone()];
+        if let Some(f) = &c.forgejo {
+            names.push(f.token_env.clone());
+            names.push(f.webhook_secret_env.clone());
+        }
+        if let Some(m) = &c.matrix {
+            names.extend(m.password_env.clone());
+            names.extend(m.access_token_env.clone());
+        }
+        names
+    }
+
+    fn work_root(&self, host: &str) -> Result<String, StepError> {
+        let cfg = self
+            .config
+            .host(host)
+            .ok_or_else(|| StepError::msg(format!("host `{host}` is no longer configured")))?;
+        Ok(self.absolute(&cfg.work_root).display().to_string())
+    }
+
+    fn absolute(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The command line of a run: the template rendered, with a relative program path (like
+    /// `scripts/demo-agent`) taken from the daemon's directory on local hosts.
+    fn command(&self, agent: &AgentConfig, vars: &Vars) -> Result<String, template::TemplateError> {
+        let rendered = template::render(&agent.cli_template, vars)?;
+        let program = rendered.split_whitespace().next().unwrap_or("");
+        if program.contains('/') && !program.starts_with(['/', '\'', '"', '$', '~']) {
+            let absolute = self.base_dir.join(program).display().to_string();
+            if let Ok(quoted) = shlex::try_quote(&absolute) {
+                return Ok(format!("{quoted}{}", &rendered[program.len()..]));
+            }
+        }
+        Ok(rendered)
+    }
+}
+
+/// The agent-task workflow definition.
+pub struct AgentTask {
+    rt: Arc<Runtime>,
+}
+
+impl AgentTask {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        AgentTask { rt }
+    }
+}
+
+fn interrupted<S>(ctx: &StepCtx<S>) -> StepError {
+    if ctx.cancellation().is_cancelled() {
+        StepError::msg("cancelled")
+    } else {
+        StepError::msg("the daemon is stopping; the step resumes after restart")
+    }
+}
+
+fn run_dir(work_root: &str, run_id: &str) -> String {
+    format!("{work_root}/.runs/{run_id}")
+}
+
+fn sha7(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+impl Workflow for AgentTask {
+    const NAME: &'static str = "agent-task";
+    const VERSION: u32 = 1;
+    type State = TaskState;
+    type Signal = TaskSignal;
+
+    async fn step(&self, ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
+        let mut remarks = take_remarks(ctx, &s);
+        s.updated_at = ctx.now();
+        let outcome = match s.phase.clone() {
+            Phase::Route => self.route(ctx, s).await?,
+            Phase::Prepare => self.prepare(ctx, s).await?,
+            Phase::Launch => self.launch(ctx, s).await?,
+            Phase::Await => self.await_run(ctx, s).await?,
+            Phase::Parse => self.parse(ctx, s).await?,
+            Phase::Verify => self.verify(ctx, s).await?,
+            Phase::Backoff { until } => {
+                if ctx.now() < until {
+                    Outcome::wait_until(s, until)
+                } else {
+                    s.phase = Phase::Route;
+                    Outcome::next(s).note("backoff over: routing again")
+                }
+            }
+            Phase::Pull => Outcome::wait(s),
+            Phase::Settled => settled(ctx, s)?,
+        };
+        if let Some(n) = &outcome.note {
+            remarks.insert(0, n.clone());
+        }
+        Ok(if remarks.is_empty() {
+            outcome
+        } else {
+            let note = remarks.join("; ");
+            outcome.note(note)
+        })
+    }
+
+    async fn cleanup(&self, ctx: &mut StepCtx<TaskSignal>, s: &TaskState, reason: &str) -> String {
+        let id = ctx.instance();
+        self.rt.fleet.release(id);
+        let mut report = format!("cancelled ({reason})");
+        // The run that may be alive: the last recorded one, or the one Launch was starting.
+        let candidate = match (&s.phase, s.runs.last(), &s.assigned_host) {
+            (Phase::Await | Phase::Parse, Some(r), _) => Some((r.host.clone(), r.run_dir.clone())),
+            (Phase::Launch, _, Some(host)) => self.rt.work_root(host).ok().map(|root| {
+                (
+                    host.clone(),
+                    run_dir(&root, &format!("{id}-{}", s.runs.len() + 1)),
+                )
+            }),
+            _ => None,
+        };
+        if let Some((host, dir)) = candidate {
+            match self.rt.shell(&host) {
+                Ok(shell) => match run::kill(shell.as_ref(), &dir, KILL_GRACE).await {
+                    Ok(true) => {
+                        report.push_str(&format!("; stopped the run's process group ({dir})"))
+                    }
+                    Ok(false) => report.push_str("; no run was alive"),
+                    Err(e) => report.push_str(&format!("; could not stop the run: {e}")),
+                },
+                Err(e) => report.push_str(&format!("; could not stop the run: {}", e.0)),
+            }
+        }
+        report
+    }
+}
+
+/// Takes the signals this phase does not act on, as history remarks.
+fn take_remarks(ctx: &mut StepCtx<TaskSignal>, s: &TaskState) -> Vec<String> {
+    let settled = s.phase == Phase::Settled;
+    let mut remarks = Vec::new();
+    while let Some(sig) = ctx.take(|sig| match sig {
+        TaskSignal::Note { .. } => true,
+        TaskSignal::Retry => !settled,
+    }) {
+        remarks.push(match sig {
+            TaskSignal::Note { text } => format!("note: {text}"),
+            TaskSignal::Retry => format!("retry ignored: the task is {}", s.status),
+        });
+    }
+    remarks
+}
+
+fn settled(ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
+    if ctx.take(|sig| *sig == TaskSignal::Retry).is_some() {
+        s.set_status(TaskStatus::Created)?;
+        s.attempt = 1;
+        s.failure = None;
+        s.phase = Phase::Route;
+        return Ok(Outcome::next(s).note("retry requested: back in the queue"));
+    }
+    Ok(Outcome::wait(s))
+}
+
+impl AgentTask {
+    async fn route(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let id = ctx.instance();
+        let ticket = Ticket {
+            task_id: id,
+            priority: s.spec.priority,
+            created: s.created_at,
+            agent: s.spec.agent.clone(),
+            capabilities: s.spec.capabilities.clone(),
+        };
+        if !self.rt.fleet.can_serve(&ticket) {
+            let since = *s.undecided_since.get_or_insert(ctx.now());
+            let deadline = since.after(self.rt.config.dispatch.undecided_timeout);
+            if ctx.now() >= deadline {
+                s.mode = ExecutionMode::HttpPull;
+                s.phase = Phase::Pull;
+                return Ok(Outcome::wait(s)
+                    .note("no host offers what the task needs: left to pull agents (http_pull)"));
+            }
+            let note = format!(
+                "no host offers agent `{}`{}: undecided, open to pull agents",
+                s.spec.agent,
+                if s.spec.capabilities.is_empty() {
+                    String::new()
+                } else {
+                    format!(" with [{}]", s.spec.capabilities.join(", "))
+                }
+            );
+            return Ok(Outcome::wait_until(s, deadline).note(note));
+        }
+        let host = tokio::select! {
+            host = self.rt.fleet.acquire(&ticket) => host,
+            _ = ctx.cancellation().cancelled() => return Err(interrupted(ctx)),
+            _ = ctx.shutdown().cancelled() => return Err(interrupted(ctx)),
+        };
+        s.set_status(TaskStatus::Assigned)?;
+        s.mode = ExecutionMode::SshCli;
+        s.undecided_since = None;
+        s.assigned_host = Some(host.clone());
+        s.assigned_agent = Some(s.spec.agent.clone());
+        s.workspace = None;
+        s.phase = Phase::Prepare;
+        Ok(Outcome::next(s).note(format!("assigned to host {host} (ssh_cli)")))
+    }
+
+    fn host_of(s: &TaskState) -> Result<String, StepError> {
+        s.assigned_host
+            .clone()
+            .ok_or_else(|| StepError::msg("no host is assigned in this phase"))
+    }
+
+    async fn prepare(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let host = Self::host_of(&s)?;
+        let shell = self.rt.shell(&host)?;
+        let root = self.rt.work_root(&host)?;
+        match workspace::prepare(
+            shell.as_ref(),
+            &root,
+            &s.spec.repo,
+            s.spec.base.as_deref(),
+            ctx.instance(),
+        )
+        .await
+        {
+            Ok(ws) => {
+                let note = format!(
+                    "workspace {} on {} from {}@{}",
+                    ws.work_dir,
+                    ws.branch,
+                    ws.base,
+                    sha7(&ws.base_sha)
+                );
+                s.workspace = Some(ws);
+                s.phase = Phase::Launch;
+                Ok(Outcome::next(s).note(note))
+            }
+            Err(e) if ctx.errors() < self.rt.config.dispatch.max_retries => {
+                Err(StepError::msg(e.to_string()))
+            }
+            Err(e) => {
+                let reason = format!("cannot prepare the workspace: {e}");
+                Ok(self.give_up(ctx, s, reason))
+            }
+        }
+    }
+
+    async fn launch(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let id = ctx.instance();
+        let host = Self::host_of(&s)?;
+        let shell = self.rt.shell(&host)?;
+        let ws = s
+            .workspace
+            .clone()
+            .ok_or_else(|| StepError::msg("no workspace in the launch phase"))?;
+        let Some(agent) = self.rt.config.agent(&s.spec.agent).cloned() else {
+            let reason = format!("agent kind `{}` is not configured", s.spec.agent);
+            return Ok(self.give_up(ctx, s, reason));
+        };
+        let run_id = format!("{id}-{}", s.runs.len() + 1);
+        let dir = run_dir(&self.rt.work_root(&host)?, &run_id);
+        let prompt_file = format!("{dir}/prompt.md");
+        let vars = Vars::new()
+            .set("prompt_file", prompt_file.clone())
+            .set("prompt", prompt_file.clone())
+            .set("work_dir", ws.work_dir.clone())
+            .set("task_id", id.to_string())
+            .set("branch", ws.branch.clone())
+            .set("run_dir", dir.clone());
+        let command = match self.rt.command(&agent, &vars) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cannot render the `{}` command line: {e}", agent.name);
+                return Ok(self.give_up(ctx, s, reason));
+            }
+        };
+        let intent_name = format!("launch {run_id}");
+        let (pid, reattached, started_at) =
+            match ctx.intent::<String, u32>(&intent_name, &dir).await? {
+                Intent::Resolved(pid) => (pid, true, ctx.now()),
+                Intent::Fresh | Intent::Unresolved(_) => {
+                    let text = prompt::build(&PromptInput {
+                        task_id: id,
+                        title: &s.spec.title,
+                        body: &s.spec.body,
+                        branch: &ws.branch,
+                        base: &ws.base,
+                        file_scope: &s.spec.file_scope,
+                        validation: &s.spec.validation,
+                        labels: &s.spec.labels,
+                        attempt: s.attempt,
+                        previous_failure: s.failure.as_deref(),
+                        review_feedback: &[],
+                    });
+                    let started = self
+                        .start_run(shell.as_ref(), &dir, &ws.work_dir, &text, &command)
+                        .await?;
+                    let (pid, again, at) = match started {
+                        Started::Launched { pid, at_epoch_s } => {
+                            (pid, false, Timestamp(at_epoch_s * 1000))
+                        }
+                        Started::AlreadyLaunched { pid } => (pid.unwrap_or(0), true, ctx.now()),
+                    };
+                    ctx.resolve(&intent_name, &pid).await?;
+                    (pid, again, at)
+                }
+            };
+        let timeout = agent.timeout_or_default(&self.rt.config.dispatch);
+        s.runs.push(Run {
+            run_id: run_id.clone(),
+            host: host.clone(),
+            agent: agent.name.clone(),
+            attempt: s.attempt,
+            run_dir: dir,
+            started_at,
+            deadline: started_at.after(timeout),
+            ended_at: None,
+            exit_code: None,
+            outcome: RunOutcome::Running,
+            report: None,
+        });
+        s.set_status(TaskStatus::Running)?;
+        s.last_activity_at = Some(started_at);
+        s.phase = Phase::Await;
+        let note = if reattached {
+            format!("run {run_id} was launched before a restart: re-attached (pid {pid})")
+        } else {
+            format!("launched run {run_id} on {host} (pid {pid}): {command}")
+        };
+        Ok(Outcome::next(s).note(note))
+    }
+
+    async fn start_run(
+        &self,
+        shell: &dyn crate::io::shell::Shell,
+        dir: &str,
+        work_dir: &str,
+        prompt_text: &str,
+        command: &str,
+    ) -> Result<Started, StepError> {
+        // Files first (rewriting them is harmless: the same bytes, replaced by rename).
+        if run::status(shell, dir).await? == RunState::NotLaunched {
+            run::write_file(shell, &format!("{dir}/prompt.md"), prompt_text.as_bytes()).await?;
+            run::write_file(
+                shell,
+                &format!("{dir}/command.sh"),
+                format!("{command}\n").as_bytes(),
+            )
+            .await?;
+        }
+        Ok(run::start(shell, dir, work_dir).await?)
+    }
+
+    async fn await_run(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let mut r = s
+            .runs
+            .pop()
+            .ok_or_else(|| StepError::msg("no run to await"))?;
+        let shell = self.rt.shell(&r.host)?;
+        let note = loop {
+            match run::status(shell.as_ref(), &r.run_dir).await? {
+                RunState::Exited { code } => {
+                    r.exit_code = Some(code);
+                    break format!("run {} exited with code {code}", r.run_id);
+                }
+                RunState::Vanished | RunState::NotLaunched => {
+                    r.outcome = RunOutcome::Lost;
+                    break format!("run {} vanished without an exit code", r.run_id);
+                }
+                RunState::Running {
+                    last_activity_epoch_s,
+                    ..
+                } => {
+                    if let Some(t) = last_activity_epoch_s {
+                        s.last_activity_at = Some(Timestamp(t * 1000));
+                    }
+                }
+            }
+            if Timestamp::now() >= r.deadline {
+                let killed = run::kill(shell.as_ref(), &r.run_dir, KILL_GRACE).await?;
+                r.outcome = RunOutcome::TimedOut;
+                let limit = humantime::format_duration(Duration::from_millis(
+                    r.deadline.0.saturating_sub(r.started_at.0),
+                ));
+                break format!(
+                    "run {} timed out after {limit}{}",
+                    r.run_id,
+                    if killed {
+                        "; its process group was killed"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.rt.poll) => {}
+                _ = ctx.cancellation().cancelled() => return Err(interrupted(ctx)),
+                _ = ctx.shutdown().cancelled() => return Err(interrupted(ctx)),
+            }
+        };
+        r.ended_at = Some(ctx.now().max(Timestamp::now()));
+        s.runs.push(r);
+        s.phase = Phase::Parse;
+        Ok(Outcome::next(s).note(note))
+    }
+
+    async fn parse(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let _ = ctx;
+        let mut r = s
+            .runs
+            .pop()
+            .ok_or_else(|| StepError::msg("no run to parse"))?;
+        let shell = self.rt.shell(&r.host)?;
+        let (stdout, stderr) = run::output(shell.as_ref(), &r.run_dir, MAX_OUTPUT).await?;
+        let format = self
+            .rt
+            .config
+            .agent(&r.agent)
+            .map(|a| a.output_format)
+            .unwrap_or(crate::config::OutputFormat::Raw);
+        let report = parse::parse(
+            format,
+            &RunOutput {
+                stdout: &stdout,
+                stderr: &stderr,
+                exit_code: r.exit_code,
+            },
+        );
+        if r.outcome == RunOutcome::Running {
+            r.outcome = if report.success {
+                RunOutcome::Succeeded
+            } else {
+                RunOutcome::Failed
+            };
+        }
+        let first_line = report.summary.lines().next().unwrap_or("").to_string();
+        let note = match (&report.failure, r.outcome) {
+            (_, RunOutcome::Succeeded) => format!("run {} reports success: {first_line}", r.run_id),
+            (Some(why), _) => format!("run {} failed: {why}", r.run_id),
+            (None, o) => format!("run {} {}", r.run_id, o.as_str()),
+        };
+        r.report = Some(report);
+        s.runs.push(r);
+        s.phase = Phase::Verify;
+        Ok(Outcome::next(s).note(note))
+    }
+
+    async fn verify(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let r = s
+            .runs
+            .last()
+            .cloned()
+            .ok_or_else(|| StepError::msg("no run to verify"))?;
+        if r.outcome != RunOutcome::Succeeded {
+            let reason = match (&r.report, r.outcome) {
+                (_, RunOutcome::TimedOut) => format!("run {} timed out", r.run_id),
+                (_, RunOutcome::Lost) => format!("run {} vanished without an exit code", r.run_id),
+                (Some(rep), _) => rep
+                    .failure
+                    .clone()
+                    .unwrap_or_else(|| format!("run {} failed", r.run_id)),
+                (None, o) => format!("run {} {}", r.run_id, o.as_str()),
+            };
+            let limited = r.report.as_ref().is_some_and(|rep| rep.usage_limited);
+            return Ok(self.run_failed(ctx, s, reason, limited));
+        }
+        let ws = s
+            .workspace
+            .clone()
+            .ok_or_else(|| StepError::msg("no workspace to verify"))?;
+        let shell = self.rt.shell(&ws.host)?;
+        let work = workspace::branch_work(shell.as_ref(), &ws).await?;
+        if work.commits.is_empty() {
+            if let Some(last) = s.runs.last_mut() {
+                last.outcome = RunOutcome::Failed;
+            }
+            let reason = format!(
+                "the agent reported success but made no commit on {} (receipt refused)",
+                ws.branch
+            );
+            return Ok(self.run_failed(ctx, s, reason, false));
+        }
+        let report = r.report.clone();
+        let note = format!(
+            "receipt verified: {} commit(s) on {} ahead of {}@{}, head {}",
+            work.commits.len(),
+            ws.branch,
+            ws.base,
+            sha7(&ws.base_sha),
+            sha7(&work.head_sha)
+        );
+        s.receipt = Some(Receipt {
+            branch: ws.branch.clone(),
+            base: ws.base.clone(),
+            base_sha: ws.base_sha.clone(),
+            work,
+            summary: report
+                .as_ref()
+                .map(|r| r.summary.clone())
+                .unwrap_or_default(),
+            cost_usd: s
+                .runs
+                .iter()
+                .filter_map(|r| r.report.as_ref()?.cost_usd)
+                .reduce(|a, b| a + b),
+            verified_at: ctx.now(),
+        });
+        s.set_status(TaskStatus::Completed)?;
+        s.failure = None;
+        s.phase = Phase::Settled;
+        self.rt.fleet.release(ctx.instance());
+        Ok(Outcome::complete(s).note(note))
+    }
+
+    /// A run did not deliver: retry after a backoff while the budget lasts, else fail.
+    fn run_failed(
+        &self,
+        ctx: &StepCtx<TaskSignal>,
+        mut s: TaskState,
+        reason: String,
+        usage_limited: bool,
+    ) -> Outcome<TaskState> {
+        let d = &self.rt.config.dispatch;
+        if !usage_limited && s.attempt > d.max_retries {
+            let reason = format!("failed after {} attempt(s): {reason}", s.attempt);
+            return self.give_up(ctx, s, reason);
+        }
+        self.rt.fleet.release(ctx.instance());
+        let delay = if usage_limited {
+            d.retry_backoff
+        } else {
+            let doublings = (s.attempt - 1).min(16);
+            d.retry_backoff.saturating_mul(1 << doublings)
+        };
+        let note = if usage_limited {
+            format!(
+                "{reason}; the agent hit a usage limit: retrying in {} without spending an attempt",
+                humantime::format_duration(delay)
+            )
+        } else {
+            s.attempt += 1;
+            format!(
+                "{reason}; attempt {} of {} in {}",
+                s.attempt,
+                d.max_retries + 1,
+                humantime::format_duration(delay)
+            )
+        };
+        s.failure = Some(reason);
+        // A failed run leaves Running, Assigned (workspace trouble) or Created behind.
+        if s.status != TaskStatus::Created {
+            s.status = TaskStatus::Created;
+        }
+        s.assigned_host = None;
+        let until = ctx.now().after(delay);
+        s.phase = Phase::Backoff { until };
+        Outcome::wait_until(s, until).note(note)
+    }
+
+    /// Ends the task `failed`; it waits for a retry signal.
+    fn give_up(
+        &self,
+        ctx: &StepCtx<TaskSignal>,
+        mut s: TaskState,
+        reason: String,
+    ) -> Outcome<TaskState> {
+        self.rt.fleet.release(ctx.instance());
+        if s.status.can_move_to(TaskStatus::Failed) {
+            s.status = TaskStatus::Failed;
+        }
+        s.failure = Some(reason.clone());
+        s.phase = Phase::Settled;
+        Outcome::wait(s).note(format!("failed: {reason}"))
+    }
+}

@@ -1,0 +1,322 @@
+//! Host selection (SPEC §4 Route / Select host): which host runs a task, under each host's
+//! `max_concurrent`, in priority order (ties oldest first), least loaded first.
+//!
+//! Slots live in memory. After a restart they are rebuilt from the workflow states before any
+//! task is routed ([`Fleet::hold`] for every task that holds a host, then [`Fleet::mark_ready`]),
+//! so a recovered daemon never over-commits a host.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::workflow::Timestamp;
+
+use super::task::Priority;
+
+/// A task asking for a host.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub task_id: u64,
+    pub priority: Priority,
+    pub created: Timestamp,
+    pub agent: String,
+    pub capabilities: Vec<String>,
+}
+
+/// Queue order: higher priority first, then older, then lower id.
+type QueueKey = (std::cmp::Reverse<Priority>, Timestamp, u64);
+
+fn queue_key(t: &Ticket) -> QueueKey {
+    (std::cmp::Reverse(t.priority), t.created, t.task_id)
+}
+
+#[derive(Debug)]
+struct Host {
+    id: String,
+    agents: Vec<String>,
+    capabilities: Vec<String>,
+    max_concurrent: usize,
+    running: HashSet<u64>,
+}
+
+impl Host {
+    fn offers(&self, t: &Ticket) -> bool {
+        self.agents.contains(&t.agent)
+            && t.capabilities.iter().all(|c| self.capabilities.contains(c))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    hosts: Vec<Host>,
+    waiting: BTreeMap<QueueKey, Ticket>,
+}
+
+/// The daemon's hosts and who runs where. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: Mutex<Slots>,
+    changed: Notify,
+    ready: watch::Sender<bool>,
+}
+
+/// Removes a ticket from the queue when its `acquire` ends, however it ends.
+struct Waiting<'a> {
+    fleet: &'a Fleet,
+    key: QueueKey,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.fleet.slots().waiting.remove(&self.key);
+        self.fleet.inner.changed.notify_waiters();
+    }
+}
+
+impl Fleet {
+    /// The hosts this daemon can run agents on: the local ones. (SSH hosts join when their
+    /// transport exists.)
+    pub fn new(config: &Config) -> Self {
+        let hosts = config
+            .hosts
+            .iter()
+            .filter(|h| h.is_local())
+            .map(|h| Host {
+                id: h.host_id.clone(),
+                agents: h.agents.clone(),
+                capabilities: h.capabilities.clone(),
+                max_concurrent: h.max_concurrent as usize,
+                running: HashSet::new(),
+            })
+            .collect();
+        Fleet {
+            inner: Arc::new(Inner {
+                slots: Mutex::new(Slots {
+                    hosts,
+                    waiting: BTreeMap::new(),
+                }),
+                changed: Notify::new(),
+                ready: watch::channel(false).0,
+            }),
+        }
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        // The lock guards plain bookkeeping that no code path leaves half-done, so a panic
+        // elsewhere while it was held does not make it wrong: keep using it.
+        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether some host could ever run this task (agent kind and capabilities).
+    pub fn can_serve(&self, t: &Ticket) -> bool {
+        self.slots().hosts.iter().any(|h| h.offers(t))
+    }
+
+    /// Records that `task_id` holds a slot on `host` (recovery). Unknown hosts are ignored.
+    pub fn hold(&self, host: &str, task_id: u64) {
+        if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
+            h.running.insert(task_id);
+        }
+    }
+
+    /// Frees whatever slot `task_id` holds.
+    pub fn release(&self, task_id: u64) {
+        let mut freed = false;
+        for h in self.slots().hosts.iter_mut() {
+            freed |= h.running.remove(&task_id);
+        }
+        if freed {
+            self.inner.changed.notify_waiters();
+        }
+    }
+
+    /// Opens routing once every recovered task holds its slot again.
+    pub fn mark_ready(&self) {
+        self.inner.ready.send_replace(true);
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Tasks running per host.
+    pub fn load(&self) -> HashMap<String, usize> {
+        self.slots()
+            .hosts
+            .iter()
+            .map(|h| (h.id.clone(), h.running.len()))
+            .collect()
+    }
+
+    /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and
+    /// returns that host's id. A task already holding a slot gets its host back at once.
+    pub async fn acquire(&self, t: &Ticket) -> String {
+        let mut ready = self.inner.ready.subscribe();
+        // The result only says whether the sender is gone; it lives in `self`.
+        let _ = ready.wait_for(|r| *r).await;
+        let key = queue_key(t);
+        self.slots().waiting.insert(key, t.clone());
+        let _waiting = Waiting { fleet: self, key };
+        loop {
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(host) = self.try_grant(t.task_id) {
+                return host;
+            }
+            changed.await;
+        }
+    }
+
+    /// Walks the queue in order, reserving for each ticket the least loaded free host that
+    /// offers what it needs; grants the slot if `task_id` gets one.
+    fn try_grant(&self, task_id: u64) -> Option<String> {
+        let mut slots = self.slots();
+        if let Some(h) = slots.hosts.iter().find(|h| h.running.contains(&task_id)) {
+            return Some(h.id.clone());
+        }
+        let mut reserved: Vec<usize> = slots.hosts.iter().map(|h| h.running.len()).collect();
+        let mut grant = None;
+        for ticket in slots.waiting.values() {
+            let best = slots
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, h)| h.offers(ticket) && reserved[*i] < h.max_concurrent)
+                .min_by(|(i, a), (j, b)| {
+                    // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
+                    (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))
+                })
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                if ticket.task_id == task_id {
+                    grant = Some(i);
+                    break;
+                }
+                reserved[i] += 1;
+            }
+        }
+        let i = grant?;
+        slots.hosts[i].running.insert(task_id);
+        Some(slots.hosts[i].id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn fleet(hosts: &str) -> Fleet {
+        let config = Config::from_toml_str(&format!(
+            "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{hosts}"
+        ))
+        .unwrap();
+        let f = Fleet::new(&config);
+        f.mark_ready();
+        f
+    }
+
+    fn host(id: &str, max: u32, caps: &str) -> String {
+        format!(
+            "[[hosts]]\nhost_id = \"{id}\"\nhostname = \"localhost\"\nagents = [\"a\"]\nmax_concurrent = {max}\nwork_root = \"/tmp/w\"\ncapabilities = [{caps}]\n"
+        )
+    }
+
+    fn ticket(id: u64, priority: Priority, created: u64) -> Ticket {
+        Ticket {
+            task_id: id,
+            priority,
+            created: Timestamp(created),
+            agent: "a".into(),
+            capabilities: vec![],
+        }
+    }
+
+    async fn granted(f: &Fleet, t: &Ticket) -> Option<String> {
+        tokio::time::timeout(Duration::from_millis(50), f.acquire(t))
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_full_host_makes_the_next_task_wait_until_a_slot_frees() {
+        let f = fleet(&host("h", 1, ""));
+        assert_eq!(
+            granted(&f, &ticket(1, Priority::Normal, 1))
+                .await
+                .as_deref(),
+            Some("h")
+        );
+        assert_eq!(granted(&f, &ticket(2, Priority::Normal, 2)).await, None);
+        f.release(1);
+        assert_eq!(
+            granted(&f, &ticket(2, Priority::Normal, 2))
+                .await
+                .as_deref(),
+            Some("h")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_least_loaded_host_is_chosen() {
+        let f = fleet(&format!("{}{}", host("small", 1, ""), host("big", 4, "")));
+        f.hold("big", 10);
+        // big is at 1/4, small at 0/1: small is less loaded.
+        assert_eq!(
+            granted(&f, &ticket(1, Priority::Normal, 1))
+                .await
+                .as_deref(),
+            Some("small")
+        );
+        assert_eq!(
+            granted(&f, &ticket(2, Priority::Normal, 2))
+                .await
+                .as_deref(),
+            Some("big")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_higher_priority_task_gets_the_freed_slot_first() {
+        let f = fleet(&host("h", 1, ""));
+        f.hold("h", 99);
+        let low = ticket(1, Priority::Low, 1);
+        let high = ticket(2, Priority::High, 5);
+        let (f1, f2) = (f.clone(), f.clone());
+        let l = tokio::spawn(async move { f1.acquire(&low).await });
+        let h = tokio::spawn(async move { f2.acquire(&high).await });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        f.release(99);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(h.is_finished() && !l.is_finished());
+        l.abort();
+    }
+
+    #[tokio::test]
+    async fn capabilities_must_all_be_offered() {
+        let f = fleet(&host("h", 1, "\"rust\""));
+        let mut t = ticket(1, Priority::Normal, 1);
+        t.capabilities = vec!["rust".into(), "gpu".into()];
+        assert!(!f.can_serve(&t));
+        t.capabilities = vec!["rust".into()];
+        assert!(f.can_serve(&t));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_routed_before_recovery_has_rebuilt_the_slots() {
+        let config = Config::from_toml_str(&format!(
+            "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{}",
+            host("h", 1, "")
+        ))
+        .unwrap();
+        let f = Fleet::new(&config);
+        assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
+        f.hold("h", 7);
+        f.mark_ready();
+        assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
+    }
+}

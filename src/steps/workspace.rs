@@ -1,0 +1,286 @@
+//! A task's workspace on its host (SPEC §4 Prepare workspace) and the receipt read back from it
+//! (Verify receipt): one bare mirror of the repository per host and repository, and one git
+//! worktree per task at `<work_root>/<task_id>` on branch `task/<task_id>`. Preparing is
+//! idempotent: a re-run after a crash finds the worktree and reuses it. Everything is a shell
+//! script run through [`Shell`], so local and SSH hosts share it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::io::shell::{Shell, ShellError, quote};
+
+/// Cloning a big repository takes a while; this bounds it.
+const PREPARE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum WorkspaceError {
+    #[error(transparent)]
+    Shell(#[from] ShellError),
+    #[error("{what} failed on {host}: {detail}")]
+    Git {
+        what: &'static str,
+        host: String,
+        detail: String,
+    },
+}
+
+/// Where a task works, as recorded in its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    pub host: String,
+    pub mirror: String,
+    pub work_dir: String,
+    pub branch: String,
+    /// Branch the work started from.
+    pub base: String,
+    /// Commit the task branch was created at: the receipt counts commits after it.
+    pub base_sha: String,
+}
+
+/// What the task branch holds beyond its base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchWork {
+    pub head_sha: String,
+    /// `(sha, subject)`, oldest first.
+    pub commits: Vec<(String, String)>,
+    pub files_changed: Vec<String>,
+}
+
+/// The mirror's directory name: readable, and distinct for distinct repositories.
+pub fn mirror_name(repo: &str) -> String {
+    let readable: String = repo
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("repo")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    let hash = repo.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{readable}-{hash:016x}.git")
+}
+
+/// Creates (or finds) the task's worktree. `base = None` uses the repository's default branch.
+pub async fn prepare(
+    shell: &dyn Shell,
+    work_root: &str,
+    repo: &str,
+    base: Option<&str>,
+    task_id: u64,
+) -> Result<Workspace, WorkspaceError> {
+    let mirror = format!("{work_root}/.mirrors/{}", mirror_name(repo));
+    let work_dir = format!("{work_root}/{task_id}");
+    let branch = crate::steps::task::branch_name(task_id);
+    // The mirror is shared by the host's tasks: a lock serialises clone and fetch. Remote
+    // branches are fetched to refs/remotes/origin/*, so a fetch never touches task branches.
+    let script = format!(
+        r#"set -eu
+repo={repo}; mirror={mirror}; wt={wt}; branch={branch}; base={base}
+mkdir -p "$(dirname "$mirror")"
+exec 9> "$mirror.lock"
+flock 9
+if [ ! -d "$mirror" ]; then
+  rm -rf "$mirror.tmp"
+  git clone --quiet --bare -- "$repo" "$mirror.tmp" >&2
+  git -C "$mirror.tmp" config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*'
+  mv "$mirror.tmp" "$mirror"
+fi
+git -C "$mirror" fetch --quiet --prune origin >&2
+[ -n "$base" ] || base=$(git -C "$mirror" symbolic-ref --short HEAD)
+git -C "$mirror" rev-parse --verify --quiet "refs/remotes/origin/$base^{{commit}}" > /dev/null || {{
+  echo "the repository has no branch '$base'" >&2; exit 4; }}
+if git -C "$mirror" rev-parse --verify --quiet "refs/heads/$branch" > /dev/null; then
+  if [ ! -e "$wt/.git" ]; then
+    git -C "$mirror" worktree prune
+    git -C "$mirror" worktree add --quiet "$wt" "$branch" >&2
+  fi
+  base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "refs/heads/$branch")
+else
+  rm -rf "$wt"
+  git -C "$mirror" worktree prune
+  base_sha=$(git -C "$mirror" rev-parse "refs/remotes/origin/$base^{{commit}}")
+  git -C "$mirror" worktree add --quiet -b "$branch" "$wt" "$base_sha" >&2
+fi
+printf 'base=%s\nbase_sha=%s\n' "$base" "$base_sha"
+"#,
+        repo = quote(repo)?,
+        mirror = quote(&mirror)?,
+        wt = quote(&work_dir)?,
+        branch = quote(&branch)?,
+        base = quote(base.unwrap_or(""))?,
+    );
+    let out = shell.run(&script, b"", PREPARE_TIMEOUT).await?;
+    if !out.success() {
+        return Err(WorkspaceError::Git {
+            what: "preparing the workspace",
+            host: shell.host().to_string(),
+            detail: out.error_tail(),
+        });
+    }
+    let text = out.text();
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+    };
+    match (field("base"), field("base_sha")) {
+        (Some(base), Some(base_sha)) if !base_sha.is_empty() => Ok(Workspace {
+            host: shell.host().to_string(),
+            mirror,
+            work_dir,
+            branch,
+            base,
+            base_sha,
+        }),
+        _ => Err(WorkspaceError::Git {
+            what: "preparing the workspace",
+            host: shell.host().to_string(),
+            detail: format!("unexpected answer {text:?}"),
+        }),
+    }
+}
+
+/// The commits on the task branch after its base, read from git (never from the agent's word).
+pub async fn branch_work(shell: &dyn Shell, ws: &Workspace) -> Result<BranchWork, WorkspaceError> {
+    let script = format!(
+        r#"set -eu
+mirror={mirror}; head="refs/heads/"{branch}; base_sha={base_sha}
+git -C "$mirror" rev-parse --verify "$head^{{commit}}"
+echo ---
+git -C "$mirror" log --reverse --format='%H %s' "$base_sha..$head"
+echo ---
+git -C "$mirror" diff --name-only "$base_sha" "$head"
+"#,
+        mirror = quote(&ws.mirror)?,
+        branch = quote(&ws.branch)?,
+        base_sha = quote(&ws.base_sha)?,
+    );
+    let out = shell.run(&script, b"", READ_TIMEOUT).await?;
+    if !out.success() {
+        return Err(WorkspaceError::Git {
+            what: "reading the task branch",
+            host: shell.host().to_string(),
+            detail: out.error_tail(),
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut parts = text.split("---\n");
+    let head_sha = parts.next().unwrap_or("").trim().to_string();
+    let commits = parts
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (sha, subject) = l.split_once(' ').unwrap_or((l, ""));
+            (sha.to_string(), subject.to_string())
+        })
+        .collect();
+    let files_changed = parts
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok(BranchWork {
+        head_sha,
+        commits,
+        files_changed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::shell::LocalShell;
+    use std::process::Command;
+
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(dir)
+            .args(args)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    fn origin(dir: &std::path::Path) -> String {
+        let origin = dir.join("origin");
+        std::fs::create_dir(&origin).unwrap();
+        git(&origin, &["init", "-q", "-b", "main"]);
+        std::fs::write(origin.join("README"), "hi\n").unwrap();
+        git(&origin, &["add", "README"]);
+        git(&origin, &["commit", "-q", "-m", "first"]);
+        origin.display().to_string()
+    }
+
+    #[tokio::test]
+    async fn a_task_gets_a_worktree_on_its_branch_and_a_rerun_reuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = origin(dir.path());
+        let root = dir.path().join("work").display().to_string();
+        let shell = LocalShell::new("localhost", vec![]);
+        let ws = prepare(&shell, &root, &repo, None, 7).await.unwrap();
+        assert_eq!((ws.branch.as_str(), ws.base.as_str()), ("task/7", "main"));
+        std::fs::write(format!("{}/new.txt", ws.work_dir), "x").unwrap();
+        git(std::path::Path::new(&ws.work_dir), &["add", "new.txt"]);
+        git(
+            std::path::Path::new(&ws.work_dir),
+            &["commit", "-q", "-m", "add new"],
+        );
+        let again = prepare(&shell, &root, &repo, None, 7).await.unwrap();
+        assert_eq!(again, ws);
+        let work = branch_work(&shell, &ws).await.unwrap();
+        assert_eq!(work.commits.len(), 1);
+        assert_eq!(work.commits[0].1, "add new");
+        assert_eq!(work.files_changed, vec!["new.txt".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn an_untouched_branch_has_no_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = origin(dir.path());
+        let root = dir.path().join("work").display().to_string();
+        let shell = LocalShell::new("localhost", vec![]);
+        let ws = prepare(&shell, &root, &repo, None, 1).await.unwrap();
+        let work = branch_work(&shell, &ws).await.unwrap();
+        assert!(work.commits.is_empty() && work.files_changed.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_base_branch_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = origin(dir.path());
+        let root = dir.path().join("work").display().to_string();
+        let shell = LocalShell::new("localhost", vec![]);
+        let err = prepare(&shell, &root, &repo, Some("nope"), 1)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no branch 'nope'"), "{err}");
+    }
+
+    #[test]
+    fn mirror_names_are_readable_and_distinct() {
+        let a = mirror_name("https://forge.example.org/acme/widgets.git");
+        let b = mirror_name("/srv/git/widgets");
+        assert!(a.starts_with("widgets-") && b.starts_with("widgets-"));
+        assert_ne!(a, b);
+    }
+}
