@@ -7,6 +7,7 @@
 //! definition (at the version it was pinned to) is registered.
 
 pub mod task;
+pub mod template;
 
 use crate::config::Config;
 use crate::workflow::EngineBuilder;
