@@ -26,8 +26,10 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::steps::template::{Placeholder, placeholders};
+
 /// Placeholders a CLI template (`cli_template`, `resume_template`) may use. Each substituted value
-/// is shell-quoted when the template is rendered.
+/// is shell-quoted when the template is rendered (see [`crate::steps::template`]).
 pub const TEMPLATE_PLACEHOLDERS: &[&str] = &[
     "prompt",
     "prompt_file",
@@ -900,8 +902,8 @@ impl Validator {
             return;
         }
         let used = placeholders(template);
-        for name in &used {
-            if !TEMPLATE_PLACEHOLDERS.contains(&name.as_str()) {
+        for Placeholder { name, .. } in &used {
+            if !TEMPLATE_PLACEHOLDERS.contains(name) {
                 self.report(
                     path.clone(),
                     format!(
@@ -915,7 +917,11 @@ impl Validator {
                 );
             }
         }
-        if needs_prompt && !used.iter().any(|n| n == "prompt" || n == "prompt_file") {
+        if needs_prompt
+            && !used
+                .iter()
+                .any(|p| p.name == "prompt" || p.name == "prompt_file")
+        {
             self.report(
                 path,
                 "must pass the prompt to the agent with `{prompt_file}` (or `{prompt}`)",
@@ -1108,33 +1114,6 @@ impl Validator {
     }
 }
 
-/// `{name}` placeholders in a template (lower-case identifiers; `${VAR}` and `{ ... }` shell or
-/// awk syntax is left alone).
-fn placeholders(template: &str) -> Vec<String> {
-    let bytes = template.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'{' && (i == 0 || bytes[i - 1] != b'$') {
-            let rest = &template[i + 1..];
-            if let Some(end) = rest.find('}') {
-                let name = &rest[..end];
-                if !name.is_empty()
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                {
-                    out.push(name.to_string());
-                    i += end + 2;
-                    continue;
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
 fn is_matrix_id(value: &str, sigil: char) -> bool {
     value
         .strip_prefix(sigil)
@@ -1145,14 +1124,6 @@ fn is_matrix_id(value: &str, sigil: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_skip_shell_braces() {
-        assert_eq!(
-            placeholders("run {prompt_file} ${HOME} awk '{print $1}' {task_id}"),
-            vec!["prompt_file", "task_id"]
-        );
-    }
 
     #[test]
     fn location_counts_lines_and_characters() {
