@@ -184,14 +184,15 @@ else echo "vanished"; fi
 pub async fn kill(shell: &dyn Shell, run_dir: &str, grace: Duration) -> Result<bool, RunError> {
     let rd = quote(run_dir)?;
     let tenths = grace.as_millis().div_ceil(100).max(1);
+    // dash's `kill` takes no `--`: after the signal, a negative number is a process group.
     let script = format!(
         r#"rd={rd}
 pid=$(cat "$rd/pid" 2>/dev/null || true)
 [ -n "$pid" ] || {{ echo none; exit 0; }}
-kill -TERM -- "-$pid" 2>/dev/null || {{ echo none; exit 0; }}
+kill -TERM "-$pid" 2>/dev/null || {{ echo none; exit 0; }}
 i=0
-while kill -0 -- "-$pid" 2>/dev/null && [ "$i" -lt {tenths} ]; do sleep 0.1; i=$((i + 1)); done
-kill -KILL -- "-$pid" 2>/dev/null || true
+while kill -0 "-$pid" 2>/dev/null && [ "$i" -lt {tenths} ]; do sleep 0.1; i=$((i + 1)); done
+kill -KILL "-$pid" 2>/dev/null || true
 echo killed
 "#
     );

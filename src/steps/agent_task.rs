@@ -274,11 +274,16 @@ impl AgentTask {
     }
 }
 
-fn interrupted<S>(ctx: &StepCtx<S>) -> StepError {
+/// Where a step interrupted by a cancel or a shutdown goes: on cancel, the unchanged state
+/// parks so that the engine runs the cleanup at once; on shutdown, the step is simply not
+/// committed and runs again after the restart.
+fn interrupted<S>(ctx: &StepCtx<TaskSignal>, state: S) -> StepResult<S> {
     if ctx.cancellation().is_cancelled() {
-        StepError::msg("cancelled")
+        Ok(Outcome::wait(state).note("interrupted by a cancel"))
     } else {
-        StepError::msg("the daemon is stopping; the step resumes after restart")
+        Err(StepError::msg(
+            "the daemon is stopping; the step runs again after the restart",
+        ))
     }
 }
 
@@ -422,8 +427,8 @@ impl AgentTask {
         }
         let host = tokio::select! {
             host = self.rt.fleet.acquire(&ticket) => host,
-            _ = ctx.cancellation().cancelled() => return Err(interrupted(ctx)),
-            _ = ctx.shutdown().cancelled() => return Err(interrupted(ctx)),
+            _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
+            _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
         };
         s.set_status(TaskStatus::Assigned)?;
         s.mode = ExecutionMode::SshCli;
@@ -597,7 +602,8 @@ impl AgentTask {
     ) -> StepResult<TaskState> {
         let mut r = s
             .runs
-            .pop()
+            .last()
+            .cloned()
             .ok_or_else(|| StepError::msg("no run to await"))?;
         let shell = self.rt.shell(&r.host)?;
         let note = loop {
@@ -637,11 +643,12 @@ impl AgentTask {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.rt.poll) => {}
-                _ = ctx.cancellation().cancelled() => return Err(interrupted(ctx)),
-                _ = ctx.shutdown().cancelled() => return Err(interrupted(ctx)),
+                _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
+                _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
             }
         };
         r.ended_at = Some(ctx.now().max(Timestamp::now()));
+        s.runs.pop();
         s.runs.push(r);
         s.phase = Phase::Parse;
         Ok(Outcome::next(s).note(note))
