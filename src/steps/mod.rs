@@ -6,6 +6,7 @@
 //! [`EngineBuilder`] before opening the store; recovery can resume an instance only when its
 //! definition (at the version it was pinned to) is registered.
 
+pub mod parse;
 pub mod task;
 
 use crate::config::Config;
