@@ -115,7 +115,12 @@ impl Found {
 /// parsed.
 fn find_last_result(bytes: &[u8]) -> Option<Found> {
     let first = bytes.iter().position(|b| !b.is_ascii_whitespace())?;
-    let content_end = bytes.len() - bytes.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    let content_end = bytes.len()
+        - bytes
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_whitespace())
+            .count();
     let mut budget = RESULT_SEARCH_BUDGET;
     let mut line_end = bytes.len();
     loop {
@@ -134,7 +139,8 @@ fn find_last_result(bytes: &[u8]) -> Option<Found> {
                 return None;
             }
             budget -= cost;
-            let mut values = serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<Value>();
+            let mut values =
+                serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<Value>();
             if let Some(Ok(value)) = values.next() {
                 let end = start + values.byte_offset();
                 let holds_result = match &value {
@@ -266,7 +272,8 @@ impl Events {
         if let Some(error) = str_of(event, "error") {
             // A CLI-made ("<synthetic>") message reporting an API error.
             self.error_texts.push(error.to_owned());
-            self.error_texts.extend(texts.iter().map(|t| (*t).to_owned()));
+            self.error_texts
+                .extend(texts.iter().map(|t| (*t).to_owned()));
         }
         let top_level = event.get("parent_tool_use_id").is_none_or(Value::is_null);
         if !top_level || texts.is_empty() {
@@ -296,7 +303,8 @@ impl Events {
         }
         if WRITING_TOOLS.contains(&name) {
             let input = block.get("input").and_then(Value::as_object);
-            let path = input.and_then(|i| str_of(i, "file_path").or_else(|| str_of(i, "notebook_path")));
+            let path =
+                input.and_then(|i| str_of(i, "file_path").or_else(|| str_of(i, "notebook_path")));
             if let Some(path) = path.filter(|p| !p.is_empty()) {
                 self.writes.push((id.map(str::to_owned), path.to_owned()));
             }
@@ -375,7 +383,10 @@ impl Events {
                 plural(self.failed_tool_calls, "tool call", "tool calls")
             );
             if !self.failed_tool_names.is_empty() {
-                note.push_str(&format!(" ({})", self.failed_tool_names.as_slice().join(", ")));
+                note.push_str(&format!(
+                    " ({})",
+                    self.failed_tool_names.as_slice().join(", ")
+                ));
             }
             parsed.notes.push(note);
         }
@@ -392,7 +403,9 @@ impl Events {
         if !self.rate_limit_rejections.is_empty() {
             let kinds = self.rate_limit_rejections.as_slice().join(", ");
             parsed.notes.push(format!("rate limit rejected ({kinds})"));
-            parsed.error_texts.push(format!("rate limit rejected ({kinds})"));
+            parsed
+                .error_texts
+                .push(format!("rate limit rejected ({kinds})"));
         }
         parsed.error_texts.extend(self.error_texts);
         parsed
@@ -465,9 +478,16 @@ fn read_result(result: &Object) -> (Parsed, HashSet<String>, Option<String>) {
         }
         let input = denial.get("tool_input").and_then(Value::as_object);
         let what = input.and_then(|i| {
-            ["command", "file_path", "notebook_path", "url", "pattern", "path"]
-                .iter()
-                .find_map(|key| str_of(i, key))
+            [
+                "command",
+                "file_path",
+                "notebook_path",
+                "url",
+                "pattern",
+                "path",
+            ]
+            .iter()
+            .find_map(|key| str_of(i, key))
         });
         notes.push(match what {
             Some(what) => format!("permission denied for tool {tool}: {}", one_line(what, 160)),
@@ -526,7 +546,8 @@ mod tests {
 
     #[test]
     fn a_result_after_warning_lines_and_before_garbage_is_found() {
-        let stdout = format!("Warning: something odd\n[deprecated] flag\n{RESULT}\ntrailing junk {{\n");
+        let stdout =
+            format!("Warning: something odd\n[deprecated] flag\n{RESULT}\ntrailing junk {{\n");
         let parsed = parse_json(stdout.as_bytes());
         assert_eq!(parsed.verdict, Verdict::Success);
         assert_eq!(parsed.session_id.as_deref(), Some("s-1"));
@@ -576,15 +597,18 @@ mod tests {
         );
         assert_eq!(parsed.session_id.as_deref(), Some("s-9"));
         assert_eq!(parsed.final_message.as_deref(), Some("Working on it"));
-        assert!(parsed.notes.contains(&"1 line was not JSON and skipped".to_owned()));
+        assert!(
+            parsed
+                .notes
+                .contains(&"1 line was not JSON and skipped".to_owned())
+        );
     }
 
     #[test]
     fn a_pretty_printed_result_given_as_a_stream_is_still_read() {
-        let pretty = serde_json::to_string_pretty(
-            &serde_json::from_str::<Value>(RESULT).expect("valid"),
-        )
-        .expect("serialize");
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(RESULT).expect("valid"))
+                .expect("serialize");
         let parsed = parse_stream(pretty.as_bytes());
         assert_eq!(parsed.verdict, Verdict::Success);
         assert_eq!(parsed.session_id.as_deref(), Some("s-1"));
@@ -601,7 +625,11 @@ mod tests {
             parsed.verdict,
             Verdict::Failure(vec!["permission denied for tool Edit".to_owned()])
         );
-        assert!(parsed.notes.contains(&"2 tool calls failed (Write, Edit)".to_owned()));
+        assert!(
+            parsed
+                .notes
+                .contains(&"2 tool calls failed (Write, Edit)".to_owned())
+        );
         assert!(
             parsed
                 .notes
@@ -635,7 +663,11 @@ mod tests {
         let stdout = br#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","rateLimitType":"five_hour"}}
 {"type":"rate_limit_event","rate_limit_info":{"status":"allowed","rateLimitType":"seven_day"}}"#;
         let parsed = parse_stream(stdout);
-        assert!(parsed.notes.contains(&"rate limit rejected (five_hour)".to_owned()));
+        assert!(
+            parsed
+                .notes
+                .contains(&"rate limit rejected (five_hour)".to_owned())
+        );
         assert!(parsed.error_texts.iter().any(|t| mentions_usage_limit(t)));
     }
 

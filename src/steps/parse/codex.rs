@@ -162,10 +162,10 @@ impl Events {
                 Some("declined") => self.declined_commands += 1,
                 _ => {}
             },
-            Some("mcp_tool_call") => {
-                if status == Some("failed") || item.get("error").is_some_and(|e| !e.is_null()) {
-                    self.failed_tool_calls += 1;
-                }
+            Some("mcp_tool_call")
+                if status == Some("failed") || item.get("error").is_some_and(|e| !e.is_null()) =>
+            {
+                self.failed_tool_calls += 1;
             }
             Some("error") => {
                 let message = str_of(item, "message").unwrap_or("(no message)");
@@ -244,7 +244,11 @@ impl Events {
         if self.declined_commands > 0 {
             notes.push(format!(
                 "{} declined",
-                plural(self.declined_commands, "tool command was", "tool commands were")
+                plural(
+                    self.declined_commands,
+                    "tool command was",
+                    "tool commands were"
+                )
             ));
         }
         if self.failed_tool_calls > 0 {
@@ -300,7 +304,11 @@ mod tests {
         );
         assert_eq!(parsed.session_id.as_deref(), Some("t-2"));
         assert_eq!(parsed.final_message, None);
-        assert!(parsed.notes.contains(&"1 line was not JSON and skipped".to_owned()));
+        assert!(
+            parsed
+                .notes
+                .contains(&"1 line was not JSON and skipped".to_owned())
+        );
         assert!(
             parsed
                 .notes

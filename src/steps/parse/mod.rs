@@ -1,17 +1,17 @@
 //! The agent output parsers: what a finished run delivered, judged honestly from its stdout,
 //! stderr and exit code ([`parse`] → [`RunReport`]).
 //!
-//! Each [`OutputFormat`] has its reader ([`claude`] for `claude -p --output-format
-//! json|stream-json`, [`codex`] for `codex exec --json`); [`raw`] keeps any other output as
+//! Each [`OutputFormat`] has its reader (`claude.rs` for `claude -p --output-format
+//! json|stream-json`, `codex.rs` for `codex exec --json`); `raw.rs` keeps any other output as
 //! text. A reader returns what the output itself says (its own verdict, the final message,
 //! usage, files, remarks); [`parse`] then weighs that against the exit code, so that a nonzero
 //! exit, a kill, an error the CLI reported with exit 0 and output that is not the expected
 //! format are all failures. Nothing here panics or errors, whatever the bytes: unreadable output
 //! is a failure with a reason and a note, and its text is kept as the summary.
 
-pub mod claude;
-pub mod codex;
-pub mod raw;
+mod claude;
+mod codex;
+mod raw;
 mod text;
 
 use std::collections::HashSet;
@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::OutputFormat;
 
-use text::{
-    find_pr_url, mentions_usage_limit, one_line, stderr_hint, tail_text, truncate_head,
-};
+use text::{find_pr_url, mentions_usage_limit, one_line, stderr_hint, tail_text, truncate_head};
 
 /// Longest [`RunReport::summary`], in bytes.
 pub const SUMMARY_MAX_BYTES: usize = 4096;
@@ -203,7 +201,9 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
             let name = format_name(format);
             reasons.extend(exit_reason.map(|r| with_hint(r, true)));
             reasons.push(format!("output is not valid {name}: {why}"));
-            notes.push(format!("output is not valid {name} ({why}); kept as raw text"));
+            notes.push(format!(
+                "output is not valid {name} ({why}); kept as raw text"
+            ));
         }
     }
     notes.extend(parsed.notes);
@@ -220,7 +220,10 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
     let (summary, pr_url) = match &parsed.final_message {
         Some(message) if !raw_like => {
             let message = message.trim();
-            (truncate_head(message, SUMMARY_MAX_BYTES), find_pr_url(message))
+            (
+                truncate_head(message, SUMMARY_MAX_BYTES),
+                find_pr_url(message),
+            )
         }
         _ => {
             let text = raw_text();
@@ -236,7 +239,10 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
             || (raw_like && mentions_usage_limit(&tail_text(out.stdout, SUMMARY_MAX_BYTES))));
 
     let mut session_id = parsed.session_id;
-    if session_id.as_ref().is_some_and(|s| s.len() > SESSION_ID_MAX_BYTES) {
+    if session_id
+        .as_ref()
+        .is_some_and(|s| s.len() > SESSION_ID_MAX_BYTES)
+    {
         session_id = None;
         notes.push("the session id was implausibly long and was dropped".to_owned());
     }
@@ -250,7 +256,7 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
 
     RunReport {
         success,
-        failure: (!success).then(|| one_line(&reasons.join("; "), FAILURE_MAX_BYTES)),
+        failure: (!success).then(|| failure_line(&reasons)),
         summary,
         session_id,
         turns: parsed.turns,
@@ -264,6 +270,20 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
         usage_limited,
         notes: bound_notes(notes),
     }
+}
+
+/// The reasons as one line ("a; b; c") of at most [`FAILURE_MAX_BYTES`] bytes.
+fn failure_line(reasons: &[String]) -> String {
+    let joined = if reasons.len() == 1 {
+        reasons[0].clone()
+    } else {
+        let parts: Vec<&str> = reasons
+            .iter()
+            .map(|r| r.trim().trim_end_matches('.'))
+            .collect();
+        parts.join("; ")
+    };
+    one_line(&joined, FAILURE_MAX_BYTES)
 }
 
 /// Notes deduplicated (order kept), one line each, at most [`MAX_NOTES`] of them.
@@ -325,10 +345,12 @@ pub(crate) fn jsonl_objects(
         .split(|b| *b == b'\n')
         .map(<[u8]>::trim_ascii)
         .filter(|line| !line.is_empty())
-        .map(|line| match serde_json::from_slice::<serde_json::Value>(line) {
-            Ok(serde_json::Value::Object(map)) => Some(map),
-            _ => None,
-        })
+        .map(
+            |line| match serde_json::from_slice::<serde_json::Value>(line) {
+                Ok(serde_json::Value::Object(map)) => Some(map),
+                _ => None,
+            },
+        )
 }
 
 /// "1 line was" / "3 lines were".
@@ -373,7 +395,11 @@ mod tests {
                 assert!(!report.success, "{format:?}");
                 let failure = report.failure.unwrap_or_default();
                 assert!(failure.starts_with("output is not valid"), "{failure}");
-                assert!(report.notes[0].ends_with("kept as raw text"), "{:?}", report.notes);
+                assert!(
+                    report.notes[0].ends_with("kept as raw text"),
+                    "{:?}",
+                    report.notes
+                );
             }
         }
     }
@@ -404,7 +430,10 @@ mod tests {
             &run(stdout, b"warning: x\nError: disk full\n", Some(2)),
         );
         assert!(!report.success);
-        assert_eq!(report.failure.as_deref(), Some("exit code 2: Error: disk full"));
+        assert_eq!(
+            report.failure.as_deref(),
+            Some("exit code 2: Error: disk full")
+        );
     }
 
     #[test]
@@ -439,7 +468,12 @@ mod tests {
         for format in ALL {
             let report = parse(format, &run(&junk, &junk, Some(0)));
             assert!(report.summary.len() <= SUMMARY_MAX_BYTES);
-            assert!(report.failure.as_ref().is_none_or(|f| f.len() <= FAILURE_MAX_BYTES));
+            assert!(
+                report
+                    .failure
+                    .as_ref()
+                    .is_none_or(|f| f.len() <= FAILURE_MAX_BYTES)
+            );
             assert!(report.notes.len() <= MAX_NOTES + 1);
             assert!(report.notes.iter().all(|n| n.len() <= NOTE_MAX_BYTES));
             assert_eq!(report.success, format == OutputFormat::Raw, "{format:?}");
@@ -450,7 +484,10 @@ mod tests {
     fn summaries_are_cut_to_4096_bytes_on_a_char_boundary() {
         let long = "é".repeat(5000);
         let stdout = serde_json::json!({"type":"result","subtype":"success","is_error":false,"result": long}).to_string();
-        let report = parse(OutputFormat::ClaudeJson, &run(stdout.as_bytes(), b"", Some(0)));
+        let report = parse(
+            OutputFormat::ClaudeJson,
+            &run(stdout.as_bytes(), b"", Some(0)),
+        );
         assert!(report.success);
         assert!(report.summary.len() <= SUMMARY_MAX_BYTES);
         assert!(report.summary.ends_with('…'));
@@ -480,15 +517,28 @@ mod tests {
     fn usage_limits_are_flagged_only_on_failure() {
         let report = parse(
             OutputFormat::Raw,
-            &run(b"You've hit your limit \xc2\xb7 resets 1pm (Europe/Lisbon)\n", b"", Some(1)),
+            &run(
+                b"You've hit your limit \xc2\xb7 resets 1pm (Europe/Lisbon)\n",
+                b"",
+                Some(1),
+            ),
         );
         assert!(!report.success);
         assert!(report.usage_limited);
-        assert!(report.failure.unwrap_or_default().contains("hit your limit"));
+        assert!(
+            report
+                .failure
+                .unwrap_or_default()
+                .contains("hit your limit")
+        );
 
         let report = parse(
             OutputFormat::Raw,
-            &run(b"Added a rate limiter; 429 Too Many Requests is returned", b"", Some(0)),
+            &run(
+                b"Added a rate limiter; 429 Too Many Requests is returned",
+                b"",
+                Some(0),
+            ),
         );
         assert!(report.success);
         assert!(!report.usage_limited);

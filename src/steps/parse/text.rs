@@ -21,22 +21,6 @@ pub(crate) fn truncate_head(s: &str, max_bytes: usize) -> String {
     out
 }
 
-/// `s` cut to its last `max_bytes` bytes on a char boundary, starting with "…" when it was cut.
-pub(crate) fn truncate_tail(s: &str, max_bytes: usize) -> String {
-    if s.len() <= max_bytes {
-        return s.to_owned();
-    }
-    let budget = max_bytes.saturating_sub(ELLIPSIS.len());
-    let mut start = s.len().saturating_sub(budget);
-    while start < s.len() && !s.is_char_boundary(start) {
-        start += 1;
-    }
-    let mut out = String::with_capacity(s.len() - start + ELLIPSIS.len());
-    out.push_str(ELLIPSIS);
-    out.push_str(&s[start..]);
-    out
-}
-
 /// The end of `bytes` as text: at most `max_bytes` bytes, lossy UTF-8, trimmed, with a leading
 /// "…" when something was cut off.
 pub(crate) fn tail_text(bytes: &[u8], max_bytes: usize) -> String {
@@ -164,7 +148,8 @@ pub(crate) fn stderr_hint(stderr: &[u8]) -> Option<String> {
         .filter(|l| !l.is_empty() && *l != ELLIPSIS)
         .filter(|l| {
             let lower = l.to_lowercase();
-            !lower.starts_with("warning") && !lower.starts_with("reading additional input from stdin")
+            !lower.starts_with("warning")
+                && !lower.starts_with("reading additional input from stdin")
         })
         .collect();
     let line = lines
@@ -189,14 +174,6 @@ mod tests {
     }
 
     #[test]
-    fn truncate_tail_cuts_on_a_char_boundary() {
-        let s = "é".repeat(10);
-        let out = truncate_tail(&s, 10);
-        assert!(out.len() <= 10, "{out}");
-        assert!(out.starts_with(ELLIPSIS));
-    }
-
-    #[test]
     fn tail_text_is_lossy_trimmed_and_bounded() {
         assert_eq!(tail_text(b"  hello \n\n", 100), "hello");
         let mut bytes = vec![0xff; 10_000];
@@ -209,14 +186,18 @@ mod tests {
         let s = "ab".to_owned() + &"é".repeat(3000);
         let out = tail_text(s.as_bytes(), 4096);
         assert!(out.len() <= 4096);
-        assert!(!out.contains('\u{fffd}'), "no replacement char from the cut");
+        assert!(
+            !out.contains('\u{fffd}'),
+            "no replacement char from the cut"
+        );
         assert_eq!(tail_text(b"", 10), "");
     }
 
     #[test]
     fn pr_urls_are_found_in_both_spellings() {
         assert_eq!(
-            find_pr_url("Opened https://forge.example/acme/widgets/pulls/12 for review.").as_deref(),
+            find_pr_url("Opened https://forge.example/acme/widgets/pulls/12 for review.")
+                .as_deref(),
             Some("https://forge.example/acme/widgets/pulls/12")
         );
         assert_eq!(
@@ -227,29 +208,47 @@ mod tests {
             find_pr_url("first http://x/a/pulls/1 then https://y/b/pull/2.").as_deref(),
             Some("https://y/b/pull/2")
         );
-        assert_eq!(find_pr_url("https://x/a/pulls/ and https:// and http"), None);
+        assert_eq!(
+            find_pr_url("https://x/a/pulls/ and https:// and http"),
+            None
+        );
         assert_eq!(find_pr_url("https:///pulls/3"), None);
         assert_eq!(find_pr_url("no url, pulls/3"), None);
     }
 
     #[test]
     fn usage_limit_phrases_are_case_insensitive() {
-        assert!(mentions_usage_limit("Claude AI usage limit reached|1753441200"));
-        assert!(mentions_usage_limit("exceeded retry limit, last status: 429 Too Many Requests"));
+        assert!(mentions_usage_limit(
+            "Claude AI usage limit reached|1753441200"
+        ));
+        assert!(mentions_usage_limit(
+            "exceeded retry limit, last status: 429 Too Many Requests"
+        ));
         assert!(mentions_usage_limit("error: RATE_LIMIT_error"));
-        assert!(mentions_usage_limit("You've hit your limit · resets 1pm (Europe/Lisbon)"));
-        assert!(!mentions_usage_limit("API Error: 500 Fake internal server error"));
+        assert!(mentions_usage_limit(
+            "You've hit your limit · resets 1pm (Europe/Lisbon)"
+        ));
+        assert!(!mentions_usage_limit(
+            "API Error: 500 Fake internal server error"
+        ));
     }
 
     #[test]
     fn stderr_hint_skips_noise() {
-        let stderr = b"WARNING: proceeding, even though...\nError loading config.toml: bad\nHow to fix: x\n";
-        assert_eq!(stderr_hint(stderr).as_deref(), Some("Error loading config.toml: bad"));
+        let stderr =
+            b"WARNING: proceeding, even though...\nError loading config.toml: bad\nHow to fix: x\n";
+        assert_eq!(
+            stderr_hint(stderr).as_deref(),
+            Some("Error loading config.toml: bad")
+        );
         assert_eq!(
             stderr_hint(b"--dangerously-skip-permissions cannot be used with root\n").as_deref(),
             Some("--dangerously-skip-permissions cannot be used with root")
         );
-        assert_eq!(stderr_hint(b"Reading additional input from stdin...\n"), None);
+        assert_eq!(
+            stderr_hint(b"Reading additional input from stdin...\n"),
+            None
+        );
         assert_eq!(stderr_hint(b""), None);
     }
 }
