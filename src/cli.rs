@@ -22,6 +22,9 @@ pub enum Command {
     /// Inspect the configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Submit, list, inspect, follow and steer tasks through a running daemon's API.
+    #[command(subcommand)]
+    Task(TaskCommand),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +60,151 @@ pub struct ConfigFile {
     pub config: PathBuf,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Submit a new task.
+    Submit(Box<SubmitArgs>),
+    /// List tasks, most recent first.
+    List(ListArgs),
+    /// Show one task: its header, runs, receipt and events.
+    Show(TaskIdArgs),
+    /// Follow a task's events until it settles; exit 0 when it completed, 1 otherwise.
+    Watch(TaskIdArgs),
+    /// Ask a task to stop.
+    Cancel(CancelArgs),
+    /// Put a failed task back in the queue.
+    Retry(TaskIdArgs),
+    /// Send a signal to a task's workflow.
+    Signal(SignalArgs),
+}
+
+/// How to reach the daemon. Order of precedence: the flag, then `--config`, then the
+/// environment, then the default.
+#[derive(Debug, Clone, Args)]
+pub struct Connection {
+    /// The daemon's base URL [env: AGENT_FLEET_SERVER] [default: http://127.0.0.1:8787].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The admin bearer token [env: FLEET_ADMIN_TOKEN, or the variable named by the config's
+    /// `admin_token_env`].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Take the server address from this file's `[server] listen` and the token from the
+    /// environment variable its `admin_token_env` names.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// One line saying what to do.
+    #[arg(long)]
+    pub title: String,
+    /// The full request.
+    #[arg(long, conflicts_with = "body_file")]
+    pub body: Option<String>,
+    /// Read the body from this file (`-`: standard input).
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+    /// Local path or git URL of the repository [default: the daemon's `dispatch.default_repo`].
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// Branch to start from [default: the repository's default branch].
+    #[arg(long, value_name = "BRANCH")]
+    pub base: Option<String>,
+    /// Agent kind [default: the first of the daemon's config].
+    #[arg(long)]
+    pub agent: Option<String>,
+    #[arg(long, value_parser = ["low", "normal", "high", "urgent"])]
+    pub priority: Option<String>,
+    /// The task's type (`bug`, `feature`, …).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// A label; repeat for more.
+    #[arg(long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// A capability the host must have; repeat for more.
+    #[arg(long = "capability", value_name = "CAPABILITY")]
+    pub capabilities: Vec<String>,
+    /// A command that must pass for the work to count; repeat for more.
+    #[arg(long = "validate", value_name = "COMMAND")]
+    pub validation: Vec<String>,
+    /// A path the agent may change; repeat for more.
+    #[arg(long = "scope", value_name = "PATH")]
+    pub file_scope: Vec<String>,
+    /// Submitting again with the same key answers the task already created.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only tasks with this status (`created`, `running`, `failed`, …).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Tasks per page.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: u32,
+    /// Follow the pages to the last one.
+    #[arg(long)]
+    pub all: bool,
+    /// Print `{"tasks": […], "next_after": …}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskIdArgs {
+    /// The task's id.
+    pub id: String,
+    /// JSON instead of text (`watch`: one event object per line).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The task's id.
+    pub id: String,
+    /// Why; kept as the task's failure.
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// The task's id.
+    pub id: String,
+    /// The signal's type (`note`, `retry`, …).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: String,
+    /// The signal's text.
+    #[arg(long)]
+    pub text: Option<String>,
+    /// Idempotency key: sending again with the same key delivers nothing new.
+    #[arg(long, value_name = "KEY")]
+    pub key: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connection: Connection,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +213,49 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn submit_takes_repeated_lists_and_the_connection_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "agent-fleet",
+            "task",
+            "submit",
+            "--title",
+            "T",
+            "--label",
+            "a",
+            "--label",
+            "b",
+            "--validate",
+            "cargo test",
+            "--server",
+            "http://h:1",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Task(TaskCommand::Submit(args)) = cli.command else {
+            panic!("not task submit");
+        };
+        assert_eq!(args.labels, ["a", "b"]);
+        assert_eq!(args.validation, ["cargo test"]);
+        assert_eq!(args.connection.server.as_deref(), Some("http://h:1"));
+        assert!(args.json);
+    }
+
+    #[test]
+    fn body_and_body_file_exclude_each_other() {
+        let parsed = Cli::try_parse_from([
+            "agent-fleet",
+            "task",
+            "submit",
+            "--title",
+            "T",
+            "--body",
+            "b",
+            "--body-file",
+            "-",
+        ]);
+        assert!(parsed.is_err());
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Layers, dependencies pointing inward (see ARCHITECTURE.md): [`api`] → [`steps`] →
 //! [`workflow`]; [`io`] is used by `steps`; `workflow` depends on none of them. [`config`] is
-//! the daemon's TOML configuration.
+//! the daemon's TOML configuration. [`client`] is the typed client of the API that the `task`
+//! commands use.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod io;
 pub mod steps;

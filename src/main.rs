@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT).
 
 mod cli;
+mod task_cmd;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -29,6 +30,7 @@ async fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
+        Command::Task(command) => task_cmd::run(command).await,
         Command::Serve(args) => match serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
