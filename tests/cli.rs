@@ -195,7 +195,7 @@ fn config_check_exits_1_and_explains_every_error_with_its_line() {
     std::fs::write(
         &path,
         "[[agents]]\nname = \"demo\"\ncli_template = \"demo {prompt_file}\"\noutput_format = \"raw\"\n\n\
-         [[hosts]]\nhost_id = \"localhost\"\nhostname = \"localhost\"\nagents = [\"claude\"]\n\
+         [[hosts]]\nhost_id = \"localhost\"\nhostname = \"localhost\"\nagents = [\"nope\"]\n\
          max_concurrent = 0\nwork_root = \"/tmp/w\"\n",
     )
     .unwrap();
@@ -204,7 +204,7 @@ fn config_check_exits_1_and_explains_every_error_with_its_line() {
     let err = text(&out.stderr);
     assert!(
         err.contains(
-            "line 9, column 11: `hosts[0].agents[0]`: host `localhost` uses unknown agent `claude`"
+            "line 9, column 11: `hosts[0].agents[0]`: host `localhost` uses unknown agent `nope`"
         ),
         "{err}"
     );

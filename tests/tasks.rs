@@ -269,3 +269,47 @@ async fn tasks_are_listed_by_status_with_paging() {
     let (status, _) = fleet.get("/tasks?status=bogus").await;
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn the_cli_submits_watches_and_shows_a_task_of_the_real_daemon() {
+    let fleet = Fleet::start(Setup::default()).await;
+    let url = fleet.url.clone();
+    let cli = move |args: &[&str]| {
+        std::process::Command::new(daemon::BIN)
+            .arg("task")
+            .args(args)
+            .env("AGENT_FLEET_SERVER", &url)
+            .env("FLEET_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let submit = cli(&[
+        "submit",
+        "--title",
+        "Say hello",
+        "--body",
+        "Add a greeting.",
+    ]);
+    let out = String::from_utf8_lossy(&submit.stdout).into_owned();
+    assert!(
+        submit.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    assert!(out.contains("task 1 created"), "{out}");
+    let watch = tokio::task::spawn_blocking({
+        let cli = cli.clone();
+        move || cli(&["watch", "1"])
+    })
+    .await
+    .unwrap();
+    let watched = String::from_utf8_lossy(&watch.stdout).into_owned();
+    assert_eq!(watch.status.code(), Some(0), "{watched}");
+    assert!(watched.contains("receipt verified"), "{watched}");
+    let show = cli(&["show", "1"]);
+    let shown = String::from_utf8_lossy(&show.stdout).into_owned();
+    assert!(
+        shown.contains("completed") && shown.contains("DEMO-AGENT.md"),
+        "{shown}"
+    );
+}
