@@ -218,16 +218,27 @@ fn a_toml_syntax_error_gives_its_line() {
 fn a_host_using_an_unknown_agent_names_the_list_item() {
     let text = VALID.replace(
         "agents = [\"demo\", \"codex\"]",
-        "agents = [\"demo\", \"claude\"]",
+        "agents = [\"demo\", \"aider\"]",
     );
     let e = the_error(&text);
     assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
-    assert_names(&e, "hosts[1].agents[1]", line_of(&text, "\"claude\"]"));
+    assert_names(&e, "hosts[1].agents[1]", line_of(&text, "\"aider\"]"));
     let m = e.message();
     assert!(
-        m.contains("unknown agent `claude`") && m.contains("`demo`, `codex`"),
+        m.contains("unknown agent `aider`") && m.contains("`demo`, `codex`, `claude`"),
         "{m}"
     );
+}
+
+#[test]
+fn built_in_agent_kinds_need_no_agents_entry() {
+    let text = VALID.replace(
+        "agents = [\"demo\", \"codex\"]",
+        "agents = [\"demo\", \"claude\"]",
+    );
+    let config = agent_fleet::config::Config::from_toml_str(&text).unwrap();
+    let claude = config.agent("claude").unwrap();
+    assert!(claude.cli_template.contains("--output-format json"));
 }
 
 #[test]
