@@ -241,11 +241,12 @@ impl Runtime {
     }
 
     fn absolute(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        // Without `.` components, so paths in messages read cleanly.
+        self.base_dir
+            .join(p)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
     }
 
     /// The command line of a run: the template rendered, with a relative program path (like
