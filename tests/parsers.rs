@@ -1,4 +1,4 @@
-//! The output parsers against real CLI output: every file under `shared/reference/agents/`
+//! The output parsers against real CLI output: every file under `tests/fixtures/reference/agents/`
 //! (Claude Code 2.1.197 and Codex 0.169 captured against a fake model server, plus older
 //! public samples), each with the exit code `captured/CAPTURED.md` documents. Files without a
 //! documented exit code (`agents/claude/`, `agents/codex/`) use the one the CLI gives such a
@@ -12,7 +12,7 @@ use agent_fleet::steps::parse::{
 };
 
 fn agents_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/agents")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference/agents")
 }
 
 fn read(relative: &str) -> Vec<u8> {

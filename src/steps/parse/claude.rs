@@ -6,7 +6,7 @@
 //! A `result` is a failure when `is_error` is true (API errors come with `subtype:"success"`),
 //! when `subtype` is not `success` (`error_max_turns` has no `result` text, only `errors[]`), or
 //! when `permission_denials` is not empty (such runs exit 0 with `subtype:"success"`). A stream
-//! without a `result` line is a failure too. See `/work/shared/reference/agents/claude/NOTES.md`.
+//! without a `result` line is a failure too. See `tests/fixtures/reference/agents/claude/NOTES.md`.
 
 use std::collections::{HashMap, HashSet};
 

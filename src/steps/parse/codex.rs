@@ -7,7 +7,7 @@
 //! ("Model metadata for `x` not found"): both become notes, not failures. Failed
 //! `command_execution` items are notes too: the agent may have meant them to fail. Usage comes
 //! from the last `turn.completed` (after `exec resume` it is cumulative over the thread). See
-//! `/work/shared/reference/agents/codex/NOTES.md`.
+//! `tests/fixtures/reference/agents/codex/NOTES.md`.
 
 use serde_json::{Map, Value};
 
