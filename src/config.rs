@@ -218,6 +218,18 @@ pub enum OutputFormat {
     Raw,
 }
 
+impl OutputFormat {
+    /// The name in the configuration file (`output_format = "…"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::ClaudeJson => "claude-json",
+            OutputFormat::ClaudeStreamJson => "claude-stream-json",
+            OutputFormat::CodexJsonl => "codex-jsonl",
+            OutputFormat::Raw => "raw",
+        }
+    }
+}
+
 /// `[[agents]]`: an agent kind, i.e. a CLI template and its output parser.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

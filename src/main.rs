@@ -13,7 +13,6 @@ use agent_fleet::api::{self, AppState};
 use agent_fleet::config::{Config, ConfigError};
 use agent_fleet::steps;
 use agent_fleet::steps::agent_task::Runtime;
-use agent_fleet::steps::dispatch::Fleet;
 use agent_fleet::workflow::{Engine, EngineConfig};
 use anyhow::{Context, anyhow};
 use clap::Parser;
@@ -120,11 +119,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let admin_token = admin_token(&config)?;
     let base_dir = std::env::current_dir().context("cannot read the working directory")?;
-    let rt = Arc::new(Runtime::new(
-        config.clone(),
-        Fleet::new(&config),
-        base_dir.clone(),
-    ));
+    let rt = Arc::new(Runtime::new(config.clone(), base_dir.clone()));
     // Installed before anything else so that a signal is never the default "die at once".
     let mut signals = Signals::install()?;
 

@@ -171,8 +171,9 @@ pub struct CancelRequest {
 
 use std::time::{Duration, SystemTime};
 
-use crate::steps::agent_task::{Run, TaskSignal};
+use crate::steps::agent_task::{Run, RunOutcome, TaskSignal};
 use crate::steps::task::Source;
+use crate::steps::task::TaskStatus;
 use crate::steps::tasks::TaskRecord;
 use crate::workflow::{Event, EventKind, Timestamp};
 
@@ -212,7 +213,18 @@ impl From<&TaskRecord> for TaskView {
             updated_at: rfc3339(r.info.updated),
             last_activity_at: s.last_activity_at.map(rfc3339),
             failure: r.failure(),
-            runs: s.runs.iter().map(RunView::from).collect(),
+            runs: s
+                .runs
+                .iter()
+                .map(|run| {
+                    let mut view = RunView::from(run);
+                    // A cancel stops the run without a step to record it: the task says so.
+                    if r.status() == TaskStatus::Cancelled && run.outcome == RunOutcome::Running {
+                        view.outcome = "cancelled".to_string();
+                    }
+                    view
+                })
+                .collect(),
             receipt: s.receipt.as_ref().map(|rc| ReceiptView {
                 branch: rc.branch.clone(),
                 base: rc.base.clone(),

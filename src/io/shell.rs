@@ -52,8 +52,8 @@ pub enum ShellError {
     },
     #[error("a script on {host} did not finish within {timeout:?}")]
     Timeout { host: String, timeout: Duration },
-    #[error("host {host} cannot run scripts: {reason}")]
-    Unsupported { host: String, reason: String },
+    #[error("{value:?} cannot be put in a shell script: {reason}")]
+    Unquotable { value: String, reason: String },
 }
 
 /// Runs POSIX shell scripts on one host.
@@ -155,9 +155,9 @@ impl Shell for LocalShell {
 pub fn quote(value: &str) -> Result<String, ShellError> {
     shlex::try_quote(value)
         .map(|q| q.into_owned())
-        .map_err(|e| ShellError::Unsupported {
-            host: "(script)".to_string(),
-            reason: format!("cannot quote {value:?}: {e}"),
+        .map_err(|e| ShellError::Unquotable {
+            value: value.to_string(),
+            reason: e.to_string(),
         })
 }
 

@@ -11,13 +11,14 @@
 //! the previous run left: the worktree is reused, the launch is guarded by an intent and by the
 //! run directory's `started/` marker, and Await re-attaches to the run by its directory.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AgentConfig, Config, LOCALHOST};
+use crate::config::{AgentConfig, Config};
 use crate::io::run::{self, RunState, Started};
 use crate::io::shell::{LocalShell, SharedShell};
 use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
@@ -71,7 +72,6 @@ pub enum RunOutcome {
     TimedOut,
     /// Its process vanished without an exit code.
     Lost,
-    Cancelled,
 }
 
 impl RunOutcome {
@@ -82,7 +82,6 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
             RunOutcome::TimedOut => "timed_out",
             RunOutcome::Lost => "lost",
-            RunOutcome::Cancelled => "cancelled",
         }
     }
 }
@@ -179,6 +178,8 @@ impl TaskState {
 pub struct Runtime {
     config: Arc<Config>,
     fleet: Fleet,
+    /// One shell per host this daemon can run agents on (the local ones, for now).
+    shells: HashMap<String, SharedShell>,
     /// Where relative paths (work roots, repository paths, agent programs) start.
     base_dir: PathBuf,
     /// How often Await looks at a running run.
@@ -186,10 +187,21 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: Arc<Config>, fleet: Fleet, base_dir: PathBuf) -> Self {
+    pub fn new(config: Arc<Config>, base_dir: PathBuf) -> Self {
+        let secrets = secret_env(&config);
+        let shells = config
+            .hosts
+            .iter()
+            .filter(|h| h.is_local())
+            .map(|h| {
+                let shell: SharedShell = Arc::new(LocalShell::new(&h.host_id, secrets.clone()));
+                (h.host_id.clone(), shell)
+            })
+            .collect();
         Runtime {
+            fleet: Fleet::new(&config),
             config,
-            fleet,
+            shells,
             base_dir,
             poll: Duration::from_millis(250),
         }
@@ -199,37 +211,17 @@ impl Runtime {
         &self.fleet
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
-    /// The shell of `host`. Only local hosts exist until the SSH transport lands.
+    /// The shell of `host`. Only local hosts have one until the SSH transport lands.
     fn shell(&self, host: &str) -> Result<SharedShell, StepError> {
-        let cfg = self
-            .config
-            .host(host)
-            .ok_or_else(|| StepError::msg(format!("host `{host}` is no longer configured")))?;
-        if cfg.hostname != LOCALHOST {
-            return Err(StepError::msg(format!(
+        match (self.shells.get(host), self.config.host(host)) {
+            (Some(shell), _) => Ok(shell.clone()),
+            (None, Some(_)) => Err(StepError::msg(format!(
                 "host `{host}` is reached over SSH, which this daemon cannot do yet"
-            )));
+            ))),
+            (None, None) => Err(StepError::msg(format!(
+                "host `{host}` is no longer configured"
+            ))),
         }
-        Ok(Arc::new(LocalShell::new(host, self.secret_env())))
-    }
-
-    /// Environment variables holding the daemon's secrets: never passed to agents.
-    fn secret_env(&self) -> Vec<String> {
-        let c = &self.config;
-        let mut names = vec![c.server.admin_token_env.clone()];
-        if let Some(f) = &c.forgejo {
-            names.push(f.token_env.clone());
-            names.push(f.webhook_secret_env.clone());
-        }
-        if let Some(m) = &c.matrix {
-            names.extend(m.password_env.clone());
-            names.extend(m.access_token_env.clone());
-        }
-        names
     }
 
     fn work_root(&self, host: &str) -> Result<String, StepError> {
@@ -256,12 +248,26 @@ impl Runtime {
         let program = rendered.split_whitespace().next().unwrap_or("");
         if program.contains('/') && !program.starts_with(['/', '\'', '"', '$', '~']) {
             let absolute = self.base_dir.join(program).display().to_string();
-            if let Ok(quoted) = shlex::try_quote(&absolute) {
+            if let Ok(quoted) = crate::io::shell::quote(&absolute) {
                 return Ok(format!("{quoted}{}", &rendered[program.len()..]));
             }
         }
         Ok(rendered)
     }
+}
+
+/// Environment variables holding the daemon's secrets: never passed to agents.
+fn secret_env(c: &Config) -> Vec<String> {
+    let mut names = vec![c.server.admin_token_env.clone()];
+    if let Some(f) = &c.forgejo {
+        names.push(f.token_env.clone());
+        names.push(f.webhook_secret_env.clone());
+    }
+    if let Some(m) = &c.matrix {
+        names.extend(m.password_env.clone());
+        names.extend(m.access_token_env.clone());
+    }
+    names
 }
 
 /// The agent-task workflow definition.
@@ -310,7 +316,7 @@ impl Workflow for AgentTask {
             Phase::Prepare => self.prepare(ctx, s).await?,
             Phase::Launch => self.launch(ctx, s).await?,
             Phase::Await => self.await_run(ctx, s).await?,
-            Phase::Parse => self.parse(ctx, s).await?,
+            Phase::Parse => self.parse(s).await?,
             Phase::Verify => self.verify(ctx, s).await?,
             Phase::Backoff { until } => {
                 if ctx.now() < until {
@@ -583,16 +589,15 @@ impl AgentTask {
         prompt_text: &str,
         command: &str,
     ) -> Result<Started, StepError> {
-        // Files first (rewriting them is harmless: the same bytes, replaced by rename).
-        if run::status(shell, dir).await? == RunState::NotLaunched {
-            run::write_file(shell, &format!("{dir}/prompt.md"), prompt_text.as_bytes()).await?;
-            run::write_file(
-                shell,
-                &format!("{dir}/command.sh"),
-                format!("{command}\n").as_bytes(),
-            )
-            .await?;
-        }
+        // Files first. After a crash they may exist already: rewriting them is harmless (the
+        // same bytes, replaced by rename), and `start` launches nothing the second time.
+        run::write_file(shell, &format!("{dir}/prompt.md"), prompt_text.as_bytes()).await?;
+        run::write_file(
+            shell,
+            &format!("{dir}/command.sh"),
+            format!("{command}\n").as_bytes(),
+        )
+        .await?;
         Ok(run::start(shell, dir, work_dir).await?)
     }
 
@@ -655,12 +660,7 @@ impl AgentTask {
         Ok(Outcome::next(s).note(note))
     }
 
-    async fn parse(
-        &self,
-        ctx: &mut StepCtx<TaskSignal>,
-        mut s: TaskState,
-    ) -> StepResult<TaskState> {
-        let _ = ctx;
+    async fn parse(&self, mut s: TaskState) -> StepResult<TaskState> {
         let mut r = s
             .runs
             .pop()
@@ -806,8 +806,8 @@ impl AgentTask {
             )
         };
         s.failure = Some(reason);
-        // A failed run leaves Running, Assigned (workspace trouble) or Created behind.
-        if s.status != TaskStatus::Created {
+        // Back in the queue: from `running`, or from `assigned` (workspace trouble).
+        if s.status.can_move_to(TaskStatus::Created) {
             s.status = TaskStatus::Created;
         }
         s.assigned_host = None;

@@ -5,7 +5,7 @@
 //! task is routed ([`Fleet::hold`] for every task that holds a host, then [`Fleet::mark_ready`]),
 //! so a recovered daemon never over-commits a host.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{Notify, watch};
@@ -140,15 +140,6 @@ impl Fleet {
     pub fn mark_ready(&self) {
         self.inner.ready.send_replace(true);
         self.inner.changed.notify_waiters();
-    }
-
-    /// Tasks running per host.
-    pub fn load(&self) -> HashMap<String, usize> {
-        self.slots()
-            .hosts
-            .iter()
-            .map(|h| (h.id.clone(), h.running.len()))
-            .collect()
     }
 
     /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and

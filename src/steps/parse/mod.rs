@@ -95,16 +95,6 @@ pub fn parse(format: OutputFormat, out: &RunOutput<'_>) -> RunReport {
     finish(format, parsed, out)
 }
 
-/// The name a format has in the configuration file (`output_format = "…"`).
-pub fn format_name(format: OutputFormat) -> &'static str {
-    match format {
-        OutputFormat::ClaudeJson => "claude-json",
-        OutputFormat::ClaudeStreamJson => "claude-stream-json",
-        OutputFormat::CodexJsonl => "codex-jsonl",
-        OutputFormat::Raw => "raw",
-    }
-}
-
 /// What the output itself says about the run.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Verdict {
@@ -198,7 +188,7 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
         }
         Verdict::Invalid(why) => {
             raw_like = true;
-            let name = format_name(format);
+            let name = format.as_str();
             reasons.extend(exit_reason.map(|r| with_hint(r, true)));
             reasons.push(format!("output is not valid {name}: {why}"));
             notes.push(format!(
