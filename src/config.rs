@@ -57,6 +57,10 @@ pub struct Config {
     pub storage: StorageConfig,
     #[serde(default)]
     pub dispatch: DispatchConfig,
+    #[serde(default)]
+    pub ssh: SshConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
     /// The forge; without it, tasks come only from the API and the CLI.
     pub forgejo: Option<ForgejoConfig>,
     /// Chat operations; optional.
@@ -148,6 +152,61 @@ impl Default for DispatchConfig {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_misses: 3,
             default_repo: None,
+        }
+    }
+}
+
+/// `[ssh]`: how SSH hosts are reached (one pooled connection per host).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshConfig {
+    /// Connecting and authenticating, each time a connection is (re)opened.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A keepalive is sent after this long without traffic from the host.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Unanswered keepalives after which the connection counts as dropped (it is reopened).
+    pub keepalive_max: usize,
+    /// Commands at once over one connection (OpenSSH's `MaxSessions` is 10 by default).
+    pub max_sessions: usize,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(15),
+            keepalive_max: 3,
+            max_sessions: 8,
+        }
+    }
+}
+
+/// `[health]`: host health checks and lost hosts. (It is not `hosts.*`: `[[hosts]]` is the list
+/// of hosts.)
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Every host is checked at start and then at this interval (`echo ok`, each agent kind's
+    /// CLI and its version).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// Time limit of one host's whole check.
+    #[serde(with = "humantime_serde")]
+    pub check_timeout: Duration,
+    /// A host unreachable this long during a run loses the run: the attempt is marked lost and
+    /// the task is retried on another host.
+    #[serde(with = "humantime_serde")]
+    pub lost_after: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            check_interval: Duration::from_secs(30),
+            check_timeout: Duration::from_secs(20),
+            lost_after: Duration::from_secs(120),
         }
     }
 }
@@ -308,6 +367,8 @@ pub struct HostConfig {
     pub user: Option<String>,
     /// SSH private key (required for SSH hosts).
     pub key_path: Option<PathBuf>,
+    /// Environment variable holding the key's passphrase, if it has one.
+    pub key_passphrase_env: Option<String>,
     /// `host_id` of another host to jump through.
     pub proxy_jump: Option<String>,
     /// Agent kinds available on this host (names of `[[agents]]`).
@@ -522,6 +583,8 @@ impl Config {
         v.server(&self.server);
         v.storage(&self.storage);
         v.dispatch(&self.dispatch);
+        v.ssh(&self.ssh);
+        v.health(&self.health);
         if let Some(f) = &self.forgejo {
             v.forgejo(f);
         }
@@ -850,6 +913,25 @@ impl Validator {
         }
     }
 
+    fn ssh(&mut self, s: &SshConfig) {
+        let p = KeyPath::root("ssh");
+        self.positive(p.key("connect_timeout"), s.connect_timeout);
+        self.positive(p.key("keepalive_interval"), s.keepalive_interval);
+        if s.keepalive_max == 0 {
+            self.report(p.key("keepalive_max"), "must be at least 1");
+        }
+        if s.max_sessions == 0 {
+            self.report(p.key("max_sessions"), "must be at least 1");
+        }
+    }
+
+    fn health(&mut self, h: &HealthConfig) {
+        let p = KeyPath::root("health");
+        self.positive(p.key("check_interval"), h.check_interval);
+        self.positive(p.key("check_timeout"), h.check_timeout);
+        self.positive(p.key("lost_after"), h.lost_after);
+    }
+
     fn forgejo(&mut self, f: &ForgejoConfig) {
         let p = KeyPath::root("forgejo");
         self.http_url(p.key("base_url"), &f.base_url);
@@ -1043,6 +1125,9 @@ impl Validator {
         if h.key_path.is_some() {
             self.report(p.key("key_path"), hint);
         }
+        if h.key_passphrase_env.is_some() {
+            self.report(p.key("key_passphrase_env"), hint);
+        }
         if h.proxy_jump.is_some() {
             self.report(p.key("proxy_jump"), hint);
         }
@@ -1069,6 +1154,9 @@ impl Validator {
                 self.report(p.key("key_path"), "must not be empty")
             }
             Some(_) => {}
+        }
+        if let Some(name) = &h.key_passphrase_env {
+            self.env_name(p.key("key_passphrase_env"), name);
         }
         if !h.work_root.as_os_str().is_empty() && !h.work_root.is_absolute() {
             self.report(

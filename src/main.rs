@@ -12,7 +12,7 @@ use std::sync::Arc;
 use agent_fleet::api::{self, AppState};
 use agent_fleet::config::{Config, ConfigError};
 use agent_fleet::steps;
-use agent_fleet::steps::agent_task::Runtime;
+use agent_fleet::steps::runtime::Runtime;
 use agent_fleet::workflow::{Engine, EngineConfig};
 use anyhow::{Context, anyhow};
 use clap::Parser;
@@ -119,7 +119,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let admin_token = admin_token(&config)?;
     let base_dir = std::env::current_dir().context("cannot read the working directory")?;
-    let rt = Arc::new(Runtime::new(config.clone(), base_dir.clone()));
+    let rt = Arc::new(Runtime::new(config.clone(), base_dir.clone())?);
     // Installed before anything else so that a signal is never the default "die at once".
     let mut signals = Signals::install()?;
 
@@ -151,6 +151,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         served = &mut http => return Err(http_stopped(served)),
     };
     state.set_engine(engine.clone());
+    let stop_checks = CancellationToken::new();
+    tokio::spawn(steps::hosts::monitor(
+        engine.clone(),
+        rt.clone(),
+        stop_checks.clone(),
+    ));
     tracing::info!("ready");
 
     let sig = tokio::select! {
@@ -168,6 +174,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     });
     stop_http.cancel();
+    stop_checks.cancel();
     match tokio::time::timeout(std::time::Duration::from_secs(10), http).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!("the HTTP server stopped with an error: {e}"),

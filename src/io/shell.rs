@@ -54,6 +54,23 @@ pub enum ShellError {
     Timeout { host: String, timeout: Duration },
     #[error("{value:?} cannot be put in a shell script: {reason}")]
     Unquotable { value: String, reason: String },
+    /// The host could not be reached or would not let us in (network, authentication, key file).
+    #[error("cannot connect to {host}: {detail}")]
+    Connect { host: String, detail: String },
+    /// The host presented a key that its known_hosts file does not vouch for: refused.
+    #[error("refused {host}: {detail}")]
+    HostKey { host: String, detail: String },
+}
+
+impl ShellError {
+    /// True when the host could not be reached (or the connection broke): the host may come
+    /// back, and what the script was doing there may still be going on.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            ShellError::Connect { .. } | ShellError::Io { .. } | ShellError::Timeout { .. }
+        )
+    }
 }
 
 /// Runs POSIX shell scripts on one host.

@@ -11,23 +11,20 @@
 //! the previous run left: the worktree is reused, the launch is guarded by an intent and by the
 //! run directory's `started/` marker, and Await re-attaches to the run by its directory.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{AgentConfig, Config};
 use crate::io::run::{self, RunState, Started};
-use crate::io::shell::{LocalShell, SharedShell};
 use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
 
-use super::dispatch::{Fleet, Ticket};
+use super::dispatch::Ticket;
 use super::parse::{self, RunOutput, RunReport};
 use super::prompt::{self, PromptInput};
+use super::runtime::Runtime;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
-use super::template::{self, Vars};
+use super::template::Vars;
 use super::workspace::{self, BranchWork, Workspace};
 
 /// The run output read back for parsing (the tail, if longer).
@@ -174,102 +171,6 @@ impl TaskState {
     }
 }
 
-/// What the workflow's steps need from the daemon.
-pub struct Runtime {
-    config: Arc<Config>,
-    fleet: Fleet,
-    /// One shell per host this daemon can run agents on (the local ones, for now).
-    shells: HashMap<String, SharedShell>,
-    /// Where relative paths (work roots, repository paths, agent programs) start.
-    base_dir: PathBuf,
-    /// How often Await looks at a running run.
-    poll: Duration,
-}
-
-impl Runtime {
-    pub fn new(config: Arc<Config>, base_dir: PathBuf) -> Self {
-        let secrets = secret_env(&config);
-        let shells = config
-            .hosts
-            .iter()
-            .filter(|h| h.is_local())
-            .map(|h| {
-                let shell: SharedShell = Arc::new(LocalShell::new(&h.host_id, secrets.clone()));
-                (h.host_id.clone(), shell)
-            })
-            .collect();
-        Runtime {
-            fleet: Fleet::new(&config),
-            config,
-            shells,
-            base_dir,
-            poll: Duration::from_millis(250),
-        }
-    }
-
-    pub fn fleet(&self) -> &Fleet {
-        &self.fleet
-    }
-
-    /// The shell of `host`. Only local hosts have one until the SSH transport lands.
-    fn shell(&self, host: &str) -> Result<SharedShell, StepError> {
-        match (self.shells.get(host), self.config.host(host)) {
-            (Some(shell), _) => Ok(shell.clone()),
-            (None, Some(_)) => Err(StepError::msg(format!(
-                "host `{host}` is reached over SSH, which this daemon cannot do yet"
-            ))),
-            (None, None) => Err(StepError::msg(format!(
-                "host `{host}` is no longer configured"
-            ))),
-        }
-    }
-
-    fn work_root(&self, host: &str) -> Result<String, StepError> {
-        let cfg = self
-            .config
-            .host(host)
-            .ok_or_else(|| StepError::msg(format!("host `{host}` is no longer configured")))?;
-        Ok(self.absolute(&cfg.work_root).display().to_string())
-    }
-
-    fn absolute(&self, p: &Path) -> PathBuf {
-        // Without `.` components, so paths in messages read cleanly.
-        self.base_dir
-            .join(p)
-            .components()
-            .filter(|c| !matches!(c, std::path::Component::CurDir))
-            .collect()
-    }
-
-    /// The command line of a run: the template rendered, with a relative program path (like
-    /// `scripts/demo-agent`) taken from the daemon's directory on local hosts.
-    fn command(&self, agent: &AgentConfig, vars: &Vars) -> Result<String, template::TemplateError> {
-        let rendered = template::render(&agent.cli_template, vars)?;
-        let program = rendered.split_whitespace().next().unwrap_or("");
-        if program.contains('/') && !program.starts_with(['/', '\'', '"', '$', '~']) {
-            let absolute = self.base_dir.join(program).display().to_string();
-            if let Ok(quoted) = crate::io::shell::quote(&absolute) {
-                return Ok(format!("{quoted}{}", &rendered[program.len()..]));
-            }
-        }
-        Ok(rendered)
-    }
-}
-
-/// Environment variables holding the daemon's secrets: never passed to agents.
-fn secret_env(c: &Config) -> Vec<String> {
-    let mut names = vec![c.server.admin_token_env.clone()];
-    if let Some(f) = &c.forgejo {
-        names.push(f.token_env.clone());
-        names.push(f.webhook_secret_env.clone());
-    }
-    if let Some(m) = &c.matrix {
-        names.extend(m.password_env.clone());
-        names.extend(m.access_token_env.clone());
-    }
-    names
-}
-
 /// The agent-task workflow definition.
 pub struct AgentTask {
     rt: Arc<Runtime>,
@@ -342,7 +243,7 @@ impl Workflow for AgentTask {
 
     async fn cleanup(&self, ctx: &mut StepCtx<TaskSignal>, s: &TaskState, reason: &str) -> String {
         let id = ctx.instance();
-        self.rt.fleet.release(id);
+        self.rt.fleet().release(id);
         let mut report = format!("cancelled ({reason})");
         // The run that may be alive: the last recorded one, or the one Launch was starting.
         let candidate = match (&s.phase, s.runs.last(), &s.assigned_host) {
@@ -412,9 +313,9 @@ impl AgentTask {
             agent: s.spec.agent.clone(),
             capabilities: s.spec.capabilities.clone(),
         };
-        if !self.rt.fleet.can_serve(&ticket) {
+        if !self.rt.fleet().can_serve(&ticket) {
             let since = *s.undecided_since.get_or_insert(ctx.now());
-            let deadline = since.after(self.rt.config.dispatch.undecided_timeout);
+            let deadline = since.after(self.rt.config().dispatch.undecided_timeout);
             if ctx.now() >= deadline {
                 s.mode = ExecutionMode::HttpPull;
                 s.phase = Phase::Pull;
@@ -433,7 +334,7 @@ impl AgentTask {
             return Ok(Outcome::wait_until(s, deadline).note(note));
         }
         let host = tokio::select! {
-            host = self.rt.fleet.acquire(&ticket) => host,
+            host = self.rt.fleet().acquire(&ticket) => host,
             _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
             _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
         };
@@ -482,7 +383,7 @@ impl AgentTask {
                 s.phase = Phase::Launch;
                 Ok(Outcome::next(s).note(note))
             }
-            Err(e) if ctx.errors() < self.rt.config.dispatch.max_retries => {
+            Err(e) if ctx.errors() < self.rt.config().dispatch.max_retries => {
                 Err(StepError::msg(e.to_string()))
             }
             Err(e) => {
@@ -504,7 +405,7 @@ impl AgentTask {
             .workspace
             .clone()
             .ok_or_else(|| StepError::msg("no workspace in the launch phase"))?;
-        let Some(agent) = self.rt.config.agent(&s.spec.agent).cloned() else {
+        let Some(agent) = self.rt.config().agent(&s.spec.agent).cloned() else {
             let reason = format!("agent kind `{}` is not configured", s.spec.agent);
             return Ok(self.give_up(ctx, s, reason));
         };
@@ -518,7 +419,7 @@ impl AgentTask {
             .set("task_id", id.to_string())
             .set("branch", ws.branch.clone())
             .set("run_dir", dir.clone());
-        let command = match self.rt.command(&agent, &vars) {
+        let command = match self.rt.command(&host, &agent, &vars) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot render the `{}` command line: {e}", agent.name);
@@ -556,7 +457,7 @@ impl AgentTask {
                     (pid, again, at)
                 }
             };
-        let timeout = agent.timeout_or_default(&self.rt.config.dispatch);
+        let timeout = agent.timeout_or_default(&self.rt.config().dispatch);
         s.runs.push(Run {
             run_id: run_id.clone(),
             host: host.clone(),
@@ -767,7 +668,7 @@ impl AgentTask {
         s.set_status(TaskStatus::Completed)?;
         s.failure = None;
         s.phase = Phase::Settled;
-        self.rt.fleet.release(ctx.instance());
+        self.rt.fleet().release(ctx.instance());
         Ok(Outcome::complete(s).note(note))
     }
 
@@ -779,12 +680,12 @@ impl AgentTask {
         reason: String,
         usage_limited: bool,
     ) -> Outcome<TaskState> {
-        let d = &self.rt.config.dispatch;
+        let d = &self.rt.config().dispatch;
         if !usage_limited && s.attempt > d.max_retries {
             let reason = format!("failed after {} attempt(s): {reason}", s.attempt);
             return self.give_up(ctx, s, reason);
         }
-        self.rt.fleet.release(ctx.instance());
+        self.rt.fleet().release(ctx.instance());
         let delay = if usage_limited {
             d.retry_backoff
         } else {
@@ -823,7 +724,7 @@ impl AgentTask {
         mut s: TaskState,
         reason: String,
     ) -> Outcome<TaskState> {
-        self.rt.fleet.release(ctx.instance());
+        self.rt.fleet().release(ctx.instance());
         if s.status.can_move_to(TaskStatus::Failed) {
             s.status = TaskStatus::Failed;
         }

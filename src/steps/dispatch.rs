@@ -1,5 +1,6 @@
-//! Host selection (SPEC §4 Route / Select host): which host runs a task, under each host's
-//! `max_concurrent`, in priority order (ties oldest first), least loaded first.
+//! Host selection (SPEC §4 Route / Select host): which host runs a task — one that offers the
+//! agent kind and capabilities, is healthy (its last check passed and found the agent's CLI), is
+//! below its `max_concurrent`, least loaded first — in priority order (ties oldest first).
 //!
 //! Slots live in memory. After a restart they are rebuilt from the workflow states before any
 //! task is routed ([`Fleet::hold`] for every task that holds a host, then [`Fleet::mark_ready`]),
@@ -32,6 +33,38 @@ fn queue_key(t: &Ticket) -> QueueKey {
     (std::cmp::Reverse(t.priority), t.created, t.task_id)
 }
 
+/// What the health checks say of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Not checked yet: not chosen until a check passes.
+    Unchecked,
+    Online,
+    Offline {
+        reason: String,
+    },
+}
+
+impl Health {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Unchecked => "unchecked",
+            Health::Online => "online",
+            Health::Offline { .. } => "offline",
+        }
+    }
+}
+
+/// A host's load and health, as routing sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLoad {
+    pub id: String,
+    pub running: usize,
+    pub max_concurrent: usize,
+    pub health: Health,
+    /// Agent kinds this host lists whose CLI the last check did not find.
+    pub missing_agents: Vec<String>,
+}
+
 #[derive(Debug)]
 struct Host {
     id: String,
@@ -39,12 +72,20 @@ struct Host {
     capabilities: Vec<String>,
     max_concurrent: usize,
     running: HashSet<u64>,
+    health: Health,
+    missing: HashSet<String>,
 }
 
 impl Host {
+    /// By configuration: whether this host could ever run the task.
     fn offers(&self, t: &Ticket) -> bool {
         self.agents.contains(&t.agent)
             && t.capabilities.iter().all(|c| self.capabilities.contains(c))
+    }
+
+    /// Now: whether the host is healthy and has the task's agent CLI.
+    fn can_take(&self, t: &Ticket) -> bool {
+        self.offers(t) && self.health == Health::Online && !self.missing.contains(&t.agent)
     }
 }
 
@@ -80,19 +121,19 @@ impl Drop for Waiting<'_> {
 }
 
 impl Fleet {
-    /// The hosts this daemon can run agents on: the local ones. (SSH hosts join when their
-    /// transport exists.)
+    /// The configured hosts, unchecked: none is chosen before its first health check passes.
     pub fn new(config: &Config) -> Self {
         let hosts = config
             .hosts
             .iter()
-            .filter(|h| h.is_local())
             .map(|h| Host {
                 id: h.host_id.clone(),
                 agents: h.agents.clone(),
                 capabilities: h.capabilities.clone(),
                 max_concurrent: h.max_concurrent as usize,
                 running: HashSet::new(),
+                health: Health::Unchecked,
+                missing: HashSet::new(),
             })
             .collect();
         Fleet {
@@ -116,6 +157,54 @@ impl Fleet {
     /// Whether some host could ever run this task (agent kind and capabilities).
     pub fn can_serve(&self, t: &Ticket) -> bool {
         self.slots().hosts.iter().any(|h| h.offers(t))
+    }
+
+    /// Records what a health check found: the host's health and the agent kinds whose CLI is
+    /// missing there. Tasks waiting for a host are woken up.
+    pub fn set_health(&self, host: &str, health: Health, missing: HashSet<String>) {
+        if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
+            h.health = health;
+            h.missing = missing;
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Takes `host` out of selection until a health check passes again (a run there was lost).
+    pub fn mark_offline(&self, host: &str, reason: &str) {
+        if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
+            h.health = Health::Offline {
+                reason: reason.to_string(),
+            };
+        }
+    }
+
+    /// The health of `host`, if it is configured.
+    pub fn health(&self, host: &str) -> Option<Health> {
+        let slots = self.slots();
+        slots
+            .hosts
+            .iter()
+            .find(|h| h.id == host)
+            .map(|h| h.health.clone())
+    }
+
+    /// Every host's load and health, in configuration order.
+    pub fn loads(&self) -> Vec<HostLoad> {
+        self.slots()
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut missing: Vec<String> = h.missing.iter().cloned().collect();
+                missing.sort();
+                HostLoad {
+                    id: h.id.clone(),
+                    running: h.running.len(),
+                    max_concurrent: h.max_concurrent,
+                    health: h.health.clone(),
+                    missing_agents: missing,
+                }
+            })
+            .collect()
     }
 
     /// Records that `task_id` holds a slot on `host` (recovery). Unknown hosts are ignored.
@@ -176,7 +265,7 @@ impl Fleet {
                 .hosts
                 .iter()
                 .enumerate()
-                .filter(|(i, h)| h.offers(ticket) && reserved[*i] < h.max_concurrent)
+                .filter(|(i, h)| h.can_take(ticket) && reserved[*i] < h.max_concurrent)
                 .min_by(|(i, a), (j, b)| {
                     // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
                     (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))
@@ -207,6 +296,9 @@ mod tests {
         ))
         .unwrap();
         let f = Fleet::new(&config);
+        for h in &config.hosts {
+            f.set_health(&h.host_id, Health::Online, HashSet::new());
+        }
         f.mark_ready();
         f
     }
@@ -298,6 +390,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unchecked_or_offline_host_is_never_chosen_and_online_wakes_the_queue() {
+        let config = Config::from_toml_str(&format!(
+            "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{}",
+            host("h", 1, "")
+        ))
+        .unwrap();
+        let f = Fleet::new(&config);
+        f.mark_ready();
+        let t = ticket(1, Priority::Normal, 1);
+        assert!(f.can_serve(&t), "configuration says it could");
+        assert_eq!(granted(&f, &t).await, None, "unchecked");
+        f.set_health(
+            "h",
+            Health::Offline {
+                reason: "down".into(),
+            },
+            HashSet::new(),
+        );
+        assert_eq!(granted(&f, &t).await, None, "offline");
+        let f2 = f.clone();
+        let waiting =
+            tokio::spawn(async move { f2.acquire(&ticket(1, Priority::Normal, 1)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        f.set_health("h", Health::Online, HashSet::new());
+        let host = tokio::time::timeout(Duration::from_secs(1), waiting).await;
+        assert_eq!(host.unwrap().unwrap(), "h");
+    }
+
+    #[tokio::test]
+    async fn a_host_missing_the_agents_cli_is_not_chosen_for_that_kind() {
+        let f = fleet(&host("h", 1, ""));
+        f.set_health("h", Health::Online, HashSet::from(["a".to_string()]));
+        assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
+        f.set_health("h", Health::Online, HashSet::new());
+        assert!(granted(&f, &ticket(1, Priority::Normal, 1)).await.is_some());
+    }
+
+    #[tokio::test]
     async fn nothing_is_routed_before_recovery_has_rebuilt_the_slots() {
         let config = Config::from_toml_str(&format!(
             "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{}",
@@ -305,6 +435,7 @@ mod tests {
         ))
         .unwrap();
         let f = Fleet::new(&config);
+        f.set_health("h", Health::Online, HashSet::new());
         assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
         f.hold("h", 7);
         f.mark_ready();

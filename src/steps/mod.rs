@@ -9,8 +9,10 @@
 
 pub mod agent_task;
 pub mod dispatch;
+pub mod hosts;
 pub mod parse;
 pub mod prompt;
+pub mod runtime;
 pub mod task;
 pub mod tasks;
 pub mod template;
@@ -20,14 +22,18 @@ use std::sync::Arc;
 
 use crate::workflow::{Engine, EngineBuilder, EngineError};
 
-use agent_task::{AgentTask, Runtime};
+use agent_task::AgentTask;
+use hosts::HostWatch;
+use runtime::Runtime;
 
 /// Registers every workflow definition and effect handler of the daemon on `builder`.
 ///
 /// When a definition changes in a way that old instances cannot follow, register the old
 /// version too: instances stay pinned to the version they started on.
 pub fn register(builder: EngineBuilder, rt: &Arc<Runtime>) -> EngineBuilder {
-    builder.register(AgentTask::new(rt.clone()))
+    builder
+        .register(AgentTask::new(rt.clone()))
+        .register(HostWatch)
 }
 
 /// Rebuilds the host slots of recovered tasks, then lets tasks be routed.

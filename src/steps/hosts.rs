@@ -1,0 +1,541 @@
+//! The fleet's hosts (SPEC §4 Select host, §8): one shell per host, health checks, and the
+//! `host` workflow that records each host going offline or coming back.
+//!
+//! A check runs `echo ok` (reachability and latency), then, in one script, `command -v` for the
+//! program of every agent kind the host lists and that kind's `version_command`. The monitor
+//! checks every host at start and every `health.check_interval`, feeds the result to the
+//! [`Fleet`](super::dispatch::Fleet) (an offline host, or one without an agent's CLI, is not
+//! chosen) and signals the host's workflow instance when its health changes, so the change is a
+//! durable event in that host's history.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentConfig, Config, HostConfig};
+use crate::io::shell::{LocalShell, SharedShell, Shell, quote};
+use crate::io::ssh::{HostKeyCheck, SshOptions, SshShell, SshTarget};
+use crate::workflow::{Engine, EngineError, Outcome, StepCtx, StepResult, Timestamp, Workflow};
+
+use super::dispatch::Health;
+use super::runtime::Runtime;
+
+#[derive(Debug, Error)]
+pub enum HostsError {
+    #[error("host `{host}`: the key passphrase variable {var} (key_passphrase_env) is not set")]
+    Passphrase { host: String, var: String },
+    #[error("host `{host}`: no known_hosts file is configured and HOME is not set")]
+    NoKnownHosts { host: String },
+}
+
+/// Environment variables holding the daemon's secrets: never passed to local agents.
+pub fn secret_env(c: &Config) -> Vec<String> {
+    let mut names = vec![c.server.admin_token_env.clone()];
+    if let Some(f) = &c.forgejo {
+        names.push(f.token_env.clone());
+        names.push(f.webhook_secret_env.clone());
+    }
+    if let Some(m) = &c.matrix {
+        names.extend(m.password_env.clone());
+        names.extend(m.access_token_env.clone());
+    }
+    names.extend(c.hosts.iter().filter_map(|h| h.key_passphrase_env.clone()));
+    names
+}
+
+/// One shell per configured host: local subprocesses for `localhost`, a pooled SSH connection
+/// (through its jump host, if any) for the others.
+pub fn shells(
+    config: &Config,
+    base_dir: &Path,
+) -> Result<HashMap<String, SharedShell>, HostsError> {
+    let secrets = secret_env(config);
+    let options = SshOptions {
+        connect_timeout: config.ssh.connect_timeout,
+        keepalive_interval: config.ssh.keepalive_interval,
+        keepalive_max: config.ssh.keepalive_max,
+        max_sessions: config.ssh.max_sessions,
+    };
+    let mut ssh: HashMap<String, Arc<SshShell>> = HashMap::new();
+    let mut shells: HashMap<String, SharedShell> = HashMap::new();
+    for h in &config.hosts {
+        let shell: SharedShell = if h.is_local() {
+            Arc::new(LocalShell::new(&h.host_id, secrets.clone()))
+        } else {
+            ssh_shell(config, h, base_dir, &options, &mut ssh)?
+        };
+        shells.insert(h.host_id.clone(), shell);
+    }
+    Ok(shells)
+}
+
+/// The SSH shell of `h`, built once (a jump host's shell is shared with the hosts behind it).
+/// Validation has ruled out unknown jump hosts and cycles.
+fn ssh_shell(
+    config: &Config,
+    h: &HostConfig,
+    base_dir: &Path,
+    options: &SshOptions,
+    built: &mut HashMap<String, Arc<SshShell>>,
+) -> Result<Arc<SshShell>, HostsError> {
+    if let Some(shell) = built.get(&h.host_id) {
+        return Ok(shell.clone());
+    }
+    let jump = match h.proxy_jump.as_deref().and_then(|j| config.host(j)) {
+        Some(j) => Some(ssh_shell(config, j, base_dir, options, built)?),
+        None => None,
+    };
+    let key_passphrase = match &h.key_passphrase_env {
+        None => None,
+        Some(var) => Some(std::env::var(var).map_err(|_| HostsError::Passphrase {
+            host: h.host_id.clone(),
+            var: var.clone(),
+        })?),
+    };
+    let host_key = if h.insecure_ignore_host_key {
+        HostKeyCheck::Ignore
+    } else {
+        let path = match &h.known_hosts {
+            Some(p) => base_dir.join(p),
+            None => std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".ssh/known_hosts"))
+                .ok_or_else(|| HostsError::NoKnownHosts {
+                    host: h.host_id.clone(),
+                })?,
+        };
+        HostKeyCheck::KnownHosts(path)
+    };
+    let target = SshTarget {
+        host_id: h.host_id.clone(),
+        hostname: h.hostname.clone(),
+        port: h.port,
+        user: h.user.clone().unwrap_or_default(),
+        key_path: base_dir.join(h.key_path.clone().unwrap_or_default()),
+        key_passphrase,
+        host_key,
+    };
+    let shell = Arc::new(SshShell::new(target, options.clone(), jump));
+    built.insert(h.host_id.clone(), shell.clone());
+    Ok(shell)
+}
+
+/// What a check found about one agent kind on a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentCheck {
+    pub kind: String,
+    /// The program the check looked for (the first word of the CLI template).
+    pub program: String,
+    /// Where `command -v` found it; `None` when missing.
+    pub path: Option<String>,
+    /// First line printed by the kind's `version_command`.
+    pub version: Option<String>,
+}
+
+/// What one health check of a host found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCheck {
+    pub host_id: String,
+    pub reachable: bool,
+    /// Round trip of `echo ok`, in milliseconds.
+    pub latency_ms: Option<u64>,
+    /// Why the host is unreachable (or the check failed).
+    pub error: Option<String>,
+    pub agents: Vec<AgentCheck>,
+    pub checked_at: Timestamp,
+}
+
+impl HostCheck {
+    /// The health this check gives the host.
+    pub fn health(&self) -> Health {
+        match (&self.error, self.reachable) {
+            (None, true) => Health::Online,
+            (Some(e), _) => Health::Offline { reason: e.clone() },
+            (None, false) => Health::Offline {
+                reason: "unreachable".into(),
+            },
+        }
+    }
+
+    /// Agent kinds whose CLI was not found.
+    pub fn missing(&self) -> HashSet<String> {
+        self.agents
+            .iter()
+            .filter(|a| a.path.is_none())
+            .map(|a| a.kind.clone())
+            .collect()
+    }
+
+    /// What changed since `before` that is worth an event: online or not, and the agent CLIs
+    /// (not latency, nor the wording of an error).
+    fn differs(&self, before: &HostCheck) -> bool {
+        let strip = |c: &HostCheck| (c.health() == Health::Online, c.agents.clone());
+        strip(self) != strip(before)
+    }
+
+    /// One line for a history event.
+    pub fn summary(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("offline: {e}");
+        }
+        let agents: Vec<String> = self
+            .agents
+            .iter()
+            .map(|a| match (&a.path, &a.version) {
+                (None, _) => format!("{} missing ({} not found)", a.kind, a.program),
+                (Some(_), Some(v)) => format!("{} {v}", a.kind),
+                (Some(_), None) => format!("{} found", a.kind),
+            })
+            .collect();
+        format!(
+            "online ({} ms){}{}",
+            self.latency_ms.unwrap_or(0),
+            if agents.is_empty() { "" } else { "; " },
+            agents.join(", ")
+        )
+    }
+}
+
+/// The program an agent kind's template runs: its first word, skipping `NAME=value`
+/// assignments and `env`. `None` when it starts with a placeholder.
+pub fn program_of(template: &str) -> Option<&str> {
+    let assignment = |w: &str| w.contains('=') && !w.starts_with(['/', '.']);
+    template
+        .split_whitespace()
+        .find(|w| !assignment(w) && *w != "env")
+        .filter(|w| !w.starts_with('{'))
+}
+
+/// Checks one host: reachability and latency, then every agent kind it lists.
+pub async fn check_host(
+    shell: &dyn Shell,
+    host: &HostConfig,
+    kinds: &[&AgentConfig],
+    local_program: impl Fn(&str) -> Option<String>,
+    timeout: Duration,
+) -> HostCheck {
+    let mut check = HostCheck {
+        host_id: host.host_id.clone(),
+        reachable: false,
+        latency_ms: None,
+        error: None,
+        agents: Vec::new(),
+        checked_at: Timestamp::now(),
+    };
+    let began = Instant::now();
+    match shell.run("echo ok", b"", timeout).await {
+        Ok(out) if out.success() && out.text() == "ok" => {
+            check.reachable = true;
+            check.latency_ms = Some(began.elapsed().as_millis() as u64);
+        }
+        Ok(out) => {
+            check.error = Some(format!(
+                "`echo ok` answered {:?} (exit {:?}): {}",
+                out.text(),
+                out.status,
+                out.error_tail()
+            ));
+            return check;
+        }
+        Err(e) => {
+            check.error = Some(e.to_string());
+            return check;
+        }
+    }
+    let mut script = String::from(
+        "probe() {\n  if p=$(command -v \"$2\" 2>/dev/null); then\n    v=\n    [ -z \"$3\" ] || v=$(sh -c \"$3\" 2>&1 < /dev/null | head -n 1)\n    printf 'found\\t%s\\t%s\\t%s\\n' \"$1\" \"$p\" \"$v\"\n  else\n    printf 'missing\\t%s\\n' \"$1\"\n  fi\n}\n",
+    );
+    let mut probes = Vec::new();
+    for (i, kind) in kinds.iter().enumerate() {
+        let Some(program) = program_of(&kind.cli_template) else {
+            continue;
+        };
+        let looked_for = if host.is_local() {
+            local_program(program).unwrap_or_else(|| program.to_string())
+        } else {
+            program.to_string()
+        };
+        // `local_program` quotes; `command -v` wants the bare path.
+        let bare = shlex::split(&looked_for)
+            .and_then(|w| w.into_iter().next())
+            .unwrap_or(looked_for);
+        let (Ok(p), Ok(v)) = (
+            quote(&bare),
+            quote(kind.version_command.as_deref().unwrap_or("")),
+        ) else {
+            continue;
+        };
+        script.push_str(&format!("probe {i} {p} {v}\n"));
+        probes.push((i, kind.name.clone(), bare));
+    }
+    check.agents = probes
+        .iter()
+        .map(|(_, kind, program)| AgentCheck {
+            kind: kind.clone(),
+            program: program.clone(),
+            path: None,
+            version: None,
+        })
+        .collect();
+    if probes.is_empty() {
+        return check;
+    }
+    let out = match shell.run(&script, b"", timeout).await {
+        Ok(out) if out.success() => out,
+        Ok(out) => {
+            check.error = Some(format!("the agent check failed: {}", out.error_tail()));
+            return check;
+        }
+        Err(e) => {
+            check.error = Some(e.to_string());
+            return check;
+        }
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let fields: Vec<&str> = line.splitn(4, '\t').collect();
+        let (found, index) = match fields.as_slice() {
+            ["found", i, ..] => (true, i.parse::<usize>().ok()),
+            ["missing", i] => (false, i.parse::<usize>().ok()),
+            _ => continue,
+        };
+        let Some(slot) = index.and_then(|i| probes.iter().position(|(j, _, _)| *j == i)) else {
+            continue;
+        };
+        if found {
+            check.agents[slot].path = fields.get(2).map(|p| p.to_string());
+            check.agents[slot].version = fields
+                .get(3)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty());
+        }
+    }
+    check
+}
+
+impl Runtime {
+    /// Checks every host at once and returns the results in configuration order. Nothing is
+    /// recorded.
+    pub async fn check_hosts(&self) -> Vec<HostCheck> {
+        let config = self.config();
+        let timeout = config.health.check_timeout;
+        let checks = config.hosts.iter().map(|h| async move {
+            let kinds: Vec<&AgentConfig> =
+                h.agents.iter().filter_map(|k| config.agent(k)).collect();
+            match self.shell(&h.host_id) {
+                Ok(shell) => {
+                    let local = |p: &str| self.local_program(p);
+                    tokio::time::timeout(
+                        timeout,
+                        check_host(shell.as_ref(), h, &kinds, local, timeout),
+                    )
+                    .await
+                    .unwrap_or_else(|_| HostCheck {
+                        host_id: h.host_id.clone(),
+                        reachable: false,
+                        latency_ms: None,
+                        error: Some(format!(
+                            "the check did not finish within {}",
+                            humantime::format_duration(timeout)
+                        )),
+                        agents: Vec::new(),
+                        checked_at: Timestamp::now(),
+                    })
+                }
+                Err(e) => HostCheck {
+                    host_id: h.host_id.clone(),
+                    reachable: false,
+                    latency_ms: None,
+                    error: Some(e.0),
+                    agents: Vec::new(),
+                    checked_at: Timestamp::now(),
+                },
+            }
+        });
+        futures::future::join_all(checks).await
+    }
+
+    /// Applies a check to routing; returns it when it changed the host's health or agent CLIs
+    /// (an event for the host's history).
+    fn apply_check(&self, check: HostCheck) -> Option<HostCheck> {
+        let online = |h: Option<Health>| h == Some(Health::Online);
+        let was_online = online(self.fleet().health(&check.host_id));
+        self.fleet()
+            .set_health(&check.host_id, check.health(), check.missing());
+        let before = self.record_check(check.clone());
+        let changed = before.is_none_or(|b| check.differs(&b))
+            || was_online != (check.health() == Health::Online);
+        changed.then_some(check)
+    }
+}
+
+/// Checks every host now and then every `health.check_interval` until `stop`, keeping routing
+/// and the hosts' histories up to date.
+pub async fn monitor(engine: Engine, rt: Arc<Runtime>, stop: CancellationToken) {
+    let mut ids: HashMap<String, u64> = HashMap::new();
+    loop {
+        for check in rt.check_hosts().await {
+            let host = check.host_id.clone();
+            let first = !rt.checks().contains_key(&host);
+            let Some(changed) = rt.apply_check(check) else {
+                continue;
+            };
+            // A host found healthy at start is no news; its instance (and history) begins with
+            // its first trouble, so that a healthy fleet adds nothing to the store.
+            if first && changed.health() == Health::Online && changed.missing().is_empty() {
+                continue;
+            }
+            match record(&engine, &mut ids, changed).await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(host, "cannot record the host's health: {e}"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(rt.config().health.check_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Signals the host's instance (started on first use) with a check that changed its health.
+async fn record(
+    engine: &Engine,
+    ids: &mut HashMap<String, u64>,
+    check: HostCheck,
+) -> Result<(), EngineError> {
+    let id = match ids.get(&check.host_id) {
+        Some(id) => *id,
+        None => {
+            let state = HostRecord::new(&check.host_id);
+            let ack = engine
+                .start_ack::<HostWatch>(&state, Some(&format!("host/{}", check.host_id)))
+                .await?;
+            ids.insert(check.host_id.clone(), ack.id);
+            ack.id
+        }
+    };
+    let key = format!("check/{}", check.checked_at.0);
+    engine
+        .signal::<HostWatch>(id, &HostSignal::Checked(check), &key)
+        .await?;
+    Ok(())
+}
+
+/// A host as its history tells it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub online: Option<bool>,
+    pub since: Option<Timestamp>,
+    pub last: Option<HostCheck>,
+}
+
+impl HostRecord {
+    fn new(host_id: &str) -> Self {
+        HostRecord {
+            host_id: host_id.to_string(),
+            online: None,
+            since: None,
+            last: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum HostSignal {
+    /// A check whose result differs from the previous one.
+    Checked(HostCheck),
+}
+
+/// The `host` workflow: one instance per host, never ending; each signal is a health change,
+/// kept as an event of the host's history.
+pub struct HostWatch;
+
+impl Workflow for HostWatch {
+    const NAME: &'static str = "host";
+    const VERSION: u32 = 1;
+    type State = HostRecord;
+    type Signal = HostSignal;
+
+    async fn step(
+        &self,
+        ctx: &mut StepCtx<HostSignal>,
+        mut s: HostRecord,
+    ) -> StepResult<HostRecord> {
+        let mut notes = Vec::new();
+        while let Some(HostSignal::Checked(check)) = ctx.take(|_| true) {
+            let online = check.error.is_none() && check.reachable;
+            if s.online != Some(online) {
+                s.online = Some(online);
+                s.since = Some(check.checked_at);
+            }
+            notes.push(format!("{}: {}", check.host_id, check.summary()));
+            s.last = Some(check);
+        }
+        let outcome = Outcome::wait(s);
+        Ok(if notes.is_empty() {
+            outcome
+        } else {
+            outcome.note(notes.join("; "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_program_is_the_first_word_after_assignments() {
+        assert_eq!(program_of("claude -p < {prompt_file}"), Some("claude"));
+        assert_eq!(
+            program_of("FOO=1 env BAR=2 /opt/x/codex exec"),
+            Some("/opt/x/codex")
+        );
+        assert_eq!(program_of("{prompt} x"), None);
+        assert_eq!(
+            program_of("scripts/demo-agent --prompt-file x"),
+            Some("scripts/demo-agent")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_check_finds_present_and_missing_clis_with_versions() {
+        let host: HostConfig = toml::from_str(
+            "host_id = \"l\"\nhostname = \"localhost\"\nagents = [\"sh\", \"nope\"]\nwork_root = \"/tmp\"",
+        )
+        .unwrap();
+        let mk = |name: &str, cli: &str, version: Option<&str>| AgentConfig {
+            name: name.into(),
+            cli_template: cli.into(),
+            output_format: crate::config::OutputFormat::Raw,
+            timeout: None,
+            resume_template: None,
+            version_command: version.map(str::to_string),
+        };
+        let sh = mk(
+            "sh",
+            "sh -c {prompt_file}",
+            Some("echo 'v 1.2'; echo second"),
+        );
+        let nope = mk("nope", "no-such-cli-xyz {prompt_file}", None);
+        let shell = LocalShell::new("l", vec![]);
+        let check = check_host(
+            &shell,
+            &host,
+            &[&sh, &nope],
+            |_| None,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(check.reachable && check.error.is_none(), "{check:?}");
+        assert_eq!(check.agents[0].version.as_deref(), Some("v 1.2"));
+        assert!(check.agents[0].path.is_some());
+        assert_eq!(check.agents[1].path, None);
+        assert_eq!(check.missing(), HashSet::from(["nope".to_string()]));
+        assert_eq!(check.health(), Health::Online);
+    }
+}

@@ -1,0 +1,130 @@
+//! What the workflow's steps need from the daemon: the configuration, the [`Fleet`] (slots and
+//! health), one [`Shell`](crate::io::shell::Shell) per host (local subprocesses or one pooled SSH
+//! connection) and the last health check of each host.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{AgentConfig, Config};
+use crate::io::shell::SharedShell;
+use crate::workflow::StepError;
+
+use super::dispatch::Fleet;
+use super::hosts::{self, HostCheck, HostsError};
+use super::template::{self, Vars};
+
+pub struct Runtime {
+    pub(super) config: Arc<Config>,
+    fleet: Fleet,
+    /// One shell per configured host.
+    shells: HashMap<String, SharedShell>,
+    /// Where relative paths (local work roots, repository paths, agent programs) start.
+    base_dir: PathBuf,
+    /// How often Await looks at a running run.
+    pub(super) poll: Duration,
+    /// The last health check of each host.
+    checks: Mutex<HashMap<String, HostCheck>>,
+}
+
+impl Runtime {
+    /// Builds the shells of every host (no connection is opened yet). Fails when a host's key
+    /// passphrase variable is not set.
+    pub fn new(config: Arc<Config>, base_dir: PathBuf) -> Result<Self, HostsError> {
+        let shells = hosts::shells(&config, &base_dir)?;
+        Ok(Runtime {
+            fleet: Fleet::new(&config),
+            config,
+            shells,
+            base_dir,
+            poll: Duration::from_millis(250),
+            checks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    pub fn base_dir(&self) -> &Path {
+        &self.base_dir
+    }
+
+    /// The shell of `host`.
+    pub fn shell(&self, host: &str) -> Result<SharedShell, StepError> {
+        self.shells
+            .get(host)
+            .cloned()
+            .ok_or_else(|| StepError::msg(format!("host `{host}` is no longer configured")))
+    }
+
+    /// The last health check of every host that has been checked.
+    pub fn checks(&self) -> HashMap<String, HostCheck> {
+        self.checks_lock().clone()
+    }
+
+    /// Keeps `check` as its host's latest; returns the one it replaces.
+    pub fn record_check(&self, check: HostCheck) -> Option<HostCheck> {
+        self.checks_lock().insert(check.host_id.clone(), check)
+    }
+
+    fn checks_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostCheck>> {
+        // A plain map replaced entry by entry: never left half-written by a panic.
+        self.checks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The work root of `host`: a local one starts from the daemon's directory; an SSH host's
+    /// is absolute (validated).
+    pub(super) fn work_root(&self, host: &str) -> Result<String, StepError> {
+        let cfg = self
+            .config
+            .host(host)
+            .ok_or_else(|| StepError::msg(format!("host `{host}` is no longer configured")))?;
+        Ok(if cfg.is_local() {
+            self.absolute(&cfg.work_root).display().to_string()
+        } else {
+            cfg.work_root.display().to_string()
+        })
+    }
+
+    pub(super) fn absolute(&self, p: &Path) -> PathBuf {
+        // Without `.` components, so paths in messages read cleanly.
+        self.base_dir
+            .join(p)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    }
+
+    /// The command line of a run on `host`: the template rendered, with a relative program path
+    /// (like `scripts/demo-agent`) taken from the daemon's directory on a local host.
+    pub(super) fn command(
+        &self,
+        host: &str,
+        agent: &AgentConfig,
+        vars: &Vars,
+    ) -> Result<String, template::TemplateError> {
+        let rendered = template::render(&agent.cli_template, vars)?;
+        let local = self.config.host(host).is_some_and(|h| h.is_local());
+        let program = rendered.split_whitespace().next().unwrap_or("");
+        if local && let Some(absolute) = self.local_program(program) {
+            return Ok(format!("{absolute}{}", &rendered[program.len()..]));
+        }
+        Ok(rendered)
+    }
+
+    /// A relative program path (`scripts/demo-agent`) made absolute from the daemon's directory,
+    /// quoted; `None` for a bare name or an absolute, quoted or variable path.
+    pub(super) fn local_program(&self, program: &str) -> Option<String> {
+        if program.contains('/') && !program.starts_with(['/', '\'', '"', '$', '~']) {
+            let absolute = self.base_dir.join(program).display().to_string();
+            return crate::io::shell::quote(&absolute).ok();
+        }
+        None
+    }
+}
