@@ -12,11 +12,11 @@
 //! run directory's `started/` marker, and Await re-attaches to the run by its directory.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::run::{self, RunState, Started};
+use crate::io::run::{self, RunError, RunState, Started};
 use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
 
 use super::dispatch::Ticket;
@@ -25,12 +25,18 @@ use super::prompt::{self, PromptInput};
 use super::runtime::Runtime;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
 use super::template::Vars;
-use super::workspace::{self, BranchWork, Workspace};
+use super::workspace::{self, BranchWork, Workspace, WorkspaceError};
 
 /// The run output read back for parsing (the tail, if longer).
 const MAX_OUTPUT: u64 = 16 << 20;
 /// How long a stopped run gets between SIGTERM and SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(3);
+/// How often a waiting task asks whether the host of one of its lost runs is back.
+const ORPHAN_CHECK: Duration = Duration::from_secs(2);
+/// Step errors from an unreachable host before Prepare or Launch gives the host up as lost.
+const UNREACHABLE_TRIES: u32 = 3;
+/// Time limit of the scripts that settle a lost run.
+const ORPHAN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message to a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +75,9 @@ pub enum RunOutcome {
     TimedOut,
     /// Its process vanished without an exit code.
     Lost,
+    /// Its host stopped answering for `health.lost_after`: the run may still go on there. Its
+    /// `ended_at` stays empty until the host answers again and its late result is recorded.
+    HostLost,
 }
 
 impl RunOutcome {
@@ -79,6 +88,7 @@ impl RunOutcome {
             RunOutcome::Failed => "failed",
             RunOutcome::TimedOut => "timed_out",
             RunOutcome::Lost => "lost",
+            RunOutcome::HostLost => "host_lost",
         }
     }
 }
@@ -383,6 +393,12 @@ impl AgentTask {
                 s.phase = Phase::Launch;
                 Ok(Outcome::next(s).note(note))
             }
+            Err(WorkspaceError::Shell(e))
+                if e.is_unreachable() && ctx.errors() >= UNREACHABLE_TRIES =>
+            {
+                let reason = format!("cannot prepare the workspace: {e}");
+                Ok(self.host_lost(ctx, s, &host, reason))
+            }
             Err(e) if ctx.errors() < self.rt.config().dispatch.max_retries => {
                 Err(StepError::msg(e.to_string()))
             }
@@ -444,9 +460,35 @@ impl AgentTask {
                         previous_failure: s.failure.as_deref(),
                         review_feedback: &[],
                     });
-                    let started = self
+                    let started = match self
                         .start_run(shell.as_ref(), &dir, &ws.work_dir, &text, &command)
-                        .await?;
+                        .await
+                    {
+                        Ok(started) => started,
+                        Err(RunError::Shell(e))
+                            if e.is_unreachable() && ctx.errors() >= UNREACHABLE_TRIES =>
+                        {
+                            // It may have started there: keep it as a lost run, settled (its
+                            // result recorded or the run stopped) if the host comes back.
+                            let now = ctx.now();
+                            s.runs.push(Run {
+                                run_id: run_id.clone(),
+                                host: host.clone(),
+                                agent: agent.name.clone(),
+                                attempt: s.attempt,
+                                run_dir: dir.clone(),
+                                started_at: now,
+                                deadline: now,
+                                ended_at: None,
+                                exit_code: None,
+                                outcome: RunOutcome::HostLost,
+                                report: None,
+                            });
+                            let reason = format!("cannot launch run {run_id}: {e}");
+                            return Ok(self.host_lost(ctx, s, &host, reason));
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let (pid, again, at) = match started {
                         Started::Launched { pid, at_epoch_s } => {
                             (pid, false, Timestamp(at_epoch_s * 1000))
@@ -489,7 +531,7 @@ impl AgentTask {
         work_dir: &str,
         prompt_text: &str,
         command: &str,
-    ) -> Result<Started, StepError> {
+    ) -> Result<Started, RunError> {
         // Files first. After a crash they may exist already: rewriting them is harmless (the
         // same bytes, replaced by rename), and `start` launches nothing the second time.
         run::write_file(shell, &format!("{dir}/prompt.md"), prompt_text.as_bytes()).await?;
@@ -499,7 +541,7 @@ impl AgentTask {
             format!("{command}\n").as_bytes(),
         )
         .await?;
-        Ok(run::start(shell, dir, work_dir).await?)
+        run::start(shell, dir, work_dir).await
     }
 
     async fn await_run(
@@ -513,26 +555,50 @@ impl AgentTask {
             .cloned()
             .ok_or_else(|| StepError::msg("no run to await"))?;
         let shell = self.rt.shell(&r.host)?;
+        let lost_after = self.rt.config().health.lost_after;
+        let mut unreachable: Option<(Instant, String)> = None;
+        let mut orphans_checked = Instant::now();
+        let mut late = Vec::new();
         let note = loop {
-            match run::status(shell.as_ref(), &r.run_dir).await? {
-                RunState::Exited { code } => {
+            match run::status(shell.as_ref(), &r.run_dir).await {
+                Ok(RunState::Exited { code }) => {
                     r.exit_code = Some(code);
                     break format!("run {} exited with code {code}", r.run_id);
                 }
-                RunState::Vanished | RunState::NotLaunched => {
+                Ok(RunState::Vanished | RunState::NotLaunched) => {
                     r.outcome = RunOutcome::Lost;
                     break format!("run {} vanished without an exit code", r.run_id);
                 }
-                RunState::Running {
+                Ok(RunState::Running {
                     last_activity_epoch_s,
                     ..
-                } => {
+                }) => {
+                    unreachable = None;
                     if let Some(t) = last_activity_epoch_s {
                         s.last_activity_at = Some(Timestamp(t * 1000));
                     }
                 }
+                Err(RunError::Shell(e)) if e.is_unreachable() => {
+                    // The run goes on without us; keep asking (the connection is reopened)
+                    // until the host has been silent for `lost_after`.
+                    let (since, _) = unreachable.get_or_insert_with(|| {
+                        tracing::warn!(task = ctx.instance(), host = %r.host, "{e}");
+                        (Instant::now(), e.to_string())
+                    });
+                    if since.elapsed() >= lost_after {
+                        let reason = format!(
+                            "host {} unreachable for {}: {e}",
+                            r.host,
+                            humantime::format_duration(lost_after)
+                        );
+                        self.rt.fleet().mark_offline(&r.host, &reason);
+                        r.outcome = RunOutcome::HostLost;
+                        break format!("run {} lost: {reason}", r.run_id);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            if Timestamp::now() >= r.deadline {
+            if unreachable.is_none() && Timestamp::now() >= r.deadline {
                 let killed = run::kill(shell.as_ref(), &r.run_dir, KILL_GRACE).await?;
                 r.outcome = RunOutcome::TimedOut;
                 let limit = humantime::format_duration(Duration::from_millis(
@@ -548,13 +614,24 @@ impl AgentTask {
                     }
                 );
             }
+            if orphans_checked.elapsed() >= ORPHAN_CHECK {
+                orphans_checked = Instant::now();
+                late.extend(self.settle_orphans(&mut s).await);
+            }
             tokio::select! {
                 _ = tokio::time::sleep(self.rt.poll) => {}
                 _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
                 _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
             }
         };
-        r.ended_at = Some(ctx.now().max(Timestamp::now()));
+        let note = if late.is_empty() {
+            note
+        } else {
+            format!("{note}; {}", late.join("; "))
+        };
+        if r.outcome != RunOutcome::HostLost {
+            r.ended_at = Some(ctx.now().max(Timestamp::now()));
+        }
         s.runs.pop();
         s.runs.push(r);
         s.phase = Phase::Parse;
@@ -566,6 +643,12 @@ impl AgentTask {
             .runs
             .pop()
             .ok_or_else(|| StepError::msg("no run to parse"))?;
+        if r.outcome == RunOutcome::HostLost {
+            let note = format!("run {}: no output to read, its host is lost", r.run_id);
+            s.runs.push(r);
+            s.phase = Phase::Verify;
+            return Ok(Outcome::next(s).note(note));
+        }
         let shell = self.rt.shell(&r.host)?;
         let (stdout, stderr) = run::output(shell.as_ref(), &r.run_dir, MAX_OUTPUT).await?;
         let format = self
@@ -601,7 +684,26 @@ impl AgentTask {
         Ok(Outcome::next(s).note(note))
     }
 
+    /// Verify, after settling the runs lost with their hosts (their late results belong in the
+    /// history before the task ends).
     async fn verify(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        let late = self.settle_orphans(&mut s).await;
+        let outcome = self.verify_run(ctx, s).await?;
+        if late.is_empty() {
+            return Ok(outcome);
+        }
+        let note = match &outcome.note {
+            Some(n) => format!("{n}; {}", late.join("; ")),
+            None => late.join("; "),
+        };
+        Ok(outcome.note(note))
+    }
+
+    async fn verify_run(
         &self,
         ctx: &mut StepCtx<TaskSignal>,
         mut s: TaskState,
@@ -615,6 +717,9 @@ impl AgentTask {
             let reason = match (&r.report, r.outcome) {
                 (_, RunOutcome::TimedOut) => format!("run {} timed out", r.run_id),
                 (_, RunOutcome::Lost) => format!("run {} vanished without an exit code", r.run_id),
+                (_, RunOutcome::HostLost) => {
+                    format!("run {} was lost with host {}", r.run_id, r.host)
+                }
                 (Some(rep), _) => rep
                     .failure
                     .clone()
@@ -670,6 +775,64 @@ impl AgentTask {
         s.phase = Phase::Settled;
         self.rt.fleet().release(ctx.instance());
         Ok(Outcome::complete(s).note(note))
+    }
+
+    /// Looks after the task's runs lost with their host: once the host answers again, a run
+    /// that finished there has its late result recorded (never used: the task moved on) and one
+    /// still running is stopped. Returns history remarks.
+    async fn settle_orphans(&self, s: &mut TaskState) -> Vec<String> {
+        let mut notes = Vec::new();
+        for r in s.runs.iter_mut() {
+            if r.outcome != RunOutcome::HostLost || r.ended_at.is_some() {
+                continue;
+            }
+            let Ok(shell) = self.rt.shell(&r.host) else {
+                continue;
+            };
+            let probe =
+                tokio::time::timeout(ORPHAN_TIMEOUT, run::status(shell.as_ref(), &r.run_dir)).await;
+            let note = match probe {
+                Ok(Ok(RunState::Exited { code })) => {
+                    r.exit_code = Some(code);
+                    format!(
+                        "late result: run {} on {} (lost with its host) had exited with code {code}; \
+                         recorded, not used",
+                        r.run_id, r.host
+                    )
+                }
+                Ok(Ok(RunState::Running { .. })) => {
+                    match run::kill(shell.as_ref(), &r.run_dir, KILL_GRACE).await {
+                        Ok(_) => format!(
+                            "run {} on {} (lost with its host) was still running when the host came \
+                             back: stopped, the task has moved on",
+                            r.run_id, r.host
+                        ),
+                        Err(_) => continue,
+                    }
+                }
+                Ok(Ok(RunState::Vanished | RunState::NotLaunched)) => format!(
+                    "run {} on {} (lost with its host) is gone without an exit code",
+                    r.run_id, r.host
+                ),
+                Ok(Err(_)) | Err(_) => continue,
+            };
+            r.ended_at = Some(Timestamp::now());
+            notes.push(note);
+        }
+        notes
+    }
+
+    /// The host stopped answering: it leaves selection until a health check passes, and the
+    /// task is retried (on another host, if one can take it) like a failed run.
+    fn host_lost(
+        &self,
+        ctx: &StepCtx<TaskSignal>,
+        s: TaskState,
+        host: &str,
+        reason: String,
+    ) -> Outcome<TaskState> {
+        self.rt.fleet().mark_offline(host, &reason);
+        self.run_failed(ctx, s, reason, false)
     }
 
     /// A run did not deliver: retry after a backoff while the budget lasts, else fail.
