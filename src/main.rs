@@ -131,7 +131,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     eprintln!("agent-fleet listening on http://{addr}");
 
-    let state = AppState::with(config.clone(), Some(admin_token), base_dir);
+    let state = AppState::with(
+        config.clone(),
+        Some(admin_token),
+        base_dir,
+        Some(rt.clone()),
+    );
     let stop_http = CancellationToken::new();
     let mut http = tokio::spawn(
         axum::serve(listener, api::router(state.clone()))

@@ -5,6 +5,7 @@
 //! ([`ApiError`]).
 
 pub mod auth;
+pub mod hosts;
 pub mod tasks;
 pub mod views;
 
@@ -19,6 +20,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::config::Config;
+use crate::steps::runtime::Runtime;
 use crate::workflow::Engine;
 
 /// What every handler can reach. Cheap to clone.
@@ -35,24 +37,44 @@ struct Shared {
     base_dir: PathBuf,
     /// Set once the engine has opened the store and recovered.
     engine: OnceLock<Engine>,
+    /// The hosts and their health; `None` in tests of the bare router.
+    runtime: Option<Arc<Runtime>>,
 }
 
 impl AppState {
     /// State of a daemon whose engine is still opening; see [`AppState::set_engine`].
     pub fn new(config: Arc<Config>) -> Self {
-        Self::with(config, None, PathBuf::from("."))
+        Self::with(config, None, PathBuf::from("."), None)
     }
 
-    /// State with the admin token and the base directory of relative repository paths.
-    pub fn with(config: Arc<Config>, admin_token: Option<String>, base_dir: PathBuf) -> Self {
+    /// State with the admin token, the base directory of relative repository paths and the
+    /// runtime whose hosts the host routes show.
+    pub fn with(
+        config: Arc<Config>,
+        admin_token: Option<String>,
+        base_dir: PathBuf,
+        runtime: Option<Arc<Runtime>>,
+    ) -> Self {
         AppState {
             inner: Arc::new(Shared {
                 config,
                 admin_token,
                 base_dir,
                 engine: OnceLock::new(),
+                runtime,
             }),
         }
+    }
+
+    /// The runtime (hosts, health), or a 503 when this router runs without one.
+    pub fn runtime(&self) -> Result<&Runtime, ApiError> {
+        self.inner.runtime.as_deref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_runtime",
+                "this server runs no hosts",
+            )
+        })
     }
 
     pub fn admin_token(&self) -> Option<&str> {
@@ -87,10 +109,13 @@ impl AppState {
 /// The daemon's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().server.body_limit;
-    let api = tasks::routes().route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_admin,
-    ));
+    let api =
+        tasks::routes()
+            .merge(hosts::routes())
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_admin,
+            ));
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))

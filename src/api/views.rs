@@ -167,11 +167,50 @@ pub struct CancelRequest {
 
 // ---------------------------------------------------------------------------------------------
 // From the workflow's records to the views
+/// `GET /api/v1/hosts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostList {
+    pub hosts: Vec<HostView>,
+}
+
+/// One host: where it is, its load and health, its agent CLIs and its recent health events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostView {
+    pub host_id: String,
+    pub hostname: String,
+    pub port: Option<u16>,
+    pub local: bool,
+    pub proxy_jump: Option<String>,
+    /// `unchecked`, `online` or `offline`.
+    pub health: String,
+    /// Why it is offline.
+    pub reason: Option<String>,
+    pub latency_ms: Option<u64>,
+    pub checked_at: Option<String>,
+    pub running: usize,
+    pub max_concurrent: usize,
+    pub agents: Vec<HostAgentView>,
+    pub events: Vec<EventView>,
+}
+
+/// An agent kind on a host, as its last check found it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostAgentView {
+    pub kind: String,
+    pub program: Option<String>,
+    /// Whether the check found the program; `None` before the first check.
+    pub found: Option<bool>,
+    pub path: Option<String>,
+    pub version: Option<String>,
+}
+
 // ---------------------------------------------------------------------------------------------
 
 use std::time::{Duration, SystemTime};
 
 use crate::steps::agent_task::{Run, RunOutcome, TaskSignal};
+use crate::steps::dispatch::Health;
+use crate::steps::hosts::HostReport;
 use crate::steps::task::Source;
 use crate::steps::task::TaskStatus;
 use crate::steps::tasks::TaskRecord;
@@ -355,6 +394,55 @@ impl From<SignalJson> for TaskSignal {
         match s {
             SignalJson::Retry => TaskSignal::Retry,
             SignalJson::Note { text } => TaskSignal::Note { text },
+        }
+    }
+}
+
+impl From<&HostReport> for HostView {
+    fn from(r: &HostReport) -> Self {
+        let c = &r.config;
+        let agents = c
+            .agents
+            .iter()
+            .map(|kind| {
+                let found = r
+                    .check
+                    .as_ref()
+                    .and_then(|check| check.agents.iter().find(|a| &a.kind == kind));
+                HostAgentView {
+                    kind: kind.clone(),
+                    program: found.map(|a| a.program.clone()),
+                    found: r
+                        .check
+                        .as_ref()
+                        .filter(|check| check.reachable)
+                        .map(|_| found.is_some_and(|a| a.path.is_some())),
+                    path: found.and_then(|a| a.path.clone()),
+                    version: found.and_then(|a| a.version.clone()),
+                }
+            })
+            .collect();
+        HostView {
+            host_id: c.host_id.clone(),
+            hostname: c.hostname.clone(),
+            port: (!c.is_local()).then_some(c.port),
+            local: c.is_local(),
+            proxy_jump: c.proxy_jump.clone(),
+            health: r.load.health.as_str().to_string(),
+            reason: match &r.load.health {
+                Health::Offline { reason } => Some(reason.clone()),
+                _ => None,
+            },
+            latency_ms: r.check.as_ref().and_then(|c| c.latency_ms),
+            checked_at: r.check.as_ref().map(|c| rfc3339(c.checked_at)),
+            running: r.load.running,
+            max_concurrent: r.load.max_concurrent,
+            agents,
+            events: r
+                .events
+                .iter()
+                .map(|(seq, e)| EventView::from_event(*seq, e))
+                .collect(),
         }
     }
 }

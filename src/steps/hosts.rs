@@ -20,9 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AgentConfig, Config, HostConfig};
 use crate::io::shell::{LocalShell, SharedShell, Shell, quote};
 use crate::io::ssh::{HostKeyCheck, SshOptions, SshShell, SshTarget};
-use crate::workflow::{Engine, EngineError, Outcome, StepCtx, StepResult, Timestamp, Workflow};
+use crate::workflow::{
+    Engine, EngineError, Event, Outcome, StepCtx, StepResult, Timestamp, Workflow,
+};
 
-use super::dispatch::Health;
+use super::dispatch::{Health, HostLoad};
 use super::runtime::Runtime;
 
 #[derive(Debug, Error)]
@@ -422,6 +424,50 @@ async fn record(
         .signal::<HostWatch>(id, &HostSignal::Checked(check), &key)
         .await?;
     Ok(())
+}
+
+/// Events of a host's history shown with its report.
+const REPORT_EVENTS: usize = 20;
+
+/// A host as the daemon sees it: configuration, load and health, last check, recent events.
+#[derive(Debug, Clone)]
+pub struct HostReport {
+    pub config: HostConfig,
+    pub load: HostLoad,
+    pub check: Option<HostCheck>,
+    /// The newest events of the host's history (health changes), oldest first.
+    pub events: Vec<(u64, Event)>,
+}
+
+/// Every configured host's report, in configuration order.
+pub fn reports(engine: &Engine, rt: &Runtime) -> Result<Vec<HostReport>, EngineError> {
+    let mut instances = HashMap::new();
+    for info in engine.list()? {
+        if info.workflow == HostWatch::NAME {
+            let state = engine.state::<HostWatch>(info.id)?;
+            instances.insert(state.host_id, info.id);
+        }
+    }
+    let checks = rt.checks();
+    let loads = rt.fleet().loads();
+    let mut reports = Vec::new();
+    for (config, load) in rt.config().hosts.iter().zip(loads) {
+        let events = match instances.get(&config.host_id) {
+            Some(id) => {
+                let history = engine.history(*id)?;
+                let skip = history.len().saturating_sub(REPORT_EVENTS);
+                history.into_iter().skip(skip).collect()
+            }
+            None => Vec::new(),
+        };
+        reports.push(HostReport {
+            config: config.clone(),
+            check: checks.get(&config.host_id).cloned(),
+            load,
+            events,
+        });
+    }
+    Ok(reports)
 }
 
 /// A host as its history tells it.
