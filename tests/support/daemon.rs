@@ -23,6 +23,10 @@ pub struct Setup {
     pub retry_backoff: &'static str,
     pub agent_timeout: &'static str,
     pub body_limit: usize,
+    /// `[[hosts]]` entries replacing the default local host.
+    pub hosts: Option<String>,
+    /// More config text (e.g. `[health]`, `[ssh]`, `[[agents]]`).
+    pub extra: String,
 }
 
 impl Default for Setup {
@@ -32,6 +36,8 @@ impl Default for Setup {
             retry_backoff: "200ms",
             agent_timeout: "60s",
             body_limit: 1 << 20,
+            hosts: None,
+            extra: String::new(),
         }
     }
 }
@@ -58,7 +64,11 @@ fn git(dir: &Path, args: &[&str]) {
 
 impl Fleet {
     pub async fn start(setup: Setup) -> Fleet {
-        let dir = tempfile::tempdir().unwrap();
+        Fleet::start_in(tempfile::tempdir().unwrap(), setup).await
+    }
+
+    /// Starts a fleet in `dir` (made beforehand, e.g. to point SSH hosts' environment at it).
+    pub async fn start_in(dir: TempDir, setup: Setup) -> Fleet {
         let origin = dir.path().join("origin");
         std::fs::create_dir(&origin).unwrap();
         git(&origin, &["init", "-q", "-b", "main"]);
@@ -86,12 +96,8 @@ cli_template = "{agent} --prompt-file {{prompt_file}}"
 output_format = "claude-json"
 timeout = "{timeout}"
 
-[[hosts]]
-host_id = "local"
-hostname = "localhost"
-agents = ["demo"]
-max_concurrent = 2
-work_root = "{work}"
+{hosts}
+{extra}
 "#,
             body_limit = setup.body_limit,
             store = dir.path().join("data/fleet.redb").display(),
@@ -100,7 +106,11 @@ work_root = "{work}"
             origin = origin.display(),
             agent = DEMO_AGENT,
             timeout = setup.agent_timeout,
-            work = dir.path().join("work").display(),
+            hosts = setup.hosts.clone().unwrap_or_else(|| format!(
+                "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\"]\nmax_concurrent = 2\nwork_root = \"{}\"\n",
+                dir.path().join("work").display()
+            )),
+            extra = setup.extra,
         );
         std::fs::write(&config, text).unwrap();
         let mut fleet = Fleet {
