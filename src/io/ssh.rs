@@ -219,7 +219,15 @@ impl SshShell {
             },
             _ => ShellError::Connect {
                 host,
-                detail: format!("{}:{}: {e}", t.hostname, t.port),
+                detail: match &self.jump {
+                    Some(j) => format!(
+                        "{}:{} through jump host {}: {e}",
+                        t.hostname,
+                        t.port,
+                        j.host()
+                    ),
+                    None => format!("{}:{}: {e}", t.hostname, t.port),
+                },
             },
         }
     }
