@@ -388,6 +388,25 @@ async fn serve_exits_1_on_an_invalid_config_and_names_the_error() {
 }
 
 #[tokio::test]
+async fn serve_exits_1_when_a_hosts_key_passphrase_variable_is_unset() {
+    let setup = Setup::new();
+    let path = setup.dir.path().join("pass.toml");
+    let body = format!(
+        "[storage]\npath = {:?}\n\n[[hosts]]\nhost_id = \"b1\"\nhostname = \"127.0.0.9\"\nuser = \"fleet\"\nkey_path = \"/k\"\nkey_passphrase_env = \"FLEET_TEST_UNSET_PASS\"\nagents = [\"demo\"]\nwork_root = \"/w\"\n",
+        setup.store().display().to_string()
+    );
+    std::fs::write(&path, body).unwrap();
+    let mut daemon = Daemon::spawn(&path);
+    let status = daemon.exit_status(START_TIMEOUT).await;
+    let err = daemon.stderr();
+    assert_eq!(status.code(), Some(1), "stderr:\n{err}");
+    assert!(
+        err.contains("host `b1`: the key passphrase variable FLEET_TEST_UNSET_PASS"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn serve_exits_1_when_the_port_is_taken() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

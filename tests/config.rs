@@ -104,6 +104,13 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(c.dispatch.max_reviews, 3);
     assert_eq!(c.dispatch.heartbeat_interval, Duration::from_secs(30));
     assert_eq!(c.dispatch.heartbeat_misses, 3);
+    assert_eq!(c.ssh.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.ssh.keepalive_interval, Duration::from_secs(15));
+    assert_eq!(c.ssh.keepalive_max, 3);
+    assert_eq!(c.ssh.max_sessions, 8);
+    assert_eq!(c.health.check_interval, Duration::from_secs(30));
+    assert_eq!(c.health.check_timeout, Duration::from_secs(20));
+    assert_eq!(c.health.lost_after, Duration::from_secs(120));
 }
 
 #[test]
@@ -387,5 +394,47 @@ fn a_missing_file_is_a_read_error_naming_the_path() {
     assert!(
         err.to_string().contains("/nonexistent/agent-fleet.toml"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_zero_lost_after_is_an_error() {
+    let text = format!("{VALID}\n[health]\nlost_after = \"0s\"\n");
+    let e = the_error(&text);
+    assert_names(&e, "health.lost_after", line_of(&text, "lost_after"));
+}
+
+#[test]
+fn zero_ssh_sessions_is_an_error() {
+    let text = format!("{VALID}\n[ssh]\nmax_sessions = 0\n");
+    let e = the_error(&text);
+    assert_names(&e, "ssh.max_sessions", line_of(&text, "max_sessions"));
+}
+
+#[test]
+fn a_key_passphrase_env_on_localhost_is_an_error() {
+    let text = VALID.replace(
+        "work_root = \"/tmp/work\"",
+        "work_root = \"/tmp/work\"\nkey_passphrase_env = \"KEY_PASS\"",
+    );
+    let e = the_error(&text);
+    assert_names(
+        &e,
+        "hosts[0].key_passphrase_env",
+        line_of(&text, "key_passphrase_env"),
+    );
+}
+
+#[test]
+fn a_key_passphrase_env_must_be_a_variable_name() {
+    let text = VALID.replace(
+        "work_root = \"/srv/work\"",
+        "work_root = \"/srv/work\"\nkey_passphrase_env = \"not a name\"",
+    );
+    let e = the_error(&text);
+    assert_names(
+        &e,
+        "hosts[1].key_passphrase_env",
+        line_of(&text, "key_passphrase_env"),
     );
 }
