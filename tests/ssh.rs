@@ -451,14 +451,22 @@ async fn a_host_goes_offline_and_back_online_with_events_in_its_history() {
     let task = r.fleet.wait_status(&id, "completed", SECS_30).await;
     assert_eq!(task["assigned_host"], "a");
     r.server("b").restart();
-    let up = r.wait_host("b", SECS_30, |v| v["health"] == "online").await;
-    let events: Vec<String> = up["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["text"].as_str().unwrap_or("").to_string())
-        .collect();
-    let joined = events.join("\n");
+    // Routing learns at once; the history event follows as the host's instance takes it.
+    let events = |v: &Value| {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["text"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let up = r
+        .wait_host("b", SECS_30, |v| {
+            v["health"] == "online" && events(v).contains("b: online (")
+        })
+        .await;
+    let joined = events(&up);
     let offline = joined.find("offline").expect(&joined);
     let online = joined.rfind("online (").expect(&joined);
     assert!(offline < online, "{joined}");
