@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::io::run::{self, RunError, RunState, Started};
 use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
 
-use super::dispatch::Ticket;
+use super::dispatch::{Health, Ticket};
 use super::parse::{self, RunOutput, RunReport};
 use super::prompt::{self, PromptInput};
 use super::runtime::Runtime;
@@ -560,7 +560,13 @@ impl AgentTask {
         let mut orphans_checked = Instant::now();
         let mut late = Vec::new();
         let note = loop {
-            match run::status(shell.as_ref(), &r.run_dir).await {
+            // A silent host can hold a script until its timeout: a cancel must not wait for it.
+            let probe = tokio::select! {
+                probe = run::status(shell.as_ref(), &r.run_dir) => probe,
+                _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
+                _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
+            };
+            match probe {
                 Ok(RunState::Exited { code }) => {
                     r.exit_code = Some(code);
                     break format!("run {} exited with code {code}", r.run_id);
@@ -784,6 +790,10 @@ impl AgentTask {
         let mut notes = Vec::new();
         for r in s.runs.iter_mut() {
             if r.outcome != RunOutcome::HostLost || r.ended_at.is_some() {
+                continue;
+            }
+            // Only once a health check has seen the host again: no waiting on a silent one.
+            if self.rt.fleet().health(&r.host) != Some(Health::Online) {
                 continue;
             }
             let Ok(shell) = self.rt.shell(&r.host) else {
