@@ -253,8 +253,8 @@ async fn a_daemon_sigkill_mid_run_reattaches_to_the_remote_run() {
     assert_eq!(runs(&task).len(), 1, "{}", story(&task));
 }
 
-#[tokio::test]
-async fn a_host_that_goes_down_mid_run_loses_the_attempt_and_another_host_completes_it() {
+/// Two hosts, a task running on `a` (the demo agent sleeping `secs`), then `a`'s sshd stopped.
+async fn lose_host_a_mid_run(secs: u32) -> (Remote, String) {
     let setup = Setup {
         max_retries: 1,
         ..Setup::default()
@@ -264,10 +264,19 @@ async fn a_host_that_goes_down_mid_run_loses_the_attempt_and_another_host_comple
         setup,
     )
     .await;
-    let id = r.fleet.submit("Slow", "demo-agent: sleep 3").await;
+    let id = r
+        .fleet
+        .submit("Slow", &format!("demo-agent: sleep {secs}"))
+        .await;
     r.wait_until(SECS_30, "the agent's start", || r.agent_started_on("a"))
         .await;
     r.server("a").stop();
+    (r, id)
+}
+
+#[tokio::test]
+async fn a_host_that_goes_down_mid_run_loses_the_attempt_and_another_host_completes_it() {
+    let (r, id) = lose_host_a_mid_run(3).await;
     let task = r.fleet.wait_status(&id, "completed", SECS_30).await;
     let runs = runs(&task);
     assert_eq!(runs.len(), 2, "{}", story(&task));
@@ -290,19 +299,7 @@ async fn a_host_that_goes_down_mid_run_loses_the_attempt_and_another_host_comple
 
 #[tokio::test]
 async fn a_lost_host_that_comes_back_has_its_late_result_recorded_but_not_used() {
-    let setup = Setup {
-        max_retries: 1,
-        ..Setup::default()
-    };
-    let mut r = Remote::start(
-        vec![host("a", "127.0.0.2", 1), host("b", "127.0.0.3", 1)],
-        setup,
-    )
-    .await;
-    let id = r.fleet.submit("Slow", "demo-agent: sleep 4").await;
-    r.wait_until(SECS_30, "the agent's start", || r.agent_started_on("a"))
-        .await;
-    r.server("a").stop();
+    let (mut r, id) = lose_host_a_mid_run(4).await;
     r.wait_until(SECS_30, "the retry on b", || r.agent_started_on("b"))
         .await;
     // The first run goes on without its host's sshd; it finishes, then the host comes back.

@@ -152,6 +152,18 @@ pub struct HostCheck {
 }
 
 impl HostCheck {
+    /// A check that did not reach the host, for `error`.
+    pub fn failed(host_id: &str, error: String) -> Self {
+        HostCheck {
+            host_id: host_id.to_string(),
+            reachable: false,
+            latency_ms: None,
+            error: Some(error),
+            agents: Vec::new(),
+            checked_at: Timestamp::now(),
+        }
+    }
+
     /// The health this check gives the host.
     pub fn health(&self) -> Health {
         match (&self.error, self.reachable) {
@@ -220,14 +232,8 @@ pub async fn check_host(
     local_program: impl Fn(&str) -> Option<String>,
     timeout: Duration,
 ) -> HostCheck {
-    let mut check = HostCheck {
-        host_id: host.host_id.clone(),
-        reachable: false,
-        latency_ms: None,
-        error: None,
-        agents: Vec::new(),
-        checked_at: Timestamp::now(),
-    };
+    let mut check = HostCheck::failed(&host.host_id, String::new());
+    check.error = None;
     let began = Instant::now();
     match shell.run("echo ok", b"", timeout).await {
         Ok(out) if out.success() && out.text() == "ok" => {
@@ -335,26 +341,17 @@ impl Runtime {
                         check_host(shell.as_ref(), h, &kinds, local, timeout),
                     )
                     .await
-                    .unwrap_or_else(|_| HostCheck {
-                        host_id: h.host_id.clone(),
-                        reachable: false,
-                        latency_ms: None,
-                        error: Some(format!(
-                            "the check did not finish within {}",
-                            humantime::format_duration(timeout)
-                        )),
-                        agents: Vec::new(),
-                        checked_at: Timestamp::now(),
+                    .unwrap_or_else(|_| {
+                        HostCheck::failed(
+                            &h.host_id,
+                            format!(
+                                "the check did not finish within {}",
+                                humantime::format_duration(timeout)
+                            ),
+                        )
                     })
                 }
-                Err(e) => HostCheck {
-                    host_id: h.host_id.clone(),
-                    reachable: false,
-                    latency_ms: None,
-                    error: Some(e.0),
-                    agents: Vec::new(),
-                    checked_at: Timestamp::now(),
-                },
+                Err(e) => HostCheck::failed(&h.host_id, e.0),
             }
         });
         futures::future::join_all(checks).await
