@@ -1,7 +1,8 @@
-//! Benchmarks of the agent-fleet workflow engine.
+//! Benchmarks of the agent-fleet workflow engine and of its SSH transport.
 //!
 //! ```text
 //! cargo run --release --manifest-path bench/Cargo.toml -- engine [--quick]
+//! cargo run --release --manifest-path bench/Cargo.toml -- ssh [--quick]
 //! ```
 //!
 //! Every figure goes to stdout as one `metric <name> <value>` line; notes go to stderr. See
@@ -14,6 +15,10 @@ mod raw;
 mod recovery;
 mod report;
 mod scratch;
+mod ssh_bench;
+// The integration tests' OpenSSH harness, shared rather than copied.
+#[path = "../../tests/support/sshd.rs"]
+mod sshd;
 mod workload;
 
 use std::path::PathBuf;
@@ -24,7 +29,8 @@ use anyhow::{Context, bail};
 use crate::report::Report;
 
 const USAGE: &str =
-    "usage: agent-fleet-bench engine [--quick] [--only raw|engine|duroxide|recovery]";
+    "usage: agent-fleet-bench engine [--quick] [--only raw|engine|duroxide|recovery]
+       agent-fleet-bench ssh [--quick]";
 
 /// Groups of the engine benchmark, in the order they run.
 const GROUPS: [&str; 4] = ["raw", "engine", "duroxide", "recovery"];
@@ -110,6 +116,14 @@ fn main() -> anyhow::Result<()> {
         "engine" => {
             let options = Options::parse(rest)?;
             runtime()?.block_on(run_engine(options))
+        }
+        "ssh" => {
+            let plan = match rest {
+                [] => ssh_bench::SshPlan::FULL,
+                [flag] if flag == "--quick" => ssh_bench::SshPlan::QUICK,
+                _ => bail!("unexpected arguments {rest:?}; {USAGE}"),
+            };
+            ssh_bench::run(plan, &mut Report::default())
         }
         // Hidden: the recovery half of the engine benchmark, run in a fresh child process so
         // its RSS holds nothing but the recovered engine.
