@@ -25,6 +25,9 @@ pub enum Command {
     /// Submit, list, inspect, follow and steer tasks through a running daemon's API.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Check the configured hosts from this machine: reachability, agent CLIs, load.
+    #[command(subcommand)]
+    Hosts(HostsCommand),
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +61,37 @@ pub struct ConfigFile {
         default_value = "agent-fleet.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostsCommand {
+    /// Check every configured host from this machine: a table of hosts, reachability,
+    /// latency, agent CLIs and their versions, and load.
+    ///
+    /// The checks run from here (no daemon needed: it is the set-up check): `echo ok` over
+    /// each host's shell, then `command -v` and the `version_command` of every agent kind the
+    /// host lists. When the daemon answers `GET /api/v1/hosts` (within 2 s), LOAD shows each
+    /// host's running tasks out of its `max_concurrent`; otherwise `-/max` and a note.
+    #[command(
+        after_help = "Exit status: 0 when every host is reachable and has every agent CLI it \
+                      lists; 1 otherwise; 2 when the configuration is invalid."
+    )]
+    Check(HostsCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostsCheckArgs {
+    #[command(flatten)]
+    pub config: ConfigFile,
+    /// Print a JSON array on stdout, one object per host with every field.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon asked for the hosts' load [default: the config's `[server] listen`].
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The admin bearer token [default: the variable named by the config's `admin_token_env`].
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,14 +3,16 @@
 //! SIGTERM/SIGINT).
 
 mod cli;
+mod hosts_cmd;
 mod task_cmd;
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use agent_fleet::api::{self, AppState};
-use agent_fleet::config::{Config, ConfigError};
+use agent_fleet::config::{Config, ConfigError, ConfigErrors};
 use agent_fleet::steps;
 use agent_fleet::steps::runtime::Runtime;
 use agent_fleet::workflow::{Engine, EngineConfig};
@@ -30,6 +32,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
         Command::Task(command) => task_cmd::run(command).await,
+        Command::Hosts(command) => hosts_cmd::run(command).await,
         Command::Serve(args) => match serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -83,15 +86,21 @@ fn config_check(args: &CheckArgs) -> ExitCode {
                 let list: Vec<_> = errors.errors.iter().map(error_json).collect();
                 println!("{}", json!({ "ok": false, "file": shown, "errors": list }));
             } else {
-                for e in &errors.errors {
-                    eprintln!("{shown}: {e}");
-                }
-                let n = errors.errors.len();
-                eprintln!("{shown}: {n} error{}", if n == 1 { "" } else { "s" });
+                print_config_errors(path, &errors);
             }
             ExitCode::FAILURE
         }
     }
+}
+
+/// Each error of an invalid config on stderr as `<file>: <error>`, then how many there are.
+fn print_config_errors(path: &Path, errors: &ConfigErrors) {
+    let shown = path.display();
+    for e in &errors.errors {
+        eprintln!("{shown}: {e}");
+    }
+    let n = errors.errors.len();
+    eprintln!("{shown}: {n} error{}", if n == 1 { "" } else { "s" });
 }
 
 fn error_json(e: &ConfigError) -> serde_json::Value {

@@ -28,7 +28,7 @@ const TOKEN_ENV: &str = "FLEET_ADMIN_TOKEN";
 const POLL_EVERY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Error)]
-enum TaskError {
+pub(crate) enum TaskError {
     #[error(transparent)]
     Client(#[from] ClientError),
     /// A 401 to a request sent without a token.
@@ -84,6 +84,11 @@ pub async fn run(command: TaskCommand) -> ExitCode {
         TaskCommand::Retry(args) => retry(args).await,
         TaskCommand::Signal(args) => signal(args).await,
     };
+    exit_code(result)
+}
+
+/// The exit code of a command's result; an error is printed as one `error: …` line.
+pub(crate) fn exit_code(result: Result<ExitCode, TaskError>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(TaskError::StdoutClosed) => ExitCode::SUCCESS,
@@ -100,11 +105,11 @@ pub async fn run(command: TaskCommand) -> ExitCode {
 
 /// Where to connect and with which token, once flags, config and environment are weighed.
 #[derive(Debug, PartialEq, Eq)]
-struct Target {
-    server: String,
-    token: Option<String>,
+pub(crate) struct Target {
+    pub(crate) server: String,
+    pub(crate) token: Option<String>,
     /// The variable the token is read from, for the hint when it is missing.
-    token_env: String,
+    pub(crate) token_env: String,
 }
 
 /// Flag first, then `--config`, then the environment (`env`), then the default.
@@ -112,10 +117,9 @@ fn resolve(
     connection: &Connection,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Target, TaskError> {
-    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
     let config = match &connection.config {
         Some(path) => Some((
-            path,
+            path.as_path(),
             Config::load(path).map_err(|errors| TaskError::Config {
                 path: path.clone(),
                 errors,
@@ -123,15 +127,31 @@ fn resolve(
         )),
         None => None,
     };
-    let token_env = config.as_ref().map_or(TOKEN_ENV.to_string(), |(_, c)| {
+    target(
+        connection.server.as_deref(),
+        connection.token.as_deref(),
+        config.as_ref().map(|(path, c)| (*path, c)),
+        env,
+    )
+}
+
+/// [`resolve`] once the config (if any) is loaded, from the `--server` and `--token` flags.
+pub(crate) fn target(
+    server: Option<&str>,
+    token: Option<&str>,
+    config: Option<(&Path, &Config)>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Target, TaskError> {
+    let env = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    let token_env = config.map_or(TOKEN_ENV.to_string(), |(_, c)| {
         c.server.admin_token_env.clone()
     });
-    let server = match (&connection.server, &config) {
-        (Some(server), _) => server.clone(),
+    let server = match (server, config) {
+        (Some(server), _) => server.to_string(),
         (None, Some((path, config))) => contact_url(config.server.listen, path)?,
         (None, None) => env(SERVER_ENV).unwrap_or_else(|| DEFAULT_SERVER.to_string()),
     };
-    let token = connection.token.clone().or_else(|| env(&token_env));
+    let token = token.map(str::to_string).or_else(|| env(&token_env));
     Ok(Target {
         server,
         token,
@@ -163,7 +183,7 @@ fn connect(connection: &Connection) -> Result<(Client, String), TaskError> {
 }
 
 /// Turns a 401 to a token-less request into the hint of where the token goes.
-fn explain(client: &Client, token_env: &str, error: ClientError) -> TaskError {
+pub(crate) fn explain(client: &Client, token_env: &str, error: ClientError) -> TaskError {
     if !client.has_token() && error.status().is_some_and(|s| s.as_u16() == 401) {
         TaskError::NoToken {
             source: error,
@@ -179,7 +199,7 @@ fn explain(client: &Client, token_env: &str, error: ClientError) -> TaskError {
 // ---------------------------------------------------------------------------------------------
 
 /// Writes `text` to standard output now (`watch` prints as events come).
-fn emit(text: &str) -> Result<(), TaskError> {
+pub(crate) fn emit(text: &str) -> Result<(), TaskError> {
     let mut out = io::stdout().lock();
     out.write_all(text.as_bytes())
         .and_then(|()| out.flush())
@@ -189,11 +209,11 @@ fn emit(text: &str) -> Result<(), TaskError> {
         })
 }
 
-fn emit_line(line: &str) -> Result<(), TaskError> {
+pub(crate) fn emit_line(line: &str) -> Result<(), TaskError> {
     emit(&format!("{line}\n"))
 }
 
-fn emit_json<T: Serialize>(value: &T, pretty: bool) -> Result<(), TaskError> {
+pub(crate) fn emit_json<T: Serialize>(value: &T, pretty: bool) -> Result<(), TaskError> {
     let text = if pretty {
         serde_json::to_string_pretty(value)
     } else {

@@ -1,5 +1,5 @@
-//! The typed HTTP client of the daemon's task API (`/api/v1/tasks…`), used by the `task`
-//! commands: one method per endpoint, answers decoded into the shared [`crate::api::views`] and
+//! The typed HTTP client of the daemon's API (`/api/v1/tasks…`, `/api/v1/hosts`), used by the
+//! `task` and `hosts` commands: one method per endpoint, answers decoded into the shared [`crate::api::views`] and
 //! every failure turned into a [`ClientError`] that says what to do about it. [`render`] turns
 //! the answers into the text the commands print.
 
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::api::views::{
-    CancelRequest, EventPage, NewTask, SignalAnswer, SignalRequest, TaskList, TaskView,
+    CancelRequest, EventPage, HostList, NewTask, SignalAnswer, SignalRequest, TaskList, TaskView,
 };
 
 /// Where the daemon listens when nothing else says so.
@@ -250,6 +250,11 @@ impl Client {
     ) -> Result<SignalAnswer, ClientError> {
         let url = self.url(&["tasks", id, "signals"]);
         Ok(self.call(Method::POST, url, Some(request)).await?.1)
+    }
+
+    /// `GET /hosts`: every host's health, load and agent CLIs as the daemon's checks found them.
+    pub async fn hosts(&self) -> Result<HostList, ClientError> {
+        self.get(self.url(&["hosts"])).await
     }
 
     /// `<server>/api/v1/<segments…>`, each segment percent-encoded.
