@@ -161,6 +161,10 @@ async fn a_stopped_server_is_unreachable() {
     let err = shell(&lab).run("true", b"", T).await.unwrap_err();
     assert!(err.is_unreachable(), "{err}");
     assert!(err.to_string().starts_with("cannot connect to h"), "{err}");
+    assert!(
+        err.to_string().contains("is sshd listening there?"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -217,6 +217,22 @@ impl SshShell {
                     t.user, t.hostname, t.port
                 ),
             },
+            (E::SshError(russh::Error::IO(io)), _)
+                if io.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
+                ShellError::Connect {
+                    host,
+                    detail: format!(
+                        "connection refused at {}:{}{}: is sshd listening there?",
+                        t.hostname,
+                        t.port,
+                        self.jump
+                            .as_ref()
+                            .map(|j| format!(" (through jump host {})", j.host()))
+                            .unwrap_or_default()
+                    ),
+                }
+            }
             _ => ShellError::Connect {
                 host,
                 detail: match &self.jump {

@@ -396,7 +396,7 @@ impl AgentTask {
             Err(WorkspaceError::Shell(e))
                 if e.is_unreachable() && ctx.errors() >= UNREACHABLE_TRIES =>
             {
-                let reason = format!("cannot prepare the workspace: {e}");
+                let reason = format!("host {host} unreachable while preparing the workspace: {e}");
                 Ok(self.host_lost(ctx, s, &host, reason))
             }
             Err(e) if ctx.errors() < self.rt.config().dispatch.max_retries => {
@@ -484,7 +484,9 @@ impl AgentTask {
                                 outcome: RunOutcome::HostLost,
                                 report: None,
                             });
-                            let reason = format!("cannot launch run {run_id}: {e}");
+                            let reason = format!(
+                                "host {host} unreachable while launching run {run_id}: {e}"
+                            );
                             return Ok(self.host_lost(ctx, s, &host, reason));
                         }
                         Err(e) => return Err(e.into()),
