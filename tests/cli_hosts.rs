@@ -4,6 +4,8 @@
 
 #[path = "support/sshd.rs"]
 mod sshd;
+#[path = "support/stub.rs"]
+mod stub;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::Value;
 use sshd::{ClientKey, Sshd, known_hosts};
+use stub::StubServer;
 use tempfile::TempDir;
 
 const BIN: &str = env!("CARGO_BIN_EXE_agent-fleet");
@@ -153,37 +156,16 @@ fn expect_exit(code: i32, config: &Path, args: &[&str], env: &[(&str, &str)]) ->
 // A stub daemon answering GET /api/v1/hosts
 // ---------------------------------------------------------------------------------------------
 
-/// Serves `GET /api/v1/hosts` (bearer [`TOKEN`]) on its own runtime; stops when dropped.
-struct Daemon {
-    addr: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
-}
+/// Serves `GET /api/v1/hosts` (bearer [`TOKEN`]); stops when dropped.
+struct Daemon;
 
 impl Daemon {
-    fn start(hosts: Vec<HostView>) -> Daemon {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
+    fn start(hosts: Vec<HostView>) -> StubServer {
         let list = HostList { hosts };
-        let app = Router::new().route(
+        StubServer::serve(Router::new().route(
             "/api/v1/hosts",
             get(move |headers: HeaderMap| async move { answer(&headers, &list) }),
-        );
-        runtime.spawn(async move { axum::serve(listener, app).await });
-        Daemon {
-            addr,
-            _runtime: runtime,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        ))
     }
 }
 

@@ -18,6 +18,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+#[path = "support/stub.rs"]
+mod stub;
+
+use stub::StubServer;
+
 const BIN: &str = env!("CARGO_BIN_EXE_agent-fleet");
 const TOKEN: &str = "s3cret-token";
 /// A command that has not exited by then is stuck (the machine may be busy compiling).
@@ -27,32 +32,12 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(30);
 // The stub daemon
 // ---------------------------------------------------------------------------------------------
 
-/// The task API on 127.0.0.1:<ephemeral>, on its own runtime; stops when dropped.
-struct Stub {
-    addr: SocketAddr,
-    _runtime: tokio::runtime::Runtime,
-}
+/// The task API (see [`stub_router`]); stops when dropped.
+struct Stub;
 
 impl Stub {
-    fn start() -> Stub {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        runtime.spawn(async move { axum::serve(listener, stub_router()).await });
-        Stub {
-            addr,
-            _runtime: runtime,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    fn start() -> StubServer {
+        StubServer::serve(stub_router())
     }
 }
 
