@@ -4,7 +4,6 @@
 #![recursion_limit = "256"] // serde_json's json! macro, for the canned task view
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -349,11 +348,11 @@ fn run(mut command: Command, stdin: &str) -> Run {
 }
 
 /// `agent-fleet task <args…> --server <stub> --token <TOKEN>`.
-fn fleet(stub: &Stub, args: &[&str]) -> Run {
+fn fleet(stub: &StubServer, args: &[&str]) -> Run {
     fleet_with_stdin(stub, args, "")
 }
 
-fn fleet_with_stdin(stub: &Stub, args: &[&str], stdin: &str) -> Run {
+fn fleet_with_stdin(stub: &StubServer, args: &[&str], stdin: &str) -> Run {
     let mut command = task_command(args);
     command.args(["--server", &stub.url(), "--token", TOKEN]);
     run(command, stdin)

@@ -101,10 +101,6 @@ impl SshShell {
         }
     }
 
-    pub fn target(&self) -> &SshTarget {
-        &self.target
-    }
-
     /// How many connections this shell has opened (a pooled shell opens one until it drops).
     pub fn connections_opened(&self) -> u64 {
         self.connects.load(Ordering::Relaxed)
@@ -269,17 +265,13 @@ impl SshShell {
     async fn exec(
         &self,
         client: &Client,
-        script: &str,
+        command: &str,
         stdin: &[u8],
     ) -> Result<ShellOutput, ExecError> {
         let channel = client
             .get_channel()
             .await
             .map_err(|e| ExecError::NotStarted(e.to_string()))?;
-        let command = format!(
-            "sh -c {}",
-            quote(script).map_err(|e| ExecError::NotStarted(e.to_string()))?
-        );
         channel
             .exec(true, command)
             .await
@@ -348,13 +340,15 @@ impl Shell for SshShell {
     ) -> BoxFuture<'a, Result<ShellOutput, ShellError>> {
         Box::pin(async move {
             let host = || self.target.host_id.clone();
+            // A script that cannot be quoted is the caller's mistake, not the connection's.
+            let command = format!("sh -c {}", quote(script)?);
             let attempt = async {
                 // The semaphore is never closed, so acquiring only waits.
                 let _session = self.sessions.acquire().await.ok();
                 let mut reopened = false;
                 loop {
                     let client = self.client().await?;
-                    match self.exec(&client, script, stdin).await {
+                    match self.exec(&client, &command, stdin).await {
                         Ok(out) => return Ok(out),
                         // A stale pooled connection: open a new one and send the script again,
                         // once (it had not started).

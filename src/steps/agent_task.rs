@@ -109,6 +109,26 @@ pub struct Run {
     pub report: Option<RunReport>,
 }
 
+impl Run {
+    /// A run launched (or being launched) at `started_at`, still running, of attempt 1 and
+    /// without a deadline yet.
+    fn new(run_id: &str, host: &str, agent: &str, run_dir: &str, started_at: Timestamp) -> Self {
+        Run {
+            run_id: run_id.to_string(),
+            host: host.to_string(),
+            agent: agent.to_string(),
+            attempt: 1,
+            run_dir: run_dir.to_string(),
+            started_at,
+            deadline: started_at,
+            ended_at: None,
+            exit_code: None,
+            outcome: RunOutcome::Running,
+            report: None,
+        }
+    }
+}
+
 /// The verified evidence of the task's work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
@@ -470,20 +490,10 @@ impl AgentTask {
                         {
                             // It may have started there: keep it as a lost run, settled (its
                             // result recorded or the run stopped) if the host comes back.
-                            let now = ctx.now();
-                            s.runs.push(Run {
-                                run_id: run_id.clone(),
-                                host: host.clone(),
-                                agent: agent.name.clone(),
-                                attempt: s.attempt,
-                                run_dir: dir.clone(),
-                                started_at: now,
-                                deadline: now,
-                                ended_at: None,
-                                exit_code: None,
-                                outcome: RunOutcome::HostLost,
-                                report: None,
-                            });
+                            let mut lost = Run::new(&run_id, &host, &agent.name, &dir, ctx.now());
+                            lost.attempt = s.attempt;
+                            lost.outcome = RunOutcome::HostLost;
+                            s.runs.push(lost);
                             let reason = format!(
                                 "host {host} unreachable while launching run {run_id}: {e}"
                             );
@@ -502,19 +512,10 @@ impl AgentTask {
                 }
             };
         let timeout = agent.timeout_or_default(&self.rt.config().dispatch);
-        s.runs.push(Run {
-            run_id: run_id.clone(),
-            host: host.clone(),
-            agent: agent.name.clone(),
-            attempt: s.attempt,
-            run_dir: dir,
-            started_at,
-            deadline: started_at.after(timeout),
-            ended_at: None,
-            exit_code: None,
-            outcome: RunOutcome::Running,
-            report: None,
-        });
+        let mut run = Run::new(&run_id, &host, &agent.name, &dir, started_at);
+        run.attempt = s.attempt;
+        run.deadline = started_at.after(timeout);
+        s.runs.push(run);
         s.set_status(TaskStatus::Running)?;
         s.last_activity_at = Some(started_at);
         s.phase = Phase::Await;
@@ -558,7 +559,8 @@ impl AgentTask {
             .ok_or_else(|| StepError::msg("no run to await"))?;
         let shell = self.rt.shell(&r.host)?;
         let lost_after = self.rt.config().health.lost_after;
-        let mut unreachable: Option<(Instant, String)> = None;
+        // Since when the host has not answered.
+        let mut unreachable: Option<Instant> = None;
         let mut orphans_checked = Instant::now();
         let mut late = Vec::new();
         let note = loop {
@@ -589,9 +591,9 @@ impl AgentTask {
                 Err(RunError::Shell(e)) if e.is_unreachable() => {
                     // The run goes on without us; keep asking (the connection is reopened)
                     // until the host has been silent for `lost_after`.
-                    let (since, _) = unreachable.get_or_insert_with(|| {
+                    let since = unreachable.get_or_insert_with(|| {
                         tracing::warn!(task = ctx.instance(), host = %r.host, "{e}");
-                        (Instant::now(), e.to_string())
+                        Instant::now()
                     });
                     if since.elapsed() >= lost_after {
                         let reason = format!(

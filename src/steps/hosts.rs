@@ -152,15 +152,23 @@ pub struct HostCheck {
 }
 
 impl HostCheck {
-    /// A check that did not reach the host, for `error`.
-    pub fn failed(host_id: &str, error: String) -> Self {
+    /// A check that has found nothing yet.
+    fn blank(host_id: &str) -> Self {
         HostCheck {
             host_id: host_id.to_string(),
             reachable: false,
             latency_ms: None,
-            error: Some(error),
+            error: None,
             agents: Vec::new(),
             checked_at: Timestamp::now(),
+        }
+    }
+
+    /// A check that did not reach the host, for `error`.
+    pub fn failed(host_id: &str, error: String) -> Self {
+        HostCheck {
+            error: Some(error),
+            ..HostCheck::blank(host_id)
         }
     }
 
@@ -232,8 +240,7 @@ pub async fn check_host(
     local_program: impl Fn(&str) -> Option<String>,
     timeout: Duration,
 ) -> HostCheck {
-    let mut check = HostCheck::failed(&host.host_id, String::new());
-    check.error = None;
+    let mut check = HostCheck::blank(&host.host_id);
     match shell.run("echo ok", b"", timeout).await {
         Ok(out) if out.success() && out.text() == "ok" => {
             check.reachable = true;
@@ -360,17 +367,21 @@ impl Runtime {
         futures::future::join_all(checks).await
     }
 
-    /// Applies a check to routing; returns it when it changed the host's health or agent CLIs
-    /// (an event for the host's history).
+    /// Applies a check to routing; returns it when it is news for the host's history: a change
+    /// of health or agent CLIs. A host found healthy at its first check is no news, so its
+    /// instance (and history) begins with its first trouble and a healthy fleet adds nothing to
+    /// the store.
     fn apply_check(&self, check: HostCheck) -> Option<HostCheck> {
         let online = |h: Option<Health>| h == Some(Health::Online);
         let was_online = online(self.fleet().health(&check.host_id));
         self.fleet()
             .set_health(&check.host_id, check.health(), check.missing());
-        let before = self.record_check(check.clone());
-        let changed = before.is_none_or(|b| check.differs(&b))
-            || was_online != (check.health() == Health::Online);
-        changed.then_some(check)
+        let healthy = check.health() == Health::Online && check.missing().is_empty();
+        let news = match self.record_check(check.clone()) {
+            None => !healthy,
+            Some(before) => check.differs(&before) || was_online != online(Some(check.health())),
+        };
+        news.then_some(check)
     }
 }
 
@@ -381,15 +392,9 @@ pub async fn monitor(engine: Engine, rt: Arc<Runtime>, stop: CancellationToken) 
     loop {
         for check in rt.check_hosts().await {
             let host = check.host_id.clone();
-            let first = !rt.checks().contains_key(&host);
             let Some(changed) = rt.apply_check(check) else {
                 continue;
             };
-            // A host found healthy at start is no news; its instance (and history) begins with
-            // its first trouble, so that a healthy fleet adds nothing to the store.
-            if first && changed.health() == Health::Online && changed.missing().is_empty() {
-                continue;
-            }
             match record(&engine, &mut ids, changed).await {
                 Ok(()) => {}
                 Err(e) => tracing::warn!(host, "cannot record the host's health: {e}"),
