@@ -1,10 +1,36 @@
-//! The HTTP API (SPEC §5): an axum router over shared [`AppState`].
+//! The HTTP API (SPEC §5): an axum router over shared [`AppState`], and the OpenAPI document of
+//! that router, served at `GET /openapi.json`.
 //!
 //! Handlers stay thin: they parse the request, call the engine (or a step module) and map the
 //! result to JSON. Every error answer has the shape `{"error": {"code", "message"}}`
-//! ([`ApiError`]).
+//! ([`ApiError`], documented as [`views::ErrorBody`]).
+//!
+//! # How a route gets documented
+//!
+//! Routes and their documentation are registered in the same call, so the document lists
+//! exactly the routes the router serves (utoipa-axum's `OpenApiRouter`; a test asks the real
+//! router for every documented route). A new module, e.g. `agents.rs`:
+//!
+//! 1. annotates each handler with `#[utoipa::path(post, path = "/agents/register",
+//!    tag = "agents", request_body = …, params(…), responses((status = 200, body = …),
+//!    (status = 422, body = ErrorBody), …))]`: the path relative to where the module is
+//!    mounted, every status the handler can answer, with [`views::ErrorBody`] for errors; the
+//!    doc comment's first line is the summary;
+//! 2. derives `utoipa::ToSchema` on its request and answer types (and `utoipa::IntoParams` on
+//!    query structs), and takes bodies and queries with the [`extract`] extractors so that
+//!    every rejection is a documented JSON error;
+//! 3. has `pub fn routes() -> OpenApiRouter<AppState>` built only with
+//!    `OpenApiRouter::default().routes(routes!(handler, …))` (one `routes!` per path; never
+//!    `.route(…)`, which would serve a route the document does not show);
+//! 4. is merged in [`documented_routes`]: admin routes into the `auth::admin_only(…)` group
+//!    (which adds the bearer requirement and the 401 answer to each operation); routes with
+//!    another guard (pull agents' own tokens) get their own layer and `security(…)`;
+//! 5. adds its routes to `ROUTES` in `tests/openapi.rs`, whose tests then check that they are
+//!    served, guarded as documented, and answer what the document says (Schemathesis, in
+//!    `tests/schemathesis.rs`, fuzzes them too).
 
 pub mod auth;
+pub mod extract;
 pub mod hosts;
 pub mod tasks;
 pub mod views;
@@ -15,13 +41,17 @@ use std::sync::{Arc, OnceLock};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
-use serde_json::json;
+use axum::{Extension, Json, Router};
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, ResponseBuilder};
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::steps::runtime::Runtime;
 use crate::workflow::Engine;
+use views::{ErrorBody, ErrorDetail, Liveness, Readiness, ReadyStatus, RecoveryView};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -106,43 +136,125 @@ impl AppState {
     }
 }
 
-/// The daemon's routes.
+/// The daemon's routes; `GET /openapi.json` serves their document.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().server.body_limit;
-    let api =
-        tasks::routes()
-            .merge(hosts::routes())
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_admin,
-            ));
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let (routes, openapi) = documented_routes(state.clone()).split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(Arc::new(openapi)))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
-/// Liveness: the process answers HTTP.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+/// Every route of the daemon together with its documentation (see the module doc).
+pub fn documented_routes(state: AppState) -> OpenApiRouter<AppState> {
+    let admin = auth::admin_only(tasks::routes().merge(hosts::routes()), state);
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", admin)
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi_json))
 }
 
-/// Readiness: the engine has opened the store and recovered every unfinished workflow.
-async fn readyz(State(state): State<AppState>) -> Response {
+/// The document `GET /openapi.json` serves.
+pub fn openapi() -> OpenApi {
+    documented_routes(AppState::new(Arc::new(Config::default()))).into_openapi()
+}
+
+/// The document's header; the paths come from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "agent-fleet",
+        description = "Runs AI coding agents as durable workflows. Every error answer is \
+            `{\"error\": {\"code\", \"message\"}}`. The routes under `/api/v1` need the \
+            admin token as `Authorization: Bearer <token>`."
+    ),
+    tags(
+        (name = "tasks", description = "Submit, follow, cancel, retry and signal tasks"),
+        (name = "hosts", description = "The hosts, their health and load"),
+        (name = "daemon", description = "Liveness, readiness and this document")
+    )
+)]
+struct ApiDoc;
+
+/// Liveness
+///
+/// The process answers HTTP (even while the store is being recovered).
+#[utoipa::path(get, path = "/healthz", tag = "daemon",
+    responses((status = 200, description = "Alive", body = Liveness)))]
+async fn healthz() -> Json<Liveness> {
+    Json(Liveness {
+        status: "ok".to_string(),
+    })
+}
+
+/// Readiness
+///
+/// The engine has opened the store and recovered every unfinished workflow.
+#[utoipa::path(get, path = "/readyz", tag = "daemon",
+    responses(
+        (status = 200, description = "Ready, with what recovery found", body = Readiness),
+        (status = 503, description = "Still recovering (`{\"status\": \"recovering\"}`)", body = Readiness),
+    ))]
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     match state.engine() {
-        Ok(engine) => {
-            Json(json!({ "status": "ready", "recovery": engine.recovery() })).into_response()
-        }
+        Ok(engine) => (
+            StatusCode::OK,
+            Json(Readiness {
+                status: ReadyStatus::Ready,
+                recovery: Some(RecoveryView::from(engine.recovery())),
+            }),
+        ),
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "recovering" })),
-        )
-            .into_response(),
+            Json(Readiness {
+                status: ReadyStatus::Recovering,
+                recovery: None,
+            }),
+        ),
     }
+}
+
+/// This document
+///
+/// The OpenAPI 3.1 document of every route, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "daemon",
+    responses((status = 200, description = "The OpenAPI document", body = Object,
+        content_type = "application/json")))]
+async fn openapi_json(Extension(openapi): Extension<Arc<OpenApi>>) -> Response {
+    Json(&*openapi).into_response()
+}
+
+/// A documented error answer: [`ErrorBody`] as JSON.
+pub(crate) fn error_response(description: &str) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+                .build(),
+        )
+        .build()
+}
+
+/// The operations of a path item, whatever their method.
+pub(crate) fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 async fn not_found() -> ApiError {
@@ -213,7 +325,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -223,6 +340,7 @@ mod tests {
     use super::*;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
+    use serde_json::json;
     use tower::ServiceExt;
 
     async fn get(state: AppState, uri: &str) -> (StatusCode, serde_json::Value) {

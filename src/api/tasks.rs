@@ -1,22 +1,23 @@
 //! The coordinator's task routes under `/api/v1` (SPEC §5): thin handlers that turn requests
-//! into [`Tasks`] calls and records into views. Authentication, JSON extraction and error
-//! mapping are layers and extractors (see [`super::auth`], [`ApiJson`]).
+//! into [`Tasks`] calls and records into views. Authentication, extraction and error mapping
+//! are layers and extractors (see [`super::auth`], [`super::extract`]); each handler's
+//! `#[utoipa::path]` is its entry in `GET /openapi.json`.
 
 use std::path::Path;
 
 use axum::Json;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+pub use super::extract::ApiJson;
+use super::extract::{ApiQuery, OptionalJson, TaskId};
 use super::views::{
-    CancelRequest, EventPage, EventView, NewTask, SignalAnswer, SignalJson, SignalRequest,
-    TaskList, TaskView,
+    CancelRequest, ErrorBody, EventPage, EventView, NewTask, SignalAnswer, SignalJson,
+    SignalRequest, TaskList, TaskStatusName, TaskView,
 };
 use super::{ApiError, AppState};
 use crate::config::Config;
@@ -24,39 +25,17 @@ use crate::steps::task::{Priority, Source, TaskSpec, TaskStatus};
 use crate::steps::tasks::{TaskError, Tasks};
 use crate::workflow::{EngineError, InstanceId, MAX_KEY_LEN};
 
-/// The task routes (mounted under `/api/v1`, behind the admin token).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tasks", post(submit).get(list))
-        .route("/tasks/{id}", get(show))
-        .route("/tasks/{id}/events", get(events))
-        .route("/tasks/{id}/cancel", post(cancel))
-        .route("/tasks/{id}/retry", post(retry))
-        .route("/tasks/{id}/signals", post(signal))
-}
+const TAG: &str = "tasks";
 
-/// A JSON body whose rejections are API errors (400 malformed, 413 too large, 415 not JSON,
-/// 422 wrong shape).
-pub struct ApiJson<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(r) => {
-                let status = r.status();
-                let code = match status {
-                    StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-                    StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
-                    _ => "bad_request",
-                };
-                Err(ApiError::new(status, code, r.body_text()))
-            }
-        }
-    }
+/// The task routes and their documentation (mounted under `/api/v1`, behind the admin token).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .routes(routes!(submit, list))
+        .routes(routes!(show))
+        .routes(routes!(events))
+        .routes(routes!(cancel))
+        .routes(routes!(retry))
+        .routes(routes!(signal))
 }
 
 impl From<TaskError> for ApiError {
@@ -77,15 +56,26 @@ impl From<TaskError> for ApiError {
     }
 }
 
-fn task_id(raw: &str) -> Result<InstanceId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found(format!("no task {raw:?}: task ids are numbers")))
-}
-
+/// Create a task
+///
+/// Checks the submission against the config (agent kind, priority, repository: a local path
+/// must exist and becomes absolute), then starts its workflow. A resubmission with the same
+/// `idempotency_key` answers the task already created, with 200 instead of 201.
+#[utoipa::path(post, path = "/tasks", tag = TAG, operation_id = "submit_task",
+    request_body(content = NewTask, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The task was created", body = TaskView),
+        (status = 200, description = "A task with this idempotency key already exists", body = TaskView),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 413, description = "The body is over `server.body_limit`", body = ErrorBody),
+        (status = 415, description = "The content type is not `application/json`", body = ErrorBody),
+        (status = 422, description = "The body has the wrong shape, or names an unknown agent kind, priority or repository", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
 async fn submit(
     State(app): State<AppState>,
     ApiJson(req): ApiJson<NewTask>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<TaskView>), ApiError> {
     let spec = task_spec(&req, app.config(), app.base_dir())?;
     let key = req.idempotency_key.as_deref();
     let (task, created) = Tasks::new(app.engine()?).submit(spec, key).await?;
@@ -94,20 +84,36 @@ async fn submit(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(TaskView::from(&task))).into_response())
+    Ok((status, Json(TaskView::from(&task))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only tasks with this status.
+    #[param(value_type = Option<TaskStatusName>)]
     status: Option<String>,
+    /// Page size: 1 to 500 (other values are brought into that range); 50 by default.
     limit: Option<usize>,
+    /// Only tasks whose id is above this one: the `next_after` of the previous page.
+    #[param(value_type = Option<u64>)]
     after: Option<InstanceId>,
 }
 
+/// List tasks
+///
+/// In id order (oldest first), one page at a time.
+#[utoipa::path(get, path = "/tasks", tag = TAG, operation_id = "list_tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of tasks", body = TaskList),
+        (status = 400, description = "An unknown status, a value that is not a number, or an unknown parameter", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
 async fn list(
     State(app): State<AppState>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
     let status = q
         .status
@@ -126,26 +132,46 @@ async fn list(
     }))
 }
 
-async fn show(
-    State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Json<TaskView>, ApiError> {
-    let task = Tasks::new(app.engine()?).get(task_id(&id)?, true)?;
+/// Show a task
+///
+/// The task with its runs, receipt and whole event history (`events`).
+#[utoipa::path(get, path = "/tasks/{id}", tag = TAG, operation_id = "show_task",
+    params(TaskId),
+    responses(
+        (status = 200, description = "The task and its events", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
+async fn show(State(app): State<AppState>, TaskId(id): TaskId) -> Result<Json<TaskView>, ApiError> {
+    let task = Tasks::new(app.engine()?).get(id, true)?;
     Ok(Json(TaskView::from(&task)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Only events after this sequence number (what `task watch` polls with).
     after: Option<u64>,
 }
 
+/// A task's events
+///
+/// The task's status and its events after `after`: what `task watch` polls.
+#[utoipa::path(get, path = "/tasks/{id}/events", tag = TAG, operation_id = "task_events",
+    params(TaskId, EventsQuery),
+    responses(
+        (status = 200, description = "The status and the events after `after`", body = EventPage),
+        (status = 400, description = "`after` is not a number, or an unknown parameter", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
 async fn events(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<EventsQuery>,
+    TaskId(id): TaskId,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Json<EventPage>, ApiError> {
-    let task = Tasks::new(app.engine()?).get(task_id(&id)?, true)?;
+    let task = Tasks::new(app.engine()?).get(id, true)?;
     let after = q.after.unwrap_or(0);
     let status = task.status();
     Ok(Json(EventPage {
@@ -161,33 +187,55 @@ async fn events(
     }))
 }
 
-/// An optional JSON body: empty means the defaults.
-fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
-}
-
+/// Cancel a task
+///
+/// The running step is interrupted, the run's process group killed, and the task ends
+/// `cancelled`. The body is optional.
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = TAG, operation_id = "cancel_task",
+    params(TaskId),
+    request_body(content = Option<CancelRequest>, content_type = "application/json",
+        description = "Optional: why (empty body: \"cancelled through the API\")"),
+    responses(
+        (status = 202, description = "The cancel is recorded; the task ends `cancelled` shortly", body = TaskView),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is completed or has already ended", body = ErrorBody),
+        (status = 413, description = "The body is over `server.body_limit`", body = ErrorBody),
+        (status = 422, description = "The body has the wrong shape", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
 async fn cancel(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
-    body: Bytes,
+    TaskId(id): TaskId,
+    OptionalJson(req): OptionalJson<CancelRequest>,
 ) -> Result<(StatusCode, Json<TaskView>), ApiError> {
-    let req: CancelRequest = optional_body(&body)?;
     let reason = req
         .reason
         .unwrap_or_else(|| "cancelled through the API".to_string());
-    let task = Tasks::new(app.engine()?)
-        .cancel(task_id(&id)?, &reason)
-        .await?;
+    let task = Tasks::new(app.engine()?).cancel(id, &reason).await?;
     Ok((StatusCode::ACCEPTED, Json(TaskView::from(&task))))
 }
 
+/// Retry a failed task
+///
+/// Puts a `failed` task back in the queue (a `retry` signal). Without an `Idempotency-Key`,
+/// every call is a new retry.
+#[utoipa::path(post, path = "/tasks/{id}/retry", tag = TAG, operation_id = "retry_task",
+    params(TaskId,
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "A repeated key is the same retry (1 to 256 bytes of visible ASCII)"),
+    ),
+    responses(
+        (status = 202, description = "The retry is recorded", body = TaskView),
+        (status = 400, description = "The `Idempotency-Key` is not visible ASCII", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task is not `failed`", body = ErrorBody),
+        (status = 422, description = "The `Idempotency-Key` is empty or too long", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
 async fn retry(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    TaskId(id): TaskId,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<TaskView>), ApiError> {
     let key = match headers.get("idempotency-key") {
@@ -197,19 +245,36 @@ async fn retry(
             .to_string(),
         None => format!("retry-{}", crate::workflow::Timestamp::now().0),
     };
-    let task = Tasks::new(app.engine()?).retry(task_id(&id)?, &key).await?;
+    let task = Tasks::new(app.engine()?).retry(id, &key).await?;
     Ok((StatusCode::ACCEPTED, Json(TaskView::from(&task))))
 }
 
+/// Send a signal to a task
+///
+/// Delivered durably; a repeated `idempotency_key` is a no-op that answers the first
+/// delivery (`duplicate: true`).
+#[utoipa::path(post, path = "/tasks/{id}/signals", tag = TAG, operation_id = "signal_task",
+    params(TaskId),
+    request_body(content = SignalRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The signal is recorded in the task's inbox", body = SignalAnswer),
+        (status = 400, description = "The body is not JSON", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "The task has ended", body = ErrorBody),
+        (status = 413, description = "The body is over `server.body_limit`", body = ErrorBody),
+        (status = 415, description = "The content type is not `application/json`", body = ErrorBody),
+        (status = 422, description = "The body has the wrong shape, an unknown signal, or a bad idempotency key", body = ErrorBody),
+        (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
+    ))]
 async fn signal(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    TaskId(id): TaskId,
     ApiJson(req): ApiJson<SignalRequest>,
 ) -> Result<(StatusCode, Json<SignalAnswer>), ApiError> {
     let signal: SignalJson = serde_json::from_value(req.signal)
         .map_err(|e| ApiError::unprocessable(format!("unknown or malformed signal: {e}")))?;
     let ack = Tasks::new(app.engine()?)
-        .signal(task_id(&id)?, &signal.into(), &req.idempotency_key)
+        .signal(id, &signal.into(), &req.idempotency_key)
         .await?;
     Ok((
         StatusCode::ACCEPTED,

@@ -1,12 +1,22 @@
 //! The JSON shapes of the task API, shared by the handlers (which build them from workflow state)
 //! and the command-line client (which reads them). Times are RFC 3339 strings.
+//!
+//! Each shape derives [`ToSchema`]: `GET /openapi.json` describes exactly these types (see
+//! [`super`] for how a route gets documented). Fields that hold one of a fixed set of names
+//! (task status, priority) are documented with a schema built from the code's own list
+//! ([`TaskStatusName`], [`PriorityName`]), so the document cannot drift from it.
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
 /// `POST /api/v1/tasks`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
+    /// Not blank; at most 1024 bytes.
+    #[schema(min_length = 1, max_length = 1024)]
     pub title: String,
     #[serde(default)]
     pub body: String,
@@ -23,6 +33,7 @@ pub struct NewTask {
     pub labels: Vec<String>,
     /// `low`, `normal` (default), `high` or `urgent`.
     #[serde(default)]
+    #[schema(value_type = Option<PriorityName>)]
     pub priority: Option<String>,
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
@@ -32,19 +43,23 @@ pub struct NewTask {
     pub file_scope: Vec<String>,
     #[serde(default)]
     pub validation: Vec<String>,
-    /// A resubmission with the same key answers the task already created.
+    /// A resubmission with the same key answers the task already created (1 to 251 bytes).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 251)]
     pub idempotency_key: Option<String>,
 }
 
 /// A task as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     pub id: String,
     pub title: String,
     pub body: String,
+    #[schema(value_type = TaskStatusName)]
     pub status: String,
+    /// `undecided`, `ssh_cli` or `http_pull`.
     pub execution_mode: String,
+    #[schema(value_type = PriorityName)]
     pub priority: String,
     #[serde(rename = "type")]
     pub kind: Option<String>,
@@ -73,7 +88,7 @@ pub struct TaskView {
 }
 
 /// One launch of an agent CLI.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RunView {
     pub run_id: String,
     pub host: String,
@@ -96,7 +111,7 @@ pub struct RunView {
 }
 
 /// The verified evidence of a task's work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReceiptView {
     pub branch: String,
     pub base: String,
@@ -109,14 +124,14 @@ pub struct ReceiptView {
     pub verified_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CommitView {
     pub sha: String,
     pub subject: String,
 }
 
 /// One entry of a task's history.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     pub seq: u64,
     pub at: String,
@@ -126,7 +141,7 @@ pub struct EventView {
 }
 
 /// `GET /api/v1/tasks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskList {
     pub tasks: Vec<TaskView>,
     /// Pass as `after` to get the next page; `None` on the last page.
@@ -134,8 +149,9 @@ pub struct TaskList {
 }
 
 /// `GET /api/v1/tasks/{id}/events?after=SEQ`: what `task watch` polls.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventPage {
+    #[schema(value_type = TaskStatusName)]
     pub status: String,
     /// True once the task is `completed`, `failed` or `cancelled`.
     pub settled: bool,
@@ -143,22 +159,27 @@ pub struct EventPage {
 }
 
 /// `POST /api/v1/tasks/{id}/signals`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
-    /// For example `{"type": "retry"}` or `{"type": "note", "text": "…"}`.
+    /// For example `{"type": "retry"}` or `{"type": "note", "text": "…"}`. Read as a
+    /// [`SignalJson`] after the body's shape is checked, so that an unknown signal type is a 422
+    /// that names it.
+    #[schema(value_type = SignalJson)]
     pub signal: serde_json::Value,
+    /// A repeated key is the same signal (1 to 256 bytes).
+    #[schema(min_length = 1, max_length = 256)]
     pub idempotency_key: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SignalAnswer {
     pub seq: u64,
     pub duplicate: bool,
 }
 
 /// `POST /api/v1/tasks/{id}/cancel`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelRequest {
     #[serde(default)]
@@ -168,13 +189,13 @@ pub struct CancelRequest {
 // ---------------------------------------------------------------------------------------------
 // From the workflow's records to the views
 /// `GET /api/v1/hosts`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostList {
     pub hosts: Vec<HostView>,
 }
 
 /// One host: where it is, its load and health, its agent CLIs and its recent health events.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostView {
     pub host_id: String,
     pub hostname: String,
@@ -194,7 +215,7 @@ pub struct HostView {
 }
 
 /// An agent kind on a host, as its last check found it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HostAgentView {
     pub kind: String,
     pub program: Option<String>,
@@ -204,6 +225,86 @@ pub struct HostAgentView {
     pub version: Option<String>,
 }
 
+/// Every error answer: `{"error": {"code", "message"}}` (what [`super::ApiError`] writes).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable and machine-readable: `bad_request`, `unauthorized`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `unprocessable`, `recovering`, …
+    pub code: String,
+    /// For humans.
+    pub message: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// `GET /readyz`: `ready` with what recovery found, or `recovering` (with a 503).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyStatus {
+    Ready,
+    Recovering,
+}
+
+/// What the engine found when it opened the store.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecoveryView {
+    /// Unfinished instances read.
+    pub instances: u64,
+    pub runnable: u64,
+    pub parked: u64,
+    pub terminal: u64,
+    pub pending_effects: u64,
+    pub elapsed_ms: u64,
+}
+
+/// The schema of a task status: one of the names of `TaskStatus::ALL`.
+pub struct TaskStatusName;
+
+impl PartialSchema for TaskStatusName {
+    fn schema() -> RefOr<Schema> {
+        names(TaskStatus::ALL.map(TaskStatus::as_str), "A task's status.")
+    }
+}
+
+impl ToSchema for TaskStatusName {}
+
+/// The schema of a priority: one of the names of `Priority::ALL`.
+pub struct PriorityName;
+
+impl PartialSchema for PriorityName {
+    fn schema() -> RefOr<Schema> {
+        names(Priority::ALL.map(Priority::as_str), "A task's priority.")
+    }
+}
+
+impl ToSchema for PriorityName {}
+
+/// A string schema that allows exactly `names`.
+fn names<const N: usize>(names: [&'static str; N], description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .description(Some(description))
+        .into()
+}
+
 // ---------------------------------------------------------------------------------------------
 
 use std::time::{Duration, SystemTime};
@@ -211,10 +312,9 @@ use std::time::{Duration, SystemTime};
 use crate::steps::agent_task::{Run, RunOutcome, TaskSignal};
 use crate::steps::dispatch::Health;
 use crate::steps::hosts::HostReport;
-use crate::steps::task::Source;
-use crate::steps::task::TaskStatus;
+use crate::steps::task::{Priority, Source, TaskStatus};
 use crate::steps::tasks::TaskRecord;
-use crate::workflow::{Event, EventKind, Timestamp};
+use crate::workflow::{Event, EventKind, RecoveryReport, Timestamp};
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: Timestamp) -> String {
@@ -317,6 +417,19 @@ impl From<&Run> for RunView {
     }
 }
 
+impl From<&RecoveryReport> for RecoveryView {
+    fn from(r: &RecoveryReport) -> Self {
+        RecoveryView {
+            instances: r.instances,
+            runnable: r.runnable,
+            parked: r.parked,
+            terminal: r.terminal,
+            pending_effects: r.pending_effects,
+            elapsed_ms: r.elapsed_ms,
+        }
+    }
+}
+
 impl EventView {
     pub fn from_event(seq: u64, e: &Event) -> Self {
         let (kind, text) = match &e.kind {
@@ -382,7 +495,7 @@ impl EventView {
 }
 
 /// The JSON form of a [`TaskSignal`]: `{"type": "retry"}`, `{"type": "note", "text": "…"}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SignalJson {
     Retry,
