@@ -18,7 +18,7 @@ struct Doubler;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Ask {
-    Ask(u32),
+    Double(u32),
     Close,
     Ignore,
 }
@@ -37,8 +37,8 @@ impl Workflow for Doubler {
     type Signal = Ask;
 
     async fn step(&self, ctx: &mut StepCtx<Ask>, mut s: Asked) -> StepResult<Asked> {
-        if let Some(a) = ctx.take_inbound(|a| matches!(a, Ask::Ask(_))) {
-            if let Ask::Ask(n) = a.signal {
+        if let Some(a) = ctx.take_inbound(|a| matches!(a, Ask::Double(_))) {
+            if let Ask::Double(n) = a.signal {
                 ctx.reply(a.seq, &(n * 2))?;
             }
             s.answered += 1;
@@ -65,7 +65,7 @@ impl Workflow for Doubler {
 
 async fn ask(engine: &agent_fleet::workflow::Engine, id: u64, n: u32, key: &str) -> Update<u32> {
     engine
-        .update::<Doubler, u32>(id, &Ask::Ask(n), key, T)
+        .update::<Doubler, u32>(id, &Ask::Double(n), key, T)
         .await
         .unwrap()
 }
@@ -142,7 +142,7 @@ async fn an_update_to_an_instance_that_ends_first_says_it_ended() {
     engine.cancel(id, "test").await.unwrap();
     engine.wait_terminal(id, T).await.unwrap();
     let err = engine
-        .update::<Doubler, u32>(id, &Ask::Ask(1), "late", T)
+        .update::<Doubler, u32>(id, &Ask::Double(1), "late", T)
         .await
         .unwrap_err();
     assert!(
@@ -169,7 +169,7 @@ async fn an_update_not_taken_in_time_is_pending_and_kept() {
     wait_status(&engine, id, Status::Waiting).await;
     engine.shutdown().await.unwrap();
     let answer = engine
-        .update::<Doubler, u32>(id, &Ask::Ask(3), "slow", Duration::from_millis(50))
+        .update::<Doubler, u32>(id, &Ask::Double(3), "slow", Duration::from_millis(50))
         .await;
     // A stopped engine takes no signal at all: a clear error, never a hang.
     assert!(answer.is_err());
