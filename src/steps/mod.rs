@@ -8,10 +8,12 @@
 //! [`recover`] gives every recovered task its host slot back and opens routing.
 
 pub mod agent_task;
+pub mod agents;
 pub mod dispatch;
 pub mod hosts;
 pub mod parse;
 pub mod prompt;
+pub mod pull;
 pub mod runtime;
 pub mod task;
 pub mod tasks;
