@@ -139,6 +139,9 @@ pub struct DispatchConfig {
     pub heartbeat_misses: u32,
     /// Repository (local path or git URL) of tasks that name none.
     pub default_repo: Option<String>,
+    /// Whether a pull agent's receipt that cannot be checked (its repository cannot be read
+    /// from the daemon) completes the task; otherwise the task fails, the receipt kept.
+    pub accept_unverified_receipts: bool,
 }
 
 impl Default for DispatchConfig {
@@ -152,6 +155,7 @@ impl Default for DispatchConfig {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_misses: 3,
             default_repo: None,
+            accept_unverified_receipts: false,
         }
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::workflow::{Engine, EngineError, InstanceId, Outcome, StepCtx, StepResult, Timestamp, Update, Workflow};
+use crate::workflow::{
+    Engine, EngineError, InstanceId, Outcome, StepCtx, StepResult, Timestamp, Update, Workflow,
+};
 
 use super::pull::{AgentEntry, Liveness};
 use super::runtime::Runtime;
@@ -71,8 +73,13 @@ impl AgentState {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AgentSignal {
     /// Registered again: new profile and token (the old token stops working).
-    Register { profile: Profile, token_hash: [u8; 32] },
-    Heartbeat { at: Timestamp },
+    Register {
+        profile: Profile,
+        token_hash: [u8; 32],
+    },
+    Heartbeat {
+        at: Timestamp,
+    },
     Deregister,
 }
 
@@ -93,7 +100,11 @@ impl Workflow for PullAgent {
     type State = AgentState;
     type Signal = AgentSignal;
 
-    async fn step(&self, ctx: &mut StepCtx<AgentSignal>, mut s: AgentState) -> StepResult<AgentState> {
+    async fn step(
+        &self,
+        ctx: &mut StepCtx<AgentSignal>,
+        mut s: AgentState,
+    ) -> StepResult<AgentState> {
         let id = ctx.instance();
         let now = ctx.now();
         let board = self.rt.board();
@@ -102,7 +113,10 @@ impl Workflow for PullAgent {
         let was_online = !s.offline && !s.deregistered;
         while let Some(signal) = ctx.take_inbound(|_| true) {
             match signal.signal {
-                AgentSignal::Register { profile, token_hash } => {
+                AgentSignal::Register {
+                    profile,
+                    token_hash,
+                } => {
                     s.profile = profile;
                     s.token_hash = token_hash;
                     s.deregistered = false;
@@ -170,7 +184,10 @@ pub async fn register(
         rt.board().upsert_agent(state.entry(ack.id));
         return Ok(ack.id);
     }
-    let signal = AgentSignal::Register { profile, token_hash };
+    let signal = AgentSignal::Register {
+        profile,
+        token_hash,
+    };
     let key = format!("register-{}", hex_of(&token_hash));
     match engine
         .update::<PullAgent, bool>(ack.id, &signal, &key, std::time::Duration::from_secs(30))

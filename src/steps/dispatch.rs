@@ -24,6 +24,8 @@ pub struct Ticket {
     pub created: Timestamp,
     pub agent: String,
     pub capabilities: Vec<String>,
+    /// Assigned by a coordinator to this host only.
+    pub host: Option<String>,
 }
 
 /// Queue order: higher priority first, then older, then lower id.
@@ -79,7 +81,8 @@ struct Host {
 impl Host {
     /// By configuration: whether this host could ever run the task.
     fn offers(&self, t: &Ticket) -> bool {
-        self.agents.contains(&t.agent)
+        t.host.as_ref().is_none_or(|h| *h == self.id)
+            && self.agents.contains(&t.agent)
             && t.capabilities.iter().all(|c| self.capabilities.contains(c))
     }
 
@@ -316,6 +319,7 @@ mod tests {
             created: Timestamp(created),
             agent: "a".into(),
             capabilities: vec![],
+            host: None,
         }
     }
 

@@ -37,7 +37,9 @@ impl Runtime {
     pub fn new(config: Arc<Config>, base_dir: PathBuf) -> Result<Self, HostsError> {
         let shells = hosts::shells(&config, &base_dir)?;
         let d = &config.dispatch;
-        let lease = d.heartbeat_interval.saturating_mul(d.heartbeat_misses.max(1));
+        let lease = d
+            .heartbeat_interval
+            .saturating_mul(d.heartbeat_misses.max(1));
         Ok(Runtime {
             fleet: Fleet::new(&config),
             board: Board::new(lease),
