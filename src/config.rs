@@ -83,6 +83,9 @@ pub struct ServerConfig {
     pub admin_token_env: String,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Environment variable holding a token that lets pull agents register (besides the admin
+    /// token); unset: only the admin token registers agents.
+    pub registration_token_env: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             admin_token_env: "FLEET_ADMIN_TOKEN".into(),
             body_limit: 1024 * 1024,
+            registration_token_env: None,
         }
     }
 }

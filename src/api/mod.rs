@@ -4,8 +4,10 @@
 //! result to JSON. Every error answer has the shape `{"error": {"code", "message"}}`
 //! ([`ApiError`]).
 
+pub mod agents;
 pub mod auth;
 pub mod hosts;
+pub mod pull_views;
 pub mod tasks;
 pub mod views;
 
@@ -109,13 +111,22 @@ impl AppState {
 /// The daemon's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config().server.body_limit;
-    let api =
-        tasks::routes()
-            .merge(hosts::routes())
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_admin,
-            ));
+    let admin = tasks::routes()
+        .merge(hosts::routes())
+        .merge(agents::admin_routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_admin,
+        ));
+    let agent = agents::agent_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_agent,
+    ));
+    let register = agents::register_routes().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_registrar,
+    ));
+    let api = admin.merge(agent).merge(register);
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(healthz))

@@ -20,6 +20,7 @@ use super::views::{
 };
 use super::{ApiError, AppState};
 use crate::config::Config;
+use crate::steps::pull_mode::Refusal;
 use crate::steps::task::{Priority, Source, TaskSpec, TaskStatus};
 use crate::steps::tasks::{TaskError, Tasks};
 use crate::workflow::{EngineError, InstanceId, MAX_KEY_LEN};
@@ -64,6 +65,16 @@ impl From<TaskError> for ApiError {
         match e {
             TaskError::NotFound(_) => ApiError::not_found(e.to_string()),
             TaskError::Conflict(m) => ApiError::conflict(m),
+            TaskError::Refused { refusal, message } => match refusal {
+                Refusal::Conflict => ApiError::conflict(message),
+                Refusal::Stale => ApiError::new(StatusCode::CONFLICT, "stale_epoch", message),
+                Refusal::Forbidden => ApiError::forbidden(message),
+                Refusal::Invalid => ApiError::unprocessable(message),
+                Refusal::NotFound => ApiError::not_found(message),
+            },
+            e @ TaskError::Pending(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pending", e.to_string())
+            }
             TaskError::Engine(e @ EngineError::InvalidKey { .. }) => {
                 ApiError::unprocessable(e.to_string())
             }
@@ -77,7 +88,7 @@ impl From<TaskError> for ApiError {
     }
 }
 
-fn task_id(raw: &str) -> Result<InstanceId, ApiError> {
+pub(super) fn task_id(raw: &str) -> Result<InstanceId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::not_found(format!("no task {raw:?}: task ids are numbers")))
 }
@@ -162,7 +173,7 @@ async fn events(
 }
 
 /// An optional JSON body: empty means the defaults.
-fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
