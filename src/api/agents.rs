@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::pull_views::{
     AgentList, AgentView, AssignRequest, CompleteRequest, DequeueRequest, Dequeued, Deregistered,
-    HeartbeatAnswer, Lease, PulledTask, ReceiptRequest, RegisterRequest, Registered, StatusRequest,
-    TaskAnswer,
+    HeartbeatAnswer, HeldTask, Lease, PulledTask, ReceiptRequest, RegisterRequest, Registered,
+    StatusRequest, TaskAnswer,
 };
 use super::tasks::{ApiJson, optional_body, task_id};
 use super::views::{TaskView, rfc3339};
@@ -153,11 +153,24 @@ async fn heartbeat(
         .await
         .map_err(|e| ApiError::from(crate::steps::tasks::TaskError::Engine(e)))?;
     let lease = rt.board().heartbeat(agent.id, now).unwrap_or(now);
+    let tasks = rt.board().held(agent.id);
+    let reader = Tasks::new(app.engine()?);
+    let held = tasks
+        .iter()
+        .filter_map(|id| {
+            let claim = reader.get(*id, false).ok()?.state.claim?;
+            (claim.agent_id == agent.id).then_some(HeldTask {
+                task_id: *id,
+                epoch: claim.epoch,
+            })
+        })
+        .collect();
     Ok(Json(HeartbeatAnswer {
         agent_id: agent.id,
         status: Liveness::Online.as_str().to_string(),
         lease_expires_at: rfc3339(lease),
-        tasks: rt.board().held(agent.id),
+        tasks,
+        held,
     }))
 }
 

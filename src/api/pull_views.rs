@@ -47,6 +47,16 @@ pub struct HeartbeatAnswer {
     pub lease_expires_at: String,
     /// Tasks this agent holds (also those whose dequeue answer it may have lost).
     pub tasks: Vec<u64>,
+    /// The same tasks with the epoch of the claim (to report on a task whose dequeue answer
+    /// was lost).
+    pub held: Vec<HeldTask>,
+}
+
+/// A task an agent holds, and its claim epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldTask {
+    pub task_id: u64,
+    pub epoch: u64,
 }
 
 /// `POST /agents/deregister` answer.

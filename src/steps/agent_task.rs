@@ -277,6 +277,11 @@ impl Workflow for AgentTask {
     }
 
     async fn step(&self, ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
+        // Slots, agents and leases are rebuilt by recovery: nothing is decided before.
+        tokio::select! {
+            _ = self.rt.fleet().wait_ready() => {}
+            _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
+        }
         let mut remarks = take_remarks(ctx, &s);
         remarks.extend(self.answer_pull_signals(ctx, &mut s)?);
         s.updated_at = ctx.now();

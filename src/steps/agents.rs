@@ -105,8 +105,10 @@ impl Workflow for PullAgent {
         ctx: &mut StepCtx<AgentSignal>,
         mut s: AgentState,
     ) -> StepResult<AgentState> {
+        // Leases are rebuilt (with their restart grace) by recovery: nothing is decided before.
+        self.rt.fleet().wait_ready().await;
         let id = ctx.instance();
-        let now = ctx.now();
+        let now = Timestamp::now();
         let board = self.rt.board();
         let lease = board.lease();
         let mut notes = Vec::new();

@@ -234,12 +234,18 @@ impl Fleet {
         self.inner.changed.notify_waiters();
     }
 
-    /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and
-    /// returns that host's id. A task already holding a slot gets its host back at once.
-    pub async fn acquire(&self, t: &Ticket) -> String {
+    /// Waits until recovery has rebuilt what lives in memory ([`Fleet::mark_ready`]). Steps of
+    /// recovered tasks may run (their timers fire) before that: they wait here first.
+    pub async fn wait_ready(&self) {
         let mut ready = self.inner.ready.subscribe();
         // The result only says whether the sender is gone; it lives in `self`.
         let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and
+    /// returns that host's id. A task already holding a slot gets its host back at once.
+    pub async fn acquire(&self, t: &Ticket) -> String {
+        self.wait_ready().await;
         let key = queue_key(t);
         self.slots().waiting.insert(key, t.clone());
         let _waiting = Waiting { fleet: self, key };
