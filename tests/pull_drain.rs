@@ -196,14 +196,16 @@ async fn drain(kills: usize) {
         a.expect("an agent panicked");
     }
     let drained = drain_start.elapsed();
-    let ledger = shared.ledger.lock().unwrap();
-    assert_eq!(ledger.completed.len(), TASKS);
-    let twice: Vec<_> = ledger
-        .granted
-        .iter()
-        .filter(|(_, g)| g.len() != 1)
-        .collect();
-    assert!(twice.is_empty(), "granted more than once: {twice:?}");
+    {
+        let ledger = shared.ledger.lock().unwrap();
+        assert_eq!(ledger.completed.len(), TASKS);
+        let twice: Vec<_> = ledger
+            .granted
+            .iter()
+            .filter(|(_, g)| g.len() != 1)
+            .collect();
+        assert!(twice.is_empty(), "granted more than once: {twice:?}");
+    }
     // The daemon's own record: every task completed, claimed once (epoch 1).
     let mut completed = 0;
     let mut after = String::new();
