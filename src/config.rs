@@ -83,6 +83,9 @@ pub struct ServerConfig {
     pub admin_token_env: String,
     /// Largest accepted request body, in bytes.
     pub body_limit: usize,
+    /// Environment variable holding a token that lets pull agents register (besides the admin
+    /// token); unset: only the admin token registers agents.
+    pub registration_token_env: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             admin_token_env: "FLEET_ADMIN_TOKEN".into(),
             body_limit: 1024 * 1024,
+            registration_token_env: None,
         }
     }
 }
@@ -139,6 +143,9 @@ pub struct DispatchConfig {
     pub heartbeat_misses: u32,
     /// Repository (local path or git URL) of tasks that name none.
     pub default_repo: Option<String>,
+    /// Whether a pull agent's receipt that cannot be checked (its repository cannot be read
+    /// from the daemon) completes the task; otherwise the task fails, the receipt kept.
+    pub accept_unverified_receipts: bool,
 }
 
 impl Default for DispatchConfig {
@@ -152,6 +159,7 @@ impl Default for DispatchConfig {
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_misses: 3,
             default_repo: None,
+            accept_unverified_receipts: false,
         }
     }
 }

@@ -22,16 +22,19 @@
 //! 3. has `pub fn routes() -> OpenApiRouter<AppState>` built only with
 //!    `OpenApiRouter::default().routes(routes!(handler, …))` (one `routes!` per path; never
 //!    `.route(…)`, which would serve a route the document does not show);
-//! 4. is merged in [`documented_routes`]: admin routes into the `auth::admin_only(…)` group
-//!    (which adds the bearer requirement and the 401 answer to each operation); routes with
-//!    another guard (pull agents' own tokens) get their own layer and `security(…)`;
+//! 4. is merged in [`documented_routes`] through the guard it needs: `auth::admin_only`,
+//!    `auth::agent_only` or `auth::registrar_only` (each adds its layer and, to each operation,
+//!    the security requirement and the 401 answer); a new kind of token gets its own function
+//!    there, built on `auth::guarded`;
 //! 5. adds its routes to `ROUTES` in `tests/openapi.rs`, whose tests then check that they are
 //!    served, guarded as documented, and answer what the document says (Schemathesis, in
 //!    `tests/schemathesis.rs`, fuzzes them too).
 
+pub mod agents;
 pub mod auth;
 pub mod extract;
 pub mod hosts;
+pub mod pull_views;
 pub mod tasks;
 pub mod views;
 
@@ -150,9 +153,14 @@ pub fn router(state: AppState) -> Router {
 
 /// Every route of the daemon together with its documentation (see the module doc).
 pub fn documented_routes(state: AppState) -> OpenApiRouter<AppState> {
-    let admin = auth::admin_only(tasks::routes().merge(hosts::routes()), state);
+    let admin = tasks::routes()
+        .merge(hosts::routes())
+        .merge(agents::admin_routes());
+    let api = auth::admin_only(admin, state.clone())
+        .merge(auth::agent_only(agents::agent_routes(), state.clone()))
+        .merge(auth::registrar_only(agents::register_routes(), state));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .nest("/api/v1", admin)
+        .nest("/api/v1", api)
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(openapi_json))
@@ -175,6 +183,8 @@ pub fn openapi() -> OpenApi {
     tags(
         (name = "tasks", description = "Submit, follow, cancel, retry and signal tasks"),
         (name = "hosts", description = "The hosts, their health and load"),
+        (name = "agents", description = "Pull agents: registration, heartbeats, the agent list; \
+            dequeue, status, completion and receipts of the tasks they hold"),
         (name = "daemon", description = "Liveness, readiness and this document")
     )
 )]

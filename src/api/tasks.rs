@@ -21,6 +21,7 @@ use super::views::{
 };
 use super::{ApiError, AppState};
 use crate::config::Config;
+use crate::steps::pull_mode::Refusal;
 use crate::steps::task::{Priority, Source, TaskSpec, TaskStatus};
 use crate::steps::tasks::{TaskError, Tasks};
 use crate::workflow::{EngineError, InstanceId, MAX_KEY_LEN};
@@ -43,6 +44,16 @@ impl From<TaskError> for ApiError {
         match e {
             TaskError::NotFound(_) => ApiError::not_found(e.to_string()),
             TaskError::Conflict(m) => ApiError::conflict(m),
+            TaskError::Refused { refusal, message } => match refusal {
+                Refusal::Conflict => ApiError::conflict(message),
+                Refusal::Stale => ApiError::new(StatusCode::CONFLICT, "stale_epoch", message),
+                Refusal::Forbidden => ApiError::forbidden(message),
+                Refusal::Invalid => ApiError::unprocessable(message),
+                Refusal::NotFound => ApiError::not_found(message),
+            },
+            e @ TaskError::Pending(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pending", e.to_string())
+            }
             TaskError::Engine(e @ EngineError::InvalidKey { .. }) => {
                 ApiError::unprocessable(e.to_string())
             }

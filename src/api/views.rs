@@ -74,6 +74,8 @@ pub struct TaskView {
     pub pr_number: Option<u64>,
     pub pr_title: Option<String>,
     pub attempt: u32,
+    /// Claims by pull agents so far (the fencing epoch of the last one).
+    pub claim_epoch: u64,
     pub review_count: u32,
     pub created_at: String,
     pub updated_at: String,
@@ -347,6 +349,7 @@ impl From<&TaskRecord> for TaskView {
             pr_number: None,
             pr_title: None,
             attempt: s.attempt,
+            claim_epoch: s.epoch,
             review_count: s.review_count,
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(r.info.updated),

@@ -518,6 +518,7 @@ mod tests {
             pr_number: None,
             pr_title: None,
             attempt: 1,
+            claim_epoch: 0,
             review_count: 0,
             created_at: "2026-11-21T10:00:00Z".into(),
             updated_at: "2026-11-21T10:05:00Z".into(),

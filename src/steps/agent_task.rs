@@ -17,13 +17,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::io::run::{self, RunError, RunState, Started};
+use crate::workflow::codec::{self, CodecError};
 use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
 
 use super::dispatch::{Health, Ticket};
 use super::parse::{self, RunOutput, RunReport};
 use super::prompt::{self, PromptInput};
+use super::pull_mode::{AgentReport, Claim, FromAgent, Pin, offer_of};
 use super::runtime::Runtime;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
+use super::task_v1::TaskStateV1;
 use super::template::Vars;
 use super::workspace::{self, BranchWork, Workspace, WorkspaceError};
 
@@ -45,6 +48,18 @@ pub enum TaskSignal {
     Retry,
     /// A remark kept in the task's history.
     Note { text: String },
+    /// A pull agent wants the task (an update: answered with a `PullReply`).
+    Claim { agent_id: u64 },
+    /// A message from the agent holding the task, for the claim `epoch`.
+    FromAgent {
+        agent_id: u64,
+        epoch: u64,
+        message: FromAgent,
+    },
+    /// The agent went away (deregistered): its task goes back to the queue.
+    AgentLost { agent_id: u64, reason: String },
+    /// A coordinator sends the task to a host or an agent.
+    Assign { pin: Pin },
 }
 
 /// Where the workflow stands; each variant is one step.
@@ -64,6 +79,8 @@ pub enum Phase {
     Pull,
     /// `failed`: waits for a retry signal.
     Settled,
+    /// A pull agent holds the task (`assigned`, then `running`).
+    Claimed,
 }
 
 /// How a run ended.
@@ -163,6 +180,14 @@ pub struct TaskState {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub last_activity_at: Option<Timestamp>,
+    /// The pull agent holding the task, while one does.
+    pub claim: Option<Claim>,
+    /// The last claim epoch handed out (the next claim gets `epoch + 1`).
+    pub epoch: u64,
+    /// Where a coordinator sent the task (`assign`).
+    pub pin: Option<Pin>,
+    /// What the pull agent reported when it finished.
+    pub agent_report: Option<AgentReport>,
 }
 
 impl TaskState {
@@ -184,6 +209,10 @@ impl TaskState {
             created_at: now,
             updated_at: now,
             last_activity_at: None,
+            claim: None,
+            epoch: 0,
+            pin: None,
+            agent_report: None,
         }
     }
 
@@ -195,7 +224,7 @@ impl TaskState {
         )
     }
 
-    fn set_status(&mut self, to: TaskStatus) -> Result<(), StepError> {
+    pub(super) fn set_status(&mut self, to: TaskStatus) -> Result<(), StepError> {
         self.status = self.status.move_to(to)?;
         Ok(())
     }
@@ -203,7 +232,7 @@ impl TaskState {
 
 /// The agent-task workflow definition.
 pub struct AgentTask {
-    rt: Arc<Runtime>,
+    pub(super) rt: Arc<Runtime>,
 }
 
 impl AgentTask {
@@ -235,12 +264,26 @@ fn sha7(sha: &str) -> &str {
 
 impl Workflow for AgentTask {
     const NAME: &'static str = "agent-task";
-    const VERSION: u32 = 1;
+    /// 2: pull mode (claim, epoch, pin, agent report in the state).
+    const VERSION: u32 = 2;
     type State = TaskState;
     type Signal = TaskSignal;
+    const UPGRADES_FROM: &'static [u32] = &[1];
+
+    fn upgrade(from: u32, state: &[u8]) -> Result<TaskState, CodecError> {
+        debug_assert_eq!(from, 1);
+        let v1: TaskStateV1 = codec::decode_value("agent-task state v1", state)?;
+        Ok(v1.into())
+    }
 
     async fn step(&self, ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
+        // Slots, agents and leases are rebuilt by recovery: nothing is decided before.
+        tokio::select! {
+            _ = self.rt.fleet().wait_ready() => {}
+            _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
+        }
         let mut remarks = take_remarks(ctx, &s);
+        remarks.extend(self.answer_pull_signals(ctx, &mut s)?);
         s.updated_at = ctx.now();
         let outcome = match s.phase.clone() {
             Phase::Route => self.route(ctx, s).await?,
@@ -253,11 +296,15 @@ impl Workflow for AgentTask {
                 if ctx.now() < until {
                     Outcome::wait_until(s, until)
                 } else {
+                    if s.status == TaskStatus::AgentLost {
+                        s.set_status(TaskStatus::Created)?;
+                    }
                     s.phase = Phase::Route;
                     Outcome::next(s).note("backoff over: routing again")
                 }
             }
-            Phase::Pull => Outcome::wait(s),
+            Phase::Pull => self.pull(ctx, s)?,
+            Phase::Claimed => self.claimed(ctx, s).await?,
             Phase::Settled => settled(ctx, s)?,
         };
         if let Some(n) = &outcome.note {
@@ -274,6 +321,10 @@ impl Workflow for AgentTask {
     async fn cleanup(&self, ctx: &mut StepCtx<TaskSignal>, s: &TaskState, reason: &str) -> String {
         let id = ctx.instance();
         self.rt.fleet().release(id);
+        self.rt.board().withdraw(id);
+        if let Some(c) = &s.claim {
+            self.rt.board().release(c.agent_id, id);
+        }
         let mut report = format!("cancelled ({reason})");
         // The run that may be alive: the last recorded one, or the one Launch was starting.
         let candidate = match (&s.phase, s.runs.last(), &s.assigned_host) {
@@ -309,11 +360,13 @@ fn take_remarks(ctx: &mut StepCtx<TaskSignal>, s: &TaskState) -> Vec<String> {
     while let Some(sig) = ctx.take(|sig| match sig {
         TaskSignal::Note { .. } => true,
         TaskSignal::Retry => !settled,
+        _ => false,
     }) {
-        remarks.push(match sig {
-            TaskSignal::Note { text } => format!("note: {text}"),
-            TaskSignal::Retry => format!("retry ignored: the task is {}", s.status),
-        });
+        match sig {
+            TaskSignal::Note { text } => remarks.push(format!("note: {text}")),
+            TaskSignal::Retry => remarks.push(format!("retry ignored: the task is {}", s.status)),
+            _ => {}
+        }
     }
     remarks
 }
@@ -330,23 +383,54 @@ fn settled(ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskSt
 }
 
 impl AgentTask {
+    /// Route (two-phase dispatch): a claim by a pull agent, or a slot on a healthy host that
+    /// offers what the task needs, whichever comes first. Until then the task is `undecided`
+    /// and open to pull agents; after `undecided_timeout` it is left to them (`http_pull`) when
+    /// no host could ever take it or some online agent could.
     async fn route(
         &self,
         ctx: &mut StepCtx<TaskSignal>,
         mut s: TaskState,
     ) -> StepResult<TaskState> {
         let id = ctx.instance();
+        if let Some(note) = self.take_claims(ctx, &mut s)? {
+            return Ok(Outcome::next(s).note(note));
+        }
+        let board = self.rt.board();
+        let pinned_host = match &s.pin {
+            Some(Pin::Host(h)) => Some(h.clone()),
+            _ => None,
+        };
+        if pinned_host.is_none() && (s.mode == ExecutionMode::HttpPull || s.pin.is_some()) {
+            s.mode = ExecutionMode::HttpPull;
+            return Ok(self.pull(ctx, s)?.note("left to pull agents (http_pull)"));
+        }
         let ticket = Ticket {
             task_id: id,
             priority: s.spec.priority,
             created: s.created_at,
             agent: s.spec.agent.clone(),
             capabilities: s.spec.capabilities.clone(),
+            host: pinned_host.clone(),
         };
-        if !self.rt.fleet().can_serve(&ticket) {
+        let deadline = if pinned_host.is_some() {
+            None
+        } else {
+            board.offer(offer_of(id, &s));
             let since = *s.undecided_since.get_or_insert(ctx.now());
-            let deadline = since.after(self.rt.config().dispatch.undecided_timeout);
-            if ctx.now() >= deadline {
+            Some(since.after(self.rt.config().dispatch.undecided_timeout))
+        };
+        let now = ctx.now();
+        if !self.rt.fleet().can_serve(&ticket) {
+            let Some(deadline) = deadline else {
+                let reason = format!(
+                    "host {} no longer offers agent `{}`",
+                    pinned_host.unwrap_or_default(),
+                    s.spec.agent
+                );
+                return Ok(self.give_up(ctx, s, reason));
+            };
+            if now >= deadline {
                 s.mode = ExecutionMode::HttpPull;
                 s.phase = Phase::Pull;
                 return Ok(Outcome::wait(s)
@@ -363,11 +447,33 @@ impl AgentTask {
             );
             return Ok(Outcome::wait_until(s, deadline).note(note));
         }
+        if let Some(d) = deadline
+            && now >= d
+            && board.anyone_offers(&s.spec.agent, &s.spec.capabilities, now)
+        {
+            s.mode = ExecutionMode::HttpPull;
+            s.phase = Phase::Pull;
+            let waited = humantime::format_duration(self.rt.config().dispatch.undecided_timeout);
+            return Ok(Outcome::wait(s).note(format!(
+                "no host took the task within {waited}: left to pull agents (http_pull)"
+            )));
+        }
+        // Before the hand-over the wait ends at the deadline; after it (no agent could take
+        // the task then) the task simply waits for a host, still open to pull agents.
+        let hand_over = deadline
+            .filter(|d| now < *d)
+            .map(|d| d.until(Timestamp::now()));
         let host = tokio::select! {
             host = self.rt.fleet().acquire(&ticket) => host,
+            // A claim or an assignment: the next step takes it.
+            _ = ctx.signalled() => return Ok(Outcome::next(s)),
+            _ = tokio::time::sleep(hand_over.unwrap_or_default()), if hand_over.is_some() => {
+                return Ok(Outcome::next(s));
+            }
             _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
             _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
         };
+        board.withdraw(id);
         s.set_status(TaskStatus::Assigned)?;
         s.mode = ExecutionMode::SshCli;
         s.undecided_since = None;
@@ -376,6 +482,20 @@ impl AgentTask {
         s.workspace = None;
         s.phase = Phase::Prepare;
         Ok(Outcome::next(s).note(format!("assigned to host {host} (ssh_cli)")))
+    }
+
+    /// `Pull` (`http_pull`): open to pull agents (to one, if assigned to it) until one claims
+    /// the task or a coordinator sends it to a host.
+    fn pull(&self, ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
+        if let Some(note) = self.take_claims(ctx, &mut s)? {
+            return Ok(Outcome::next(s).note(note));
+        }
+        if s.phase == Phase::Route && matches!(s.pin, Some(Pin::Host(_))) {
+            return Ok(Outcome::next(s));
+        }
+        s.phase = Phase::Pull;
+        self.rt.board().offer(offer_of(ctx.instance(), &s));
+        Ok(Outcome::wait(s))
     }
 
     fn host_of(s: &TaskState) -> Result<String, StepError> {
@@ -850,7 +970,7 @@ impl AgentTask {
     }
 
     /// A run did not deliver: retry after a backoff while the budget lasts, else fail.
-    fn run_failed(
+    pub(super) fn run_failed(
         &self,
         ctx: &StepCtx<TaskSignal>,
         mut s: TaskState,
@@ -884,8 +1004,9 @@ impl AgentTask {
             )
         };
         s.failure = Some(reason);
-        // Back in the queue: from `running`, or from `assigned` (workspace trouble).
-        if s.status.can_move_to(TaskStatus::Created) {
+        // Back in the queue: from `running`, or from `assigned` (workspace trouble). An
+        // `agent_lost` task shows it until its backoff is over.
+        if s.status != TaskStatus::AgentLost && s.status.can_move_to(TaskStatus::Created) {
             s.status = TaskStatus::Created;
         }
         s.assigned_host = None;
@@ -895,7 +1016,7 @@ impl AgentTask {
     }
 
     /// Ends the task `failed`; it waits for a retry signal.
-    fn give_up(
+    pub(super) fn give_up(
         &self,
         ctx: &StepCtx<TaskSignal>,
         mut s: TaskState,

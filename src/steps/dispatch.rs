@@ -24,6 +24,8 @@ pub struct Ticket {
     pub created: Timestamp,
     pub agent: String,
     pub capabilities: Vec<String>,
+    /// Assigned by a coordinator to this host only.
+    pub host: Option<String>,
 }
 
 /// Queue order: higher priority first, then older, then lower id.
@@ -79,7 +81,8 @@ struct Host {
 impl Host {
     /// By configuration: whether this host could ever run the task.
     fn offers(&self, t: &Ticket) -> bool {
-        self.agents.contains(&t.agent)
+        t.host.as_ref().is_none_or(|h| *h == self.id)
+            && self.agents.contains(&t.agent)
             && t.capabilities.iter().all(|c| self.capabilities.contains(c))
     }
 
@@ -231,12 +234,18 @@ impl Fleet {
         self.inner.changed.notify_waiters();
     }
 
-    /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and
-    /// returns that host's id. A task already holding a slot gets its host back at once.
-    pub async fn acquire(&self, t: &Ticket) -> String {
+    /// Waits until recovery has rebuilt what lives in memory ([`Fleet::mark_ready`]). Steps of
+    /// recovered tasks may run (their timers fire) before that: they wait here first.
+    pub async fn wait_ready(&self) {
         let mut ready = self.inner.ready.subscribe();
         // The result only says whether the sender is gone; it lives in `self`.
         let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and
+    /// returns that host's id. A task already holding a slot gets its host back at once.
+    pub async fn acquire(&self, t: &Ticket) -> String {
+        self.wait_ready().await;
         let key = queue_key(t);
         self.slots().waiting.insert(key, t.clone());
         let _waiting = Waiting { fleet: self, key };
@@ -316,6 +325,7 @@ mod tests {
             created: Timestamp(created),
             agent: "a".into(),
             capabilities: vec![],
+            host: None,
         }
     }
 

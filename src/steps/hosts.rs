@@ -46,6 +46,7 @@ pub fn secret_env(c: &Config) -> Vec<String> {
         names.extend(m.password_env.clone());
         names.extend(m.access_token_env.clone());
     }
+    names.extend(c.server.registration_token_env.clone());
     names.extend(c.hosts.iter().filter_map(|h| h.key_passphrase_env.clone()));
     names
 }

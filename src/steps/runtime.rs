@@ -13,11 +13,14 @@ use crate::workflow::StepError;
 
 use super::dispatch::Fleet;
 use super::hosts::{self, HostCheck, HostsError};
+use super::pull::Board;
 use super::template::{self, Vars};
 
 pub struct Runtime {
     pub(super) config: Arc<Config>,
     fleet: Fleet,
+    /// Pull agents and the tasks open to them.
+    board: Board,
     /// One shell per configured host.
     shells: HashMap<String, SharedShell>,
     /// Where relative paths (local work roots, repository paths, agent programs) start.
@@ -33,8 +36,13 @@ impl Runtime {
     /// passphrase variable is not set.
     pub fn new(config: Arc<Config>, base_dir: PathBuf) -> Result<Self, HostsError> {
         let shells = hosts::shells(&config, &base_dir)?;
+        let d = &config.dispatch;
+        let lease = d
+            .heartbeat_interval
+            .saturating_mul(d.heartbeat_misses.max(1));
         Ok(Runtime {
             fleet: Fleet::new(&config),
+            board: Board::new(lease),
             config,
             shells,
             base_dir,
@@ -51,8 +59,24 @@ impl Runtime {
         &self.fleet
     }
 
+    pub fn board(&self) -> &Board {
+        &self.board
+    }
+
     pub fn base_dir(&self) -> &Path {
         &self.base_dir
+    }
+
+    /// A shell on the daemon's own machine, for reading pull agents' branches with git.
+    pub(super) fn daemon_shell(&self) -> crate::io::shell::LocalShell {
+        crate::io::shell::LocalShell::new("daemon", hosts::secret_env(&self.config))
+    }
+
+    /// Where the daemon keeps its own mirrors of task repositories (next to the store).
+    pub(super) fn receipts_root(&self) -> String {
+        let store = self.absolute(&self.config.storage.path);
+        let dir = store.parent().map(Path::to_path_buf).unwrap_or_default();
+        dir.join("receipts").display().to_string()
     }
 
     /// The shell of `host`.

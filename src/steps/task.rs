@@ -67,6 +67,7 @@ impl TaskStatus {
                 | (Assigned, Running)
                 | (Assigned, Created)
                 | (Assigned, Failed)
+                | (Assigned, AgentLost)
                 | (Running, ReviewPending)
                 | (Running, Completed)
                 | (Running, Failed)

@@ -4,12 +4,22 @@
 
 use thiserror::Error;
 
+use std::time::Duration;
+
 use crate::workflow::{
-    CancelAck, Engine, EngineError, Event, InstanceId, InstanceInfo, SignalAck, Status, Workflow,
+    CancelAck, Engine, EngineError, Event, InstanceId, InstanceInfo, SignalAck, Status, Update,
+    Workflow,
 };
 
-use super::agent_task::{AgentTask, TaskSignal, TaskState};
+use super::agent_task::{AgentTask, Phase, TaskSignal, TaskState};
+use super::pull::{AgentEntry, Board, Liveness};
+use super::pull_mode::{FromAgent, Pin, PullReply, Refusal};
 use super::task::{TaskSpec, TaskStatus};
+
+/// How long a request from an agent or a coordinator waits for the task's step to answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(20);
+/// Most candidates one dequeue tries before it answers that nothing is left.
+const DEQUEUE_TRIES: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum TaskError {
@@ -18,8 +28,27 @@ pub enum TaskError {
     /// The task's state does not allow the request.
     #[error("{0}")]
     Conflict(String),
+    /// The task's step refused the request (see [`Refusal`] for what each means).
+    #[error("{message}")]
+    Refused { refusal: Refusal, message: String },
+    /// The request is committed but the task has not answered it yet; sending it again with
+    /// the same idempotency key waits for the answer.
+    #[error("task {0} has not answered yet; send the request again with the same Idempotency-Key")]
+    Pending(InstanceId),
     #[error(transparent)]
     Engine(#[from] EngineError),
+}
+
+/// A claim granted by [`Tasks::dequeue`].
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub task: TaskRecord,
+    pub epoch: u64,
+}
+
+/// A random idempotency key for a request that brought none.
+pub fn fresh_key(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
 fn found(id: InstanceId) -> impl Fn(EngineError) -> TaskError {
@@ -169,6 +198,115 @@ impl<'a> Tasks<'a> {
             )));
         }
         self.signal(id, &TaskSignal::Retry, key).await?;
+        self.get(id, false)
+    }
+
+    /// Sends `signal` to task `id` and waits for its step's answer.
+    async fn ask(
+        &self,
+        id: InstanceId,
+        signal: &TaskSignal,
+        key: &str,
+    ) -> Result<PullReply, TaskError> {
+        let answer = self
+            .engine
+            .update::<AgentTask, PullReply>(id, signal, key, ANSWER_WAIT)
+            .await;
+        match answer {
+            Ok(Update::Replied(PullReply::Refused { refusal, message })) => {
+                Err(TaskError::Refused { refusal, message })
+            }
+            Ok(Update::Replied(reply)) => Ok(reply),
+            Ok(Update::Unanswered) => Err(TaskError::Conflict(format!(
+                "task {id} took the request without answering it"
+            ))),
+            Ok(Update::Ended(status)) | Err(EngineError::Finished { status, .. }) => Err(
+                TaskError::Conflict(format!("task {id} has ended ({})", status.as_str())),
+            ),
+            Ok(Update::Pending) => Err(TaskError::Pending(id)),
+            Err(e) => Err(found(id)(e)),
+        }
+    }
+
+    /// Claims for `agent` the first task in queue order it may take (`undecided` or
+    /// `http_pull`, kind and capabilities matching), exactly once: each claim is decided by the
+    /// task's own step, so a task also wanted by a host or another agent goes to one of them.
+    /// `None` when nothing is left for this agent.
+    pub async fn dequeue(
+        &self,
+        board: &Board,
+        agent: &AgentEntry,
+        key: &str,
+    ) -> Result<Option<Granted>, TaskError> {
+        if agent.liveness(crate::workflow::Timestamp::now()) != Liveness::Online {
+            return Err(TaskError::Conflict(format!(
+                "agent {} is offline: send a heartbeat first",
+                agent.name
+            )));
+        }
+        let held = board.held(agent.id).len();
+        if held >= agent.max_concurrent as usize {
+            return Err(TaskError::Conflict(format!(
+                "agent {} holds {held} task(s), its max_concurrent",
+                agent.name
+            )));
+        }
+        for attempt in 0..DEQUEUE_TRIES {
+            let Some(id) = board.reserve_next(agent) else {
+                return Ok(None);
+            };
+            let signal = TaskSignal::Claim { agent_id: agent.id };
+            let answer = self
+                .ask(id, &signal, &format!("claim/{}/{key}/{attempt}", agent.id))
+                .await;
+            board.unreserve(id);
+            match answer {
+                Ok(PullReply::Granted { epoch }) => {
+                    return Ok(Some(Granted {
+                        task: self.get(id, false)?,
+                        epoch,
+                    }));
+                }
+                // Gone meanwhile (to a host, another agent, a cancel): try the next one.
+                Ok(_) | Err(TaskError::Refused { .. } | TaskError::Conflict(_)) => {
+                    let task = self.get(id, false)?;
+                    let open = matches!(task.state.phase, Phase::Route | Phase::Pull);
+                    if !open || task.info.status.is_terminal() {
+                        board.withdraw(id);
+                    }
+                }
+                Err(TaskError::NotFound(_)) => board.withdraw(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A message from the agent holding task `id` (owner and current epoch only).
+    pub async fn from_agent(
+        &self,
+        id: InstanceId,
+        agent: &AgentEntry,
+        epoch: u64,
+        message: FromAgent,
+        key: &str,
+    ) -> Result<PullReply, TaskError> {
+        let signal = TaskSignal::FromAgent {
+            agent_id: agent.id,
+            epoch,
+            message,
+        };
+        self.ask(id, &signal, key).await
+    }
+
+    /// A coordinator sends task `id` to a host or an agent.
+    pub async fn assign(
+        &self,
+        id: InstanceId,
+        pin: Pin,
+        key: &str,
+    ) -> Result<TaskRecord, TaskError> {
+        self.ask(id, &TaskSignal::Assign { pin }, key).await?;
         self.get(id, false)
     }
 

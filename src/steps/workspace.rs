@@ -19,6 +19,9 @@ const READ_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum WorkspaceError {
     #[error(transparent)]
     Shell(#[from] ShellError),
+    /// The repository has no such branch (nothing was pushed to it).
+    #[error("the repository has no branch {branch}")]
+    NoBranch { branch: String },
     #[error("{what} failed on {host}: {detail}")]
     Git {
         what: &'static str,
@@ -74,6 +77,78 @@ pub fn mirror_name(repo: &str) -> String {
     format!("{readable}-{hash:016x}.git")
 }
 
+/// The shell lines that make `$mirror` a bare mirror of `$repo` (cloned once, under a lock
+/// shared by the host's tasks) and fetch it; remote branches land in `refs/remotes/origin/*`, so
+/// a fetch never touches task branches.
+const MIRROR_SCRIPT: &str = r#"mkdir -p "$(dirname "$mirror")"
+exec 9> "$mirror.lock"
+flock 9
+if [ ! -d "$mirror" ]; then
+  rm -rf "$mirror.tmp"
+  git clone --quiet --bare -- "$repo" "$mirror.tmp" >&2
+  git -C "$mirror.tmp" config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*'
+  mv "$mirror.tmp" "$mirror"
+fi
+git -C "$mirror" fetch --quiet --prune origin >&2
+[ -n "$base" ] || base=$(git -C "$mirror" symbolic-ref --short HEAD)
+git -C "$mirror" rev-parse --verify --quiet "refs/remotes/origin/$base^{commit}" > /dev/null || {
+  echo "the repository has no branch '$base'" >&2; exit 4; }
+"#;
+
+/// Reads what `branch` holds beyond `base` in the repository itself (fetched into a mirror
+/// under `root`): how a pull agent's receipt is checked, never taken on its word.
+pub async fn pushed_work(
+    shell: &dyn Shell,
+    root: &str,
+    repo: &str,
+    base: Option<&str>,
+    branch: &str,
+) -> Result<(String, String, BranchWork), WorkspaceError> {
+    let mirror = format!("{root}/.mirrors/{}", mirror_name(repo));
+    let script = format!(
+        r#"set -eu
+repo={repo}; mirror={mirror}; branch={branch}; base={base}
+{MIRROR_SCRIPT}
+head="refs/remotes/origin/$branch"
+git -C "$mirror" rev-parse --verify --quiet "$head^{{commit}}" > /dev/null || exit 5
+base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "$head")
+printf 'base=%s\nbase_sha=%s\n===\n' "$base" "$base_sha"
+git -C "$mirror" rev-parse --verify "$head^{{commit}}"
+echo ---
+git -C "$mirror" log --reverse --format='%H %s' "$base_sha..$head"
+echo ---
+git -C "$mirror" diff --name-only "$base_sha" "$head"
+"#,
+        repo = quote(repo)?,
+        mirror = quote(&mirror)?,
+        branch = quote(branch)?,
+        base = quote(base.unwrap_or(""))?,
+    );
+    let out = shell.run(&script, b"", PREPARE_TIMEOUT).await?;
+    if out.status == Some(5) {
+        return Err(WorkspaceError::NoBranch {
+            branch: branch.to_string(),
+        });
+    }
+    if !out.success() {
+        return Err(WorkspaceError::Git {
+            what: "reading the pushed branch",
+            host: shell.host().to_string(),
+            detail: out.error_tail(),
+        });
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (header, rest) = text.split_once("===\n").unwrap_or(("", &text));
+    let field = |key: &str| {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    Ok((field("base"), field("base_sha"), parse_work(rest)))
+}
+
 /// Creates (or finds) the task's worktree. `base = None` uses the repository's default branch.
 pub async fn prepare(
     shell: &dyn Shell,
@@ -90,19 +165,7 @@ pub async fn prepare(
     let script = format!(
         r#"set -eu
 repo={repo}; mirror={mirror}; wt={wt}; branch={branch}; base={base}
-mkdir -p "$(dirname "$mirror")"
-exec 9> "$mirror.lock"
-flock 9
-if [ ! -d "$mirror" ]; then
-  rm -rf "$mirror.tmp"
-  git clone --quiet --bare -- "$repo" "$mirror.tmp" >&2
-  git -C "$mirror.tmp" config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*'
-  mv "$mirror.tmp" "$mirror"
-fi
-git -C "$mirror" fetch --quiet --prune origin >&2
-[ -n "$base" ] || base=$(git -C "$mirror" symbolic-ref --short HEAD)
-git -C "$mirror" rev-parse --verify --quiet "refs/remotes/origin/$base^{{commit}}" > /dev/null || {{
-  echo "the repository has no branch '$base'" >&2; exit 4; }}
+{MIRROR_SCRIPT}
 if git -C "$mirror" rev-parse --verify --quiet "refs/heads/$branch" > /dev/null; then
   if [ ! -e "$wt/.git" ]; then
     git -C "$mirror" worktree prune
@@ -177,7 +240,11 @@ git -C "$mirror" diff --name-only "$base_sha" "$head"
             detail: out.error_tail(),
         });
     }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok(parse_work(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parses `head sha`, `---`, the commits (`sha subject`), `---`, the changed files.
+fn parse_work(text: &str) -> BranchWork {
     let mut parts = text.split("---\n");
     let head_sha = parts.next().unwrap_or("").trim().to_string();
     let commits = parts
@@ -197,11 +264,11 @@ git -C "$mirror" diff --name-only "$base_sha" "$head"
         .filter(|l| !l.is_empty())
         .map(str::to_string)
         .collect();
-    Ok(BranchWork {
+    BranchWork {
         head_sha,
         commits,
         files_changed,
-    })
+    }
 }
 
 #[cfg(test)]

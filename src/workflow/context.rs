@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::InstanceId;
@@ -27,6 +28,8 @@ pub(crate) struct RunInput {
     pub shutdown: CancellationToken,
     pub writer: Writer,
     pub error_backoff: Duration,
+    /// The instance's `next_signal` as signals commit while it is active.
+    pub signals: watch::Receiver<u64>,
 }
 
 /// A signal in the inbox, decoded.
@@ -61,6 +64,9 @@ pub struct StepCtx<S> {
     cancel: CancellationToken,
     shutdown: CancellationToken,
     writer: Writer,
+    next_signal: u64,
+    signals: watch::Receiver<u64>,
+    replies: Vec<(u64, Vec<u8>)>,
 }
 
 impl<S: DeserializeOwned> StepCtx<S> {
@@ -95,6 +101,9 @@ impl<S: DeserializeOwned> StepCtx<S> {
             },
             shutdown: input.shutdown.clone(),
             writer: input.writer.clone(),
+            next_signal: input.next_signal,
+            signals: input.signals.clone(),
+            replies: Vec::new(),
         };
         (ctx, discarded)
     }
@@ -137,6 +146,46 @@ impl<S> StepCtx<S> {
         self.taken.push(found.seq);
         Some(found.signal.clone())
     }
+    /// Like [`StepCtx::take`], with the signal's sequence number and key (to [`StepCtx::reply`]).
+    pub fn take_inbound(&mut self, pred: impl Fn(&S) -> bool) -> Option<Inbound<S>>
+    where
+        S: Clone,
+    {
+        let found = self
+            .inbox
+            .iter()
+            .find(|s| !self.taken.contains(&s.seq) && pred(&s.signal))?
+            .clone();
+        self.taken.push(found.seq);
+        Some(found)
+    }
+
+    /// Answers signal `seq`, taken by this step: the reply is committed with the step's outcome
+    /// and handed to whoever sent the signal with `Engine::update` (also on a redelivery).
+    /// A reply to a signal this step did not take is dropped.
+    pub fn reply<T: Serialize>(&mut self, seq: u64, reply: &T) -> Result<(), EngineError> {
+        if self.taken.contains(&seq) {
+            self.replies.retain(|(s, _)| *s != seq);
+            self.replies.push((seq, codec::encode_value(reply)?));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn replies(&self) -> Vec<(u64, Vec<u8>)> {
+        self.replies.clone()
+    }
+
+    /// Resolves when a signal is committed to this instance after this step loaded its inbox:
+    /// a step that blocks (on a slot, a remote run) can return and let the next step take it.
+    pub async fn signalled(&self) {
+        let mut rx = self.signals.clone();
+        let seen = self.next_signal;
+        // An error means the engine is gone: then nothing will ever arrive.
+        if rx.wait_for(|n| *n > seen).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Takes every remaining signal.
     pub fn take_all(&mut self) -> Vec<S>
     where

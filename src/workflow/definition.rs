@@ -26,6 +26,16 @@ pub trait Workflow: Send + Sync + 'static {
     type State: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// Signals must stay decodable by every registered version of the same `NAME`.
     type Signal: Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Earlier versions whose instances this definition drives instead of the old code: their
+    /// states are read with [`Workflow::upgrade`], and the next committed step re-pins the
+    /// instance to `VERSION`. A version listed here needs no definition of its own.
+    const UPGRADES_FROM: &'static [u32] = &[];
+
+    /// Reads the state of an instance pinned to version `from` (one of `UPGRADES_FROM`).
+    fn upgrade(from: u32, state: &[u8]) -> Result<Self::State, CodecError> {
+        let _ = from;
+        codec::decode_value("workflow state", state)
+    }
 
     /// Runs one step from the last committed `state`. The returned outcome (new state, history
     /// note, effects, consumed signals) is committed atomically before anything else happens.
@@ -164,6 +174,10 @@ pub(crate) struct Plan {
     pub effects: Vec<Effect>,
     /// The instance's `next_signal` when the step loaded its inbox: a later signal wakes a Wait.
     pub seen_next_signal: u64,
+    /// The step's replies to signals it took: (signal seq, encoded reply).
+    pub replies: Vec<(u64, Vec<u8>)>,
+    /// Re-pins the instance to this definition version (its state was upgraded).
+    pub pin: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -196,7 +210,21 @@ pub(crate) trait Definition: Send + Sync {
     fn run(&self, input: RunInput) -> BoxFuture<'_, Plan>;
 }
 
-pub(crate) struct Typed<W>(pub W);
+/// A definition as registered: `from` is set when this entry drives instances pinned to an
+/// earlier version `from` (see [`Workflow::UPGRADES_FROM`]).
+pub(crate) struct Typed<W> {
+    pub workflow: std::sync::Arc<W>,
+    pub from: Option<u32>,
+}
+
+impl<W: Workflow> Typed<W> {
+    fn decode(&self, state: &[u8]) -> Result<W::State, CodecError> {
+        match self.from {
+            Some(v) => W::upgrade(v, state),
+            None => codec::decode_value("workflow state", state),
+        }
+    }
+}
 
 impl<W: Workflow> Definition for Typed<W> {
     fn run(&self, input: RunInput) -> BoxFuture<'_, Plan> {
@@ -215,11 +243,13 @@ impl<W: Workflow> Definition for Typed<W> {
                 discarded,
                 effects: Vec::new(),
                 seen_next_signal: input.next_signal,
+                replies: Vec::new(),
+                pin: None,
             };
-            let decoded = codec::decode_value::<W::State>("workflow state", &input.state);
+            let decoded = self.decode(&input.state);
             if let Some(reason) = input.cancel.as_deref() {
                 let report = match &decoded {
-                    Ok(state) => AssertUnwindSafe(self.0.cleanup(&mut ctx, state, reason))
+                    Ok(state) => AssertUnwindSafe(self.workflow.cleanup(&mut ctx, state, reason))
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|_| "cleanup panicked".to_string()),
@@ -235,13 +265,15 @@ impl<W: Workflow> Definition for Typed<W> {
                     discarded,
                     effects: Vec::new(),
                     seen_next_signal: input.next_signal,
+                    replies: Vec::new(),
+                    pin: None,
                 };
             }
             let state = match decoded {
                 Ok(s) => s,
                 Err(e) => return fail_plan(e.to_string(), discarded),
             };
-            let result = AssertUnwindSafe(self.0.step(&mut ctx, state))
+            let result = AssertUnwindSafe(self.workflow.step(&mut ctx, state))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| Err(StepError::msg("step panicked")));
@@ -260,11 +292,19 @@ impl<W: Workflow> Definition for Typed<W> {
                 Next::Complete => PlanKind::Complete,
                 Next::Fail(r) => PlanKind::Fail(short(r)),
             };
+            let note = match (self.from, outcome.note) {
+                (Some(v), note) => Some(short(format!(
+                    "upgraded from definition version {v} to {}{}",
+                    W::VERSION,
+                    note.map(|n| format!("; {n}")).unwrap_or_default()
+                ))),
+                (None, note) => note.map(short),
+            };
             Plan {
                 events: vec![EventKind::Step {
                     step: input.step,
                     outcome: kind.label().to_string(),
-                    note: outcome.note.map(short),
+                    note,
                 }],
                 kind,
                 state: Some(encoded),
@@ -272,6 +312,8 @@ impl<W: Workflow> Definition for Typed<W> {
                 discarded,
                 effects: outcome.effects,
                 seen_next_signal: input.next_signal,
+                replies: ctx.replies(),
+                pin: self.from.map(|_| W::VERSION),
             }
         })
     }

@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, broadcast, mpsc};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -138,6 +139,27 @@ pub struct SignalAck {
     pub duplicate: bool,
 }
 
+/// What became of a signal sent with [`Engine::update`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Update<R> {
+    /// The step that took the signal answered this.
+    Replied(R),
+    /// A step took the signal without answering it.
+    Unanswered,
+    /// The instance ended before any step took the signal.
+    Ended(Status),
+    /// Not taken within the wait: it stays in the inbox; send it again with the same key to
+    /// wait for the answer.
+    Pending,
+}
+
+/// How a waiting update is answered by the notice loop.
+#[derive(Debug)]
+enum Answer {
+    Taken(Option<Vec<u8>>),
+    Ended(Status),
+}
+
 /// Result of a cancel request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelAck {
@@ -172,10 +194,28 @@ impl EngineBuilder {
         self
     }
 
-    /// Registers a definition version. Register every version that may still have instances.
+    /// Registers a definition version. Register every version that may still have instances,
+    /// unless this one lists it in [`Workflow::UPGRADES_FROM`] (an old version registered on
+    /// its own keeps driving its instances).
     pub fn register<W: Workflow>(mut self, workflow: W) -> Self {
-        self.defs
-            .insert((W::NAME.to_string(), W::VERSION), Arc::new(Typed(workflow)));
+        let workflow = Arc::new(workflow);
+        for &from in W::UPGRADES_FROM {
+            self.defs
+                .entry((W::NAME.to_string(), from))
+                .or_insert_with(|| {
+                    Arc::new(Typed {
+                        workflow: workflow.clone(),
+                        from: Some(from),
+                    })
+                });
+        }
+        self.defs.insert(
+            (W::NAME.to_string(), W::VERSION),
+            Arc::new(Typed {
+                workflow,
+                from: None,
+            }),
+        );
         self
     }
 
@@ -241,6 +281,7 @@ impl EngineBuilder {
             config: self.config.clone(),
             writer_thread: Mutex::new(Some(writer_thread)),
             closed: AtomicBool::new(false),
+            waiters: Mutex::new(HashMap::new()),
         });
         let outbox = Arc::new(Outbox {
             store: store.clone(),
@@ -284,7 +325,11 @@ pub struct Engine {
 struct Active {
     cancel: CancellationToken,
     rerun: bool,
+    /// The instance's `next_signal` as signals commit (see `StepCtx::signalled`).
+    signals: watch::Sender<u64>,
 }
+
+type Waiters = HashMap<(InstanceId, u64), Vec<oneshot::Sender<Answer>>>;
 
 struct Inner {
     store: Store,
@@ -304,6 +349,8 @@ struct Inner {
     config: EngineConfig,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// Callers of `update` waiting for a step to take their signal.
+    waiters: Mutex<Waiters>,
 }
 
 /// Acts on each committed batch (schedule, trip cancel tokens, wake timers, queue effects,
@@ -333,9 +380,48 @@ impl Inner {
         for e in n.effects {
             let _ = self.effects.send(e);
         }
+        if !n.signalled.is_empty() {
+            let active = self.lock_active();
+            for (id, next) in n.signalled {
+                if let Some(a) = active.get(&id) {
+                    a.signals.send_if_modified(|v| {
+                        let newer = next > *v;
+                        *v = (*v).max(next);
+                        newer
+                    });
+                }
+            }
+        }
+        let ended: Vec<(InstanceId, Status)> = n
+            .changed
+            .iter()
+            .filter(|(_, s)| s.is_terminal())
+            .copied()
+            .collect();
+        if !n.answers.is_empty() || !ended.is_empty() {
+            let mut waiters = self.lock_waiters();
+            for (id, seq, reply) in n.answers {
+                for tx in waiters.remove(&(id, seq)).unwrap_or_default() {
+                    let _ = tx.send(Answer::Taken(reply.clone()));
+                }
+            }
+            for (id, status) in ended {
+                let keys: Vec<_> = waiters.keys().filter(|k| k.0 == id).copied().collect();
+                for k in keys {
+                    for tx in waiters.remove(&k).unwrap_or_default() {
+                        let _ = tx.send(Answer::Ended(status));
+                    }
+                }
+            }
+        }
         for (id, status) in n.changed {
             let _ = self.changes.send(Change { id, status });
         }
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        // Plain bookkeeping; a panic elsewhere cannot leave it half-done.
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Active>> {
@@ -366,6 +452,7 @@ impl Inner {
                 Active {
                     cancel: CancellationToken::new(),
                     rerun: false,
+                    signals: watch::channel(0).0,
                 },
             );
         }
@@ -445,9 +532,9 @@ impl Inner {
             } else {
                 Vec::new()
             };
-            let cancel_token = match self.lock_active().get(&id) {
-                Some(a) => a.cancel.clone(),
-                None => CancellationToken::new(),
+            let (cancel_token, signals) = match self.lock_active().get(&id) {
+                Some(a) => (a.cancel.clone(), a.signals.subscribe()),
+                None => (CancellationToken::new(), watch::channel(0).1),
             };
             let input = RunInput {
                 id,
@@ -463,6 +550,7 @@ impl Inner {
                 shutdown: self.stop.clone(),
                 writer: self.writer.clone(),
                 error_backoff: self.config.step_error_backoff.delay(rec.errors),
+                signals,
             };
             let plan = def.run(input).await;
             if self.stop.is_cancelled() && self.closed.load(Ordering::Acquire) {
@@ -563,6 +651,74 @@ impl Engine {
         }
     }
 
+    /// Sends `signal` like [`Engine::signal`], then waits up to `wait` for the step that takes
+    /// it and returns that step's reply (see `StepCtx::reply`). Sending again with the same
+    /// key waits for (or returns) the answer to the first send: a client that lost an answer
+    /// retries safely.
+    pub async fn update<W: Workflow, R: DeserializeOwned>(
+        &self,
+        id: InstanceId,
+        signal: &W::Signal,
+        idempotency_key: &str,
+        wait: Duration,
+    ) -> Result<Update<R>, EngineError> {
+        let ack = self.signal::<W>(id, signal, idempotency_key).await?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .lock_waiters()
+            .entry((id, ack.seq))
+            .or_default()
+            .push(tx);
+        // Registered before reading: an answer committed since is either read here or sent.
+        let answer = match (self.answer_in_store(id, ack.seq), rx) {
+            (Ok(Some(a)), _) => Ok(Some(a)),
+            (Ok(None), rx) => match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(a)) => Ok(Some(a)),
+                Ok(Err(_)) => Err(EngineError::ShuttingDown),
+                Err(_) => Ok(None),
+            },
+            (Err(e), _) => Err(e),
+        };
+        // The receiver is gone by now: drop this caller's entry if no answer took it.
+        self.forget_waiter(id, ack.seq);
+        let Some(answer) = answer? else {
+            return Ok(Update::Pending);
+        };
+        Ok(match answer {
+            Answer::Taken(Some(bytes)) => Update::Replied(codec::decode_value("reply", &bytes)?),
+            Answer::Taken(None) => Update::Unanswered,
+            Answer::Ended(status) => Update::Ended(status),
+        })
+    }
+
+    /// What the store already says of signal `seq`: answered, taken without an answer, or
+    /// dropped when the instance ended; `None` while it waits in the inbox.
+    fn answer_in_store(&self, id: InstanceId, seq: u64) -> Result<Option<Answer>, EngineError> {
+        let store = &self.inner.store;
+        if let Some(bytes) = store.reply(id, seq)? {
+            return Ok(Some(Answer::Taken(Some(bytes))));
+        }
+        if store.in_inbox(id, seq)? {
+            return Ok(None);
+        }
+        let status = self.record(id)?.status;
+        Ok(Some(if status.is_terminal() {
+            Answer::Ended(status)
+        } else {
+            Answer::Taken(None)
+        }))
+    }
+
+    fn forget_waiter(&self, id: InstanceId, seq: u64) {
+        let mut waiters = self.inner.lock_waiters();
+        if let Some(list) = waiters.get_mut(&(id, seq)) {
+            list.retain(|tx| !tx.is_closed());
+            if list.is_empty() {
+                waiters.remove(&(id, seq));
+            }
+        }
+    }
+
     /// Requests cancellation: committed, then the running step's token is tripped (or the parked
     /// instance woken) and the definition's cleanup runs before the instance ends cancelled.
     pub async fn cancel(&self, id: InstanceId, reason: &str) -> Result<CancelAck, EngineError> {
@@ -591,6 +747,9 @@ impl Engine {
                 expected: W::NAME.into(),
                 actual: rec.workflow,
             });
+        }
+        if rec.def_version != W::VERSION && W::UPGRADES_FROM.contains(&rec.def_version) {
+            return Ok(W::upgrade(rec.def_version, &rec.state)?);
         }
         Ok(codec::decode_value("workflow state", &rec.state)?)
     }

@@ -24,7 +24,7 @@ pub use context::{Inbound, Intent, StepCtx};
 pub use definition::{Effect, Next, Outcome, StepError, StepResult, Workflow};
 pub use engine::{
     CancelAck, Change, Engine, EngineBuilder, EngineConfig, InstanceInfo, MAX_KEY_LEN,
-    RecoveryReport, SignalAck, StartAck,
+    RecoveryReport, SignalAck, StartAck, Update,
 };
 pub use error::{EngineError, StoreError};
 pub use outbox::{Backoff, Delivery, EffectError, EffectHandler, EffectKey};

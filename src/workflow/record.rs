@@ -28,6 +28,11 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(ms))
     }
 
+    /// The same instant as a `SystemTime`.
+    pub fn system_time(self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
     /// Time left until `self`, zero when it has passed.
     pub fn until(self, now: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(now.0))

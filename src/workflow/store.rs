@@ -33,6 +33,12 @@ pub(crate) const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new(
 pub(crate) const LIVE: TableDefinition<u64, ()> = TableDefinition::new("live");
 /// (instance, intent name) → [`IntentRecord`].
 pub(crate) const INTENTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("intents");
+/// (instance, signal seq) → the step's reply to that signal (an encoded workflow value); the
+/// last [`REPLIES_KEPT`] per instance. A table added without a format change: older builds
+/// never read it, and it is created on open.
+pub(crate) const REPLIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("replies");
+/// Replies kept per instance (for redelivered updates); older ones are removed.
+pub(crate) const REPLIES_KEPT: u64 = 256;
 
 /// Store file format written by this build (the table layout above). Format 1 had no `live`
 /// table; opening such a file builds it (see `migrate_1_to_2`).
@@ -104,6 +110,7 @@ impl Store {
             txn.open_table(IDEMPOTENCY)?;
             txn.open_table(INTENTS)?;
             txn.open_table(LIVE)?;
+            txn.open_table(REPLIES)?;
         }
         txn.commit()?;
         Ok(Store { db: Arc::new(db) })
@@ -154,6 +161,19 @@ impl Store {
             out.push((k.value().1, decode(v.value())?));
         }
         Ok(out)
+    }
+
+    /// The reply a step gave to signal `seq` of `id`, if one is kept.
+    pub fn reply(&self, id: InstanceId, seq: u64) -> Result<Option<Vec<u8>>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REPLIES)?;
+        Ok(table.get((id, seq))?.map(|v| v.value().to_vec()))
+    }
+
+    /// Whether signal `seq` of `id` is still in its inbox (not taken by a step yet).
+    pub fn in_inbox(&self, id: InstanceId, seq: u64) -> Result<bool, EngineError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(INBOX)?.get((id, seq))?.is_some())
     }
 
     /// The recorded history of `id`, in order (the oldest events may have been compacted away).

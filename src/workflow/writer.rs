@@ -25,7 +25,7 @@ use super::record::{
 };
 use super::store::{
     HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META, META_NEXT_EFFECT,
-    META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, Store, TIMERS,
+    META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, REPLIES, REPLIES_KEPT, Store, TIMERS,
 };
 
 /// Most ops applied in one transaction.
@@ -121,6 +121,11 @@ pub(crate) struct Notices {
     pub earliest_timer: Option<Timestamp>,
     pub effects: Vec<(u64, Timestamp)>,
     pub changed: Vec<(InstanceId, Status)>,
+    /// Instances that got a signal, with their `next_signal` after it (wakes a running step
+    /// that listens for signals).
+    pub signalled: Vec<(InstanceId, u64)>,
+    /// Signals taken by a committed step: (instance, seq, the step's reply if it gave one).
+    pub answers: Vec<(InstanceId, u64, Option<Vec<u8>>)>,
 }
 
 impl Notices {
@@ -129,6 +134,8 @@ impl Notices {
         self.cancelled.extend(other.cancelled);
         self.effects.extend(other.effects);
         self.changed.extend(other.changed);
+        self.signalled.extend(other.signalled);
+        self.answers.extend(other.answers);
         self.earliest_timer = match (self.earliest_timer, other.earliest_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -313,6 +320,7 @@ struct Tables<'txn> {
     idem: Table<'txn, &'static str, u64>,
     intents: Table<'txn, (u64, &'static str), &'static [u8]>,
     live: Table<'txn, u64, ()>,
+    replies: Table<'txn, (u64, u64), &'static [u8]>,
     history_cap: u64,
 }
 
@@ -329,6 +337,7 @@ impl<'txn> Tables<'txn> {
             idem: txn.open_table(IDEMPOTENCY)?,
             intents: txn.open_table(INTENTS)?,
             live: txn.open_table(LIVE)?,
+            replies: txn.open_table(REPLIES)?,
             history_cap,
         })
     }
@@ -541,6 +550,7 @@ impl<'txn> Tables<'txn> {
         if rec.status == Status::Waiting {
             self.make_runnable(id, &mut rec, Wake::Signal, n)?;
         }
+        n.signalled.push((id, rec.next_signal));
         self.save(id, &rec)?;
         Ok(Reply::Signalled {
             seq,
@@ -571,11 +581,27 @@ impl<'txn> Tables<'txn> {
             });
         }
         // Validation done: from here on only storage can fail.
+        let mut replies = plan.replies;
         for seq in plan.consumed {
             if self.inbox.remove((id, seq))?.is_some() {
                 rec.pending_signals = rec.pending_signals.saturating_sub(1);
                 self.event(id, &mut rec, EventKind::SignalConsumed { seq }, now)?;
+                let reply = replies
+                    .iter()
+                    .position(|(s, _)| *s == seq)
+                    .map(|i| replies.swap_remove(i).1);
+                if let Some(bytes) = &reply {
+                    self.replies.insert((id, seq), bytes.as_slice())?;
+                    if seq >= REPLIES_KEPT {
+                        let old = seq - REPLIES_KEPT;
+                        self.replies.retain_in((id, 0)..=(id, old), |_, _| false)?;
+                    }
+                }
+                n.answers.push((id, seq, reply));
             }
+        }
+        if let Some(version) = plan.pin {
+            rec.def_version = version;
         }
         for (seq, error) in plan.discarded {
             if self.inbox.remove((id, seq))?.is_some() {

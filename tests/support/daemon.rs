@@ -27,6 +27,8 @@ pub struct Setup {
     pub hosts: Option<String>,
     /// More config text (e.g. `[health]`, `[ssh]`, `[[agents]]`).
     pub extra: String,
+    /// More `[dispatch]` keys (`undecided_timeout = "1s"`…).
+    pub dispatch: String,
 }
 
 impl Default for Setup {
@@ -38,6 +40,7 @@ impl Default for Setup {
             body_limit: 1 << 20,
             hosts: None,
             extra: String::new(),
+            dispatch: String::new(),
         }
     }
 }
@@ -89,6 +92,7 @@ path = "{store}"
 max_retries = {max_retries}
 retry_backoff = "{retry_backoff}"
 default_repo = "{origin}"
+{dispatch}
 
 [[agents]]
 name = "demo"
@@ -111,6 +115,7 @@ timeout = "{timeout}"
                 dir.path().join("work").display()
             )),
             extra = setup.extra,
+            dispatch = setup.dispatch,
         );
         std::fs::write(&config, text).unwrap();
         let mut fleet = Fleet {
