@@ -92,6 +92,7 @@ fn task_json(id: &str, title: &str, status: &str) -> Value {
         "pr_number": null,
         "pr_title": null,
         "attempt": 1,
+        "claim_epoch": 0,
         "review_count": 0,
         "created_at": "2026-11-21T10:00:00Z",
         "updated_at": "2026-11-21T10:05:00Z",

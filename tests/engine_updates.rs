@@ -159,7 +159,7 @@ async fn an_update_to_an_instance_that_ends_first_says_it_ended() {
 }
 
 #[tokio::test]
-async fn an_update_not_taken_in_time_is_pending_and_kept() {
+async fn an_update_sent_to_a_stopped_engine_fails_clearly_and_can_be_sent_again() {
     let dir = TempDir::new().unwrap();
     let engine = builder(&dir).register(Doubler).open().await.unwrap();
     let id = engine

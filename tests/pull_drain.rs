@@ -35,14 +35,16 @@ impl Shared {
         format!("{}/api/v1{path}", self.base.read().unwrap())
     }
 
-    /// One request; `None` while the daemon is down or restarting.
+    /// One request; `None` while the daemon is down or restarting. A retried report carries
+    /// the same `key`, so the daemon answers it once.
     async fn post(&self, token: &str, path: &str, body: Value) -> Option<(u16, Value)> {
-        let r = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(token)
+        let mut request = self.http.post(self.url(path)).bearer_auth(token);
+        if path.ends_with("/status") || path.ends_with("/complete") {
+            request = request.header("Idempotency-Key", path.replace('/', "_"));
+        }
+        let r = request
             .json(&body)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(10))
             .send()
             .await
             .ok()?;
@@ -135,7 +137,7 @@ async fn agent_loop(shared: Arc<Shared>, n: usize, token: String) {
 async fn drain(kills: usize) {
     let mut fleet = Fleet::start(Setup {
         extra: "[[agents]]\nname = \"remote\"\ncli_template = \"remote {prompt_file}\"\noutput_format = \"raw\"\n".into(),
-        dispatch: "heartbeat_interval = \"5s\"\nheartbeat_misses = 6\n".into(),
+        dispatch: "heartbeat_interval = \"10s\"\nheartbeat_misses = 6\n".into(),
         ..Setup::default()
     })
     .await;

@@ -75,6 +75,7 @@ pub struct TaskView {
     pub pr_title: Option<String>,
     pub attempt: u32,
     /// Claims by pull agents so far (the fencing epoch of the last one).
+    #[serde(default)]
     pub claim_epoch: u64,
     pub review_count: u32,
     pub created_at: String,

@@ -473,31 +473,15 @@ impl AgentTask {
                         ctx.reply(m.seq, &PullReply::refused(Refusal::Invalid, why))?;
                     }
                     Checked::Verified(r, how) => {
-                        s.agent_report = Some(AgentReport {
-                            agent_id,
-                            agent: claim.agent.clone(),
-                            epoch,
-                            received_at: ctx.now(),
-                            summary: receipt.summary.clone(),
-                            receipt: Some(receipt),
-                            verified: true,
-                            verification: how.clone(),
-                        });
+                        s.agent_report =
+                            Some(report(&claim, ctx.now(), receipt, true, how.clone()));
                         s.receipt = Some(*r);
                         let note = format!("receipt verified: {how}");
                         return self.pull_completed(ctx, s, &claim, m.seq, note);
                     }
                     Checked::Unverifiable(why) => {
-                        s.agent_report = Some(AgentReport {
-                            agent_id,
-                            agent: claim.agent.clone(),
-                            epoch,
-                            received_at: ctx.now(),
-                            summary: receipt.summary.clone(),
-                            receipt: Some(receipt),
-                            verified: false,
-                            verification: why.clone(),
-                        });
+                        s.agent_report =
+                            Some(report(&claim, ctx.now(), receipt, false, why.clone()));
                         if self.rt.config().dispatch.accept_unverified_receipts {
                             let note = format!("receipt accepted unverified ({why})");
                             return self.pull_completed(ctx, s, &claim, m.seq, note);
@@ -659,6 +643,26 @@ impl AgentTask {
             }),
             how,
         )
+    }
+}
+
+/// The agent's receipt as kept on the task, with what checking it found.
+fn report(
+    claim: &Claim,
+    at: Timestamp,
+    receipt: ReceiptClaim,
+    verified: bool,
+    verification: String,
+) -> AgentReport {
+    AgentReport {
+        agent_id: claim.agent_id,
+        agent: claim.agent.clone(),
+        epoch: claim.epoch,
+        received_at: at,
+        summary: receipt.summary.clone(),
+        receipt: Some(receipt),
+        verified,
+        verification,
     }
 }
 

@@ -95,6 +95,14 @@ git -C "$mirror" rev-parse --verify --quiet "refs/remotes/origin/$base^{commit}"
   echo "the repository has no branch '$base'" >&2; exit 4; }
 "#;
 
+/// The shell lines that print what `$head` holds beyond `$base_sha` (see [`parse_work`]).
+const WORK_SCRIPT: &str = r#"git -C "$mirror" rev-parse --verify "$head^{commit}"
+echo ---
+git -C "$mirror" log --reverse --format='%H %s' "$base_sha..$head"
+echo ---
+git -C "$mirror" diff --name-only "$base_sha" "$head"
+"#;
+
 /// Reads what `branch` holds beyond `base` in the repository itself (fetched into a mirror
 /// under `root`): how a pull agent's receipt is checked, never taken on its word.
 pub async fn pushed_work(
@@ -113,12 +121,7 @@ head="refs/remotes/origin/$branch"
 git -C "$mirror" rev-parse --verify --quiet "$head^{{commit}}" > /dev/null || exit 5
 base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "$head")
 printf 'base=%s\nbase_sha=%s\n===\n' "$base" "$base_sha"
-git -C "$mirror" rev-parse --verify "$head^{{commit}}"
-echo ---
-git -C "$mirror" log --reverse --format='%H %s' "$base_sha..$head"
-echo ---
-git -C "$mirror" diff --name-only "$base_sha" "$head"
-"#,
+{WORK_SCRIPT}"#,
         repo = quote(repo)?,
         mirror = quote(&mirror)?,
         branch = quote(branch)?,
@@ -222,12 +225,7 @@ pub async fn branch_work(shell: &dyn Shell, ws: &Workspace) -> Result<BranchWork
     let script = format!(
         r#"set -eu
 mirror={mirror}; head="refs/heads/"{branch}; base_sha={base_sha}
-git -C "$mirror" rev-parse --verify "$head^{{commit}}"
-echo ---
-git -C "$mirror" log --reverse --format='%H %s' "$base_sha..$head"
-echo ---
-git -C "$mirror" diff --name-only "$base_sha" "$head"
-"#,
+{WORK_SCRIPT}"#,
         mirror = quote(&ws.mirror)?,
         branch = quote(&ws.branch)?,
         base_sha = quote(&ws.base_sha)?,

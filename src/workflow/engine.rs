@@ -694,12 +694,11 @@ impl Engine {
     /// What the store already says of signal `seq`: answered, taken without an answer, or
     /// dropped when the instance ended; `None` while it waits in the inbox.
     fn answer_in_store(&self, id: InstanceId, seq: u64) -> Result<Option<Answer>, EngineError> {
-        let store = &self.inner.store;
-        if let Some(bytes) = store.reply(id, seq)? {
-            return Ok(Some(Answer::Taken(Some(bytes))));
-        }
-        if store.in_inbox(id, seq)? {
-            return Ok(None);
+        // One read transaction: a step that commits in between cannot make a reply look missing.
+        match self.inner.store.signal_answer(id, seq)? {
+            (_, Some(bytes)) => return Ok(Some(Answer::Taken(Some(bytes)))),
+            (true, None) => return Ok(None),
+            (false, None) => {}
         }
         let status = self.record(id)?.status;
         Ok(Some(if status.is_terminal() {

@@ -163,17 +163,20 @@ impl Store {
         Ok(out)
     }
 
-    /// The reply a step gave to signal `seq` of `id`, if one is kept.
-    pub fn reply(&self, id: InstanceId, seq: u64) -> Result<Option<Vec<u8>>, EngineError> {
+    /// What became of signal `seq` of `id`, read in one transaction: whether it still waits in
+    /// the inbox, and the reply a step gave to it (if one is kept).
+    pub fn signal_answer(
+        &self,
+        id: InstanceId,
+        seq: u64,
+    ) -> Result<(bool, Option<Vec<u8>>), EngineError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(REPLIES)?;
-        Ok(table.get((id, seq))?.map(|v| v.value().to_vec()))
-    }
-
-    /// Whether signal `seq` of `id` is still in its inbox (not taken by a step yet).
-    pub fn in_inbox(&self, id: InstanceId, seq: u64) -> Result<bool, EngineError> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(INBOX)?.get((id, seq))?.is_some())
+        let waiting = txn.open_table(INBOX)?.get((id, seq))?.is_some();
+        let reply = txn
+            .open_table(REPLIES)?
+            .get((id, seq))?
+            .map(|v| v.value().to_vec());
+        Ok((waiting, reply))
     }
 
     /// The recorded history of `id`, in order (the oldest events may have been compacted away).
