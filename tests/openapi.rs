@@ -210,6 +210,43 @@ async fn the_document_lists_exactly_the_served_routes() {
     }
 }
 
+/// axum cannot list the routes a router serves, so the other half of "exactly" is kept by
+/// construction: every route goes through `OpenApiRouter::routes(routes!(…))`. This test
+/// refuses the ways around it in the API's source (`.route(`, `.route_service(`,
+/// `.nest_service(`, `axum::routing`).
+#[test]
+fn no_api_module_serves_a_route_outside_the_document() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/api");
+    let mut offenders = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if [
+                ".route(",
+                ".route_service(",
+                ".nest_service(",
+                "axum::routing",
+            ]
+            .iter()
+            .any(|p| code.contains(p))
+            {
+                offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "routes registered without their documentation (use OpenApiRouter::routes(routes!(…)), \
+         see src/api/mod.rs):\n{}",
+        offenders.join("\n")
+    );
+}
+
 #[tokio::test]
 async fn every_api_v1_route_asks_for_its_token_as_documented_and_no_other_route_does() {
     let router = bare_router();
