@@ -15,6 +15,9 @@ use tempfile::TempDir;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_agent-fleet");
 pub const TOKEN: &str = "e2e-admin-token";
+/// The registration token the daemon gets in `E2E_FLEET_REGISTRATION_TOKEN` (used when the
+/// config names that variable in `server.registration_token_env`, see [`Setup::server`]).
+pub const REGISTRATION_TOKEN: &str = "e2e-registration-token";
 pub const DEMO_AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo-agent");
 
 /// Options of the test fleet's config.
@@ -29,6 +32,8 @@ pub struct Setup {
     pub extra: String,
     /// More `[dispatch]` keys (`undecided_timeout = "1s"`…).
     pub dispatch: String,
+    /// More `[server]` keys (`registration_token_env = "E2E_FLEET_REGISTRATION_TOKEN"`…).
+    pub server: String,
 }
 
 impl Default for Setup {
@@ -41,6 +46,7 @@ impl Default for Setup {
             hosts: None,
             extra: String::new(),
             dispatch: String::new(),
+            server: String::new(),
         }
     }
 }
@@ -84,6 +90,7 @@ impl Fleet {
 listen = "127.0.0.1:0"
 admin_token_env = "E2E_FLEET_TOKEN"
 body_limit = {body_limit}
+{server}
 
 [storage]
 path = "{store}"
@@ -116,6 +123,7 @@ timeout = "{timeout}"
             )),
             extra = setup.extra,
             dispatch = setup.dispatch,
+            server = setup.server,
         );
         std::fs::write(&config, text).unwrap();
         let mut fleet = Fleet {
@@ -141,6 +149,7 @@ timeout = "{timeout}"
             .arg(&self.config)
             .current_dir(self.dir.path())
             .env("E2E_FLEET_TOKEN", TOKEN)
+            .env("E2E_FLEET_REGISTRATION_TOKEN", REGISTRATION_TOKEN)
             .env("RUST_LOG", "info")
             .env("DEMO_AGENT_LAUNCHES", self.path("launches"))
             .env("DEMO_AGENT_PIDFILE", self.path("agent.pid"))
