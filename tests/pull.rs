@@ -545,3 +545,32 @@ async fn an_undecided_task_wanted_by_a_host_and_an_agent_goes_to_exactly_one() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_dequeue_sent_again_with_the_same_key_answers_the_same_task() {
+    let fleet = Fleet::start(setup("")).await;
+    let agent = Agent::register(&fleet, "resender", &["remote"], &[]).await;
+    let first = submit_remote(&fleet, "one").await;
+    let second = submit_remote(&fleet, "two").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dequeue = |key: &'static str| {
+        agent
+            .http
+            .post(format!("{}/tasks/dequeue", agent.base))
+            .bearer_auth(&agent.token)
+            .header("Idempotency-Key", key)
+            .send()
+    };
+    let a: Value = dequeue("k1").await.unwrap().json().await.unwrap();
+    let again: Value = dequeue("k1").await.unwrap().json().await.unwrap();
+    assert_eq!(a["task"]["id"], again["task"]["id"]);
+    assert_eq!(a["lease"]["epoch"], again["lease"]["epoch"]);
+    let b: Value = dequeue("k2").await.unwrap().json().await.unwrap();
+    let ids = [a["task"]["id"].clone(), b["task"]["id"].clone()];
+    assert!(
+        ids.contains(&json!(first)) && ids.contains(&json!(second)),
+        "{ids:?}"
+    );
+    let held = agent.heartbeat().await["held"].clone();
+    assert_eq!(held.as_array().unwrap().len(), 2, "{held}");
+}

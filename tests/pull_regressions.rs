@@ -1,7 +1,5 @@
 //! Daemon bugs found by `tests/request_fuzz.rs` and `docs/pull-agents.md`, each pinned by a
-//! test of the behaviour the daemon should have, against the real daemon. They are ignored
-//! until fixed (`cargo test --test pull_regressions -- --ignored` shows them failing); the fix
-//! removes the `#[ignore]`, and the tolerance in `tests/request_fuzz.rs` that names the test.
+//! test of the behaviour the daemon has since they were fixed, against the real daemon.
 
 #[path = "support/daemon.rs"]
 mod daemon;
@@ -89,7 +87,6 @@ async fn dequeue_one(fleet: &Fleet, token: &str) -> Value {
 /// agent_lost to assigned`), again on every retry, so the task is wedged for good and every
 /// request that reaches it (dequeue, status, assign…) waits 20 s for a 503 `pending`.
 #[tokio::test]
-#[ignore = "daemon bug: an agent_lost task assigned during its backoff is wedged"]
 async fn a_task_assigned_while_it_waits_after_losing_its_agent_can_be_claimed() {
     let fleet = Fleet::start(setup()).await;
     let (_, lost) = register(&fleet, "lost").await;
@@ -133,7 +130,6 @@ async fn a_task_assigned_while_it_waits_after_losing_its_agent_can_be_claimed() 
 /// oversized body with axum's `text/plain` "Failed to buffer the request body: length limit
 /// exceeded".
 #[tokio::test]
-#[ignore = "daemon bug: 413 answered as text/plain on heartbeat, dequeue and cancel"]
 async fn an_oversized_body_is_refused_with_a_json_413_on_every_route() {
     let fleet = Fleet::start(setup()).await;
     let (_, agent) = register(&fleet, "big").await;
@@ -162,7 +158,6 @@ async fn an_oversized_body_is_refused_with_a_json_413_on_every_route() {
 /// Today: axum's own rejections of the URL (a path segment whose percent-decoding is not
 /// UTF-8, a query string that does not fit) are answered as `text/plain`.
 #[tokio::test]
-#[ignore = "daemon bug: URL rejections answered as text/plain"]
 async fn a_task_id_that_is_not_utf8_or_a_malformed_query_is_refused_with_a_json_error() {
     let fleet = Fleet::start(setup()).await;
     let (_, agent) = register(&fleet, "odd").await;

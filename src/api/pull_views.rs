@@ -156,6 +156,7 @@ impl PulledTask {
             attempt: s.attempt,
             previous_failure: s.failure.as_deref(),
             review_feedback: &[],
+            pull: true,
         });
         PulledTask {
             id: id.to_string(),

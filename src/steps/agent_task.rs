@@ -599,6 +599,7 @@ impl AgentTask {
                         attempt: s.attempt,
                         previous_failure: s.failure.as_deref(),
                         review_feedback: &[],
+                        pull: false,
                     });
                     let started = match self
                         .start_run(shell.as_ref(), &dir, &ws.work_dir, &text, &command)

@@ -41,6 +41,9 @@ pub struct PromptInput<'a> {
     pub previous_failure: Option<&'a str>,
     /// Reviewers' comments to address, one per entry.
     pub review_feedback: &'a [String],
+    /// For a pull agent, who clones and pushes itself (the daemon runs the others in a
+    /// worktree it prepared, and reads their commits there).
+    pub pull: bool,
 }
 
 /// Builds the prompt for `input` (see the module docs for the layout).
@@ -69,17 +72,30 @@ pub fn build(input: &PromptInput<'_>) -> String {
     section(&mut out, "Constraints");
     let branch = code_span(input.branch);
     let base = code_span(input.base);
-    let _ = writeln!(
-        out,
-        "- Work only in the current directory. It is a git worktree on branch {branch}, \
-         started from {base}."
-    );
-    out.push_str("- Commit your work on this branch, with clear commit messages.\n");
-    out.push_str("- Do not push, and do not switch branches.\n");
-    let _ = writeln!(
-        out,
-        "- The run is judged by the commits it leaves on {branch}: uncommitted changes are lost."
-    );
+    if input.pull {
+        let _ = writeln!(
+            out,
+            "- Work on branch {branch}, started from {base} of the task's repository, and \
+             commit there with clear commit messages."
+        );
+        let _ = writeln!(
+            out,
+            "- Push {branch} to the task's repository, then report its commits in a receipt: \
+             the task is judged by the commits git shows on {branch}, never by the report alone."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "- Work only in the current directory. It is a git worktree on branch {branch}, \
+             started from {base}."
+        );
+        out.push_str("- Commit your work on this branch, with clear commit messages.\n");
+        out.push_str("- Do not push, and do not switch branches.\n");
+        let _ = writeln!(
+            out,
+            "- The run is judged by the commits it leaves on {branch}: uncommitted changes are lost."
+        );
+    }
 
     if !input.file_scope.is_empty() {
         section(&mut out, "File scope");
@@ -168,6 +184,7 @@ mod tests {
             attempt: 1,
             previous_failure: None,
             review_feedback: &[],
+            pull: false,
         }
     }
 

@@ -118,7 +118,13 @@ struct Inner {
     reserved: HashSet<InstanceId>,
     /// Tasks each agent holds.
     held: HashMap<InstanceId, HashSet<InstanceId>>,
+    /// Recent dequeues that claimed a task: (agent, request key) → (task, epoch), so that a
+    /// dequeue sent again with the same key gets the same task back.
+    grants: HashMap<(InstanceId, String), (InstanceId, u64)>,
 }
+
+/// Dequeue answers remembered for resends; the oldest are forgotten beyond this.
+const GRANTS_KEPT: usize = 65_536;
 
 /// The pull agents and the tasks open to them. Cheap to share (`Arc`).
 #[derive(Debug)]
@@ -273,6 +279,20 @@ impl Board {
             .unwrap_or_default();
         tasks.sort_unstable();
         tasks
+    }
+
+    /// Remembers that the dequeue `key` of `agent` claimed `task` at `epoch`.
+    pub fn remember_grant(&self, agent: InstanceId, key: &str, task: InstanceId, epoch: u64) {
+        let mut b = self.lock();
+        if b.grants.len() >= GRANTS_KEPT {
+            b.grants.clear();
+        }
+        b.grants.insert((agent, key.to_string()), (task, epoch));
+    }
+
+    /// The task (and epoch) the dequeue `key` of `agent` claimed, if remembered.
+    pub fn grant(&self, agent: InstanceId, key: &str) -> Option<(InstanceId, u64)> {
+        self.lock().grants.get(&(agent, key.to_string())).copied()
     }
 
     /// Number of tasks open to pull agents.

@@ -233,10 +233,15 @@ impl AgentTask {
             }
         };
         s.pin = Some(pin);
-        if s.status == TaskStatus::Failed {
-            s.status = TaskStatus::Created;
-            s.attempt = 1;
-            s.failure = None;
+        match s.status {
+            TaskStatus::Failed => {
+                s.status = TaskStatus::Created;
+                s.attempt = 1;
+                s.failure = None;
+            }
+            // Lost its agent and waiting out the backoff: routed again now, same attempt.
+            TaskStatus::AgentLost => s.status = TaskStatus::Created,
+            _ => {}
         }
         s.phase = Phase::Route;
         PullReply::Done {
@@ -308,6 +313,12 @@ impl AgentTask {
         agent_id: u64,
         now: Timestamp,
     ) -> Option<PullReply> {
+        if !s.status.can_move_to(TaskStatus::Assigned) {
+            return Some(PullReply::refused(
+                Refusal::Conflict,
+                format!("task {id} is {}: it cannot be claimed", s.status),
+            ));
+        }
         let Some(agent) = self.rt.board().agent(agent_id) else {
             return Some(PullReply::refused(
                 Refusal::NotFound,

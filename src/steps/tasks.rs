@@ -244,6 +244,17 @@ impl<'a> Tasks<'a> {
                 agent.name
             )));
         }
+        // The same request sent again (its answer was lost): the same task, if still held.
+        if let Some((id, epoch)) = board.grant(agent.id, key)
+            && let Ok(task) = self.get(id, false)
+            && task
+                .state
+                .claim
+                .as_ref()
+                .is_some_and(|c| c.agent_id == agent.id && c.epoch == epoch)
+        {
+            return Ok(Some(Granted { task, epoch }));
+        }
         let held = board.held(agent.id).len();
         if held >= agent.max_concurrent as usize {
             return Err(TaskError::Conflict(format!(
@@ -262,6 +273,7 @@ impl<'a> Tasks<'a> {
             board.unreserve(id);
             match answer {
                 Ok(PullReply::Granted { epoch }) => {
+                    board.remember_grant(agent.id, key, id, epoch);
                     return Ok(Some(Granted {
                         task: self.get(id, false)?,
                         epoch,
