@@ -135,9 +135,7 @@ async fn register(
         capabilities: req.capabilities,
         max_concurrent: req.max_concurrent,
     };
-    let id = agents::register(engine, rt, &req.name, profile, hash)
-        .await
-        .map_err(|e| ApiError::from(crate::steps::tasks::TaskError::Engine(e)))?;
+    let id = agents::register(engine, rt, &req.name, profile, hash).await?;
     let lease = rt
         .board()
         .agent(id)
@@ -182,8 +180,7 @@ async fn heartbeat(
     let signal = AgentSignal::Heartbeat { at: now };
     app.engine()?
         .signal::<PullAgent>(agent.id, &signal, &fresh_key("heartbeat"))
-        .await
-        .map_err(|e| ApiError::from(crate::steps::tasks::TaskError::Engine(e)))?;
+        .await?;
     let lease = rt.board().heartbeat(agent.id, now).unwrap_or(now);
     let tasks = rt.board().held(agent.id);
     let reader = Tasks::new(app.engine()?);
@@ -227,8 +224,7 @@ async fn deregister(
             &fresh_key("deregister"),
             std::time::Duration::from_secs(20),
         )
-        .await
-        .map_err(|e| ApiError::from(crate::steps::tasks::TaskError::Engine(e)))?;
+        .await?;
     if !matches!(answer, Update::Replied(_)) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -244,8 +240,7 @@ async fn deregister(
     };
     let tasks = Tasks::new(engine);
     for id in &requeued {
-        let key = format!("deregistered/{}/{}", agent.id, agent.last_heartbeat.0);
-        let _ = tasks.signal(*id, &lost, &key).await;
+        let _ = tasks.signal(*id, &lost, &fresh_key("deregistered")).await;
     }
     Ok(Json(Deregistered {
         agent_id: agent.id,

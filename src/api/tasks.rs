@@ -39,6 +39,12 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(signal))
 }
 
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        TaskError::Engine(e).into()
+    }
+}
+
 impl From<TaskError> for ApiError {
     fn from(e: TaskError) -> Self {
         match e {

@@ -143,8 +143,9 @@ impl Workflow for PullAgent {
         if let Some(known) = board.agent(id) {
             s.lease_until = s.lease_until.max(known.lease_until);
         }
-        board.upsert_agent(s.entry(id));
-        let online = s.entry(id).liveness(now) == Liveness::Online;
+        let entry = s.entry(id);
+        let online = entry.liveness(now) == Liveness::Online;
+        board.upsert_agent(entry);
         if online && s.offline {
             notes.push("back online".to_string());
         }
@@ -190,7 +191,7 @@ pub async fn register(
         profile,
         token_hash,
     };
-    let key = format!("register-{}", hex_of(&token_hash));
+    let key = format!("register-{}", super::pull::hex(&token_hash[..16]));
     match engine
         .update::<PullAgent, bool>(ack.id, &signal, &key, std::time::Duration::from_secs(30))
         .await?
@@ -200,8 +201,4 @@ pub async fn register(
             "agent {name}: registration not taken in time ({other:?}); register again"
         ))),
     }
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }

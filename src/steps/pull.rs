@@ -28,11 +28,15 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A new random token and its hash.
 pub fn new_token() -> (String, [u8; 32]) {
     let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let token = format!("{TOKEN_PREFIX}{hex}");
+    let token = format!("{TOKEN_PREFIX}{}", hex(&bytes));
     let hash = token_hash(&token);
     (token, hash)
 }
@@ -226,11 +230,6 @@ impl Board {
         }
     }
 
-    /// Whether a task is open to pull agents.
-    pub fn is_offered(&self, task: InstanceId) -> bool {
-        self.lock().queued.contains_key(&task)
-    }
-
     /// Reserves the first task in queue order that `agent` may claim and no other dequeue is
     /// claiming; [`Board::unreserve`] when the claim is decided.
     pub fn reserve_next(&self, agent: &AgentEntry) -> Option<InstanceId> {
@@ -293,11 +292,6 @@ impl Board {
     /// The task (and epoch) the dequeue `key` of `agent` claimed, if remembered.
     pub fn grant(&self, agent: InstanceId, key: &str) -> Option<(InstanceId, u64)> {
         self.lock().grants.get(&(agent, key.to_string())).copied()
-    }
-
-    /// Number of tasks open to pull agents.
-    pub fn queued(&self) -> usize {
-        self.lock().queue.len()
     }
 }
 
