@@ -237,6 +237,21 @@ pub struct ForgejoConfig {
     /// Polling period that catches missed webhooks.
     #[serde(default = "default_reconcile_interval", with = "humantime_serde")]
     pub reconcile_interval: Duration,
+    /// Repositories (`owner/name`) reconciliation lists issues of. When set, webhooks of other
+    /// repositories are acknowledged and ignored; when empty, every repository that sends a
+    /// webhook is served (and reconciliation covers only the PRs of known tasks).
+    #[serde(default)]
+    pub repos: Vec<String>,
+    /// Agent kind of an issue without an `agent:<kind>` label; unset: the first agent kind.
+    #[serde(default)]
+    pub default_agent: Option<String>,
+    /// Label added to an issue whose task needs a person (e.g. too many review rounds).
+    #[serde(default = "default_escalation_label")]
+    pub escalation_label: String,
+    /// How long review feedback is gathered before a review round starts: comments arriving
+    /// together make one round.
+    #[serde(default = "default_review_debounce", with = "humantime_serde")]
+    pub review_debounce: Duration,
 }
 
 fn default_forgejo_token_env() -> String {
@@ -250,6 +265,12 @@ fn default_trigger_label() -> String {
 }
 fn default_reconcile_interval() -> Duration {
     Duration::from_secs(5 * 60)
+}
+fn default_escalation_label() -> String {
+    "needs-human".into()
+}
+fn default_review_debounce() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[matrix]`: the ChatOps bot.
@@ -602,6 +623,15 @@ impl Config {
         v.agents(&self.agents);
         let kinds: Vec<AgentConfig> = self.agent_kinds().into_iter().cloned().collect();
         v.hosts(&self.hosts, &kinds);
+        if let Some(agent) = self.forgejo.as_ref().and_then(|f| f.default_agent.as_ref())
+            && self.agent(agent).is_none()
+        {
+            let known: Vec<&str> = kinds.iter().map(|k| k.name.as_str()).collect();
+            v.report(
+                KeyPath::root("forgejo").key("default_agent"),
+                format!("unknown agent kind `{agent}`; known: {}", known.join(", ")),
+            );
+        }
         v.problems
     }
 
@@ -949,6 +979,20 @@ impl Validator {
             self.report(p.key("trigger_label"), "must not be empty");
         }
         self.positive(p.key("reconcile_interval"), f.reconcile_interval);
+        if f.escalation_label.trim().is_empty() {
+            self.report(p.key("escalation_label"), "must not be empty");
+        }
+        for (i, r) in f.repos.iter().enumerate() {
+            let ok = r
+                .split_once('/')
+                .is_some_and(|(o, n)| !o.is_empty() && !n.is_empty() && !n.contains('/'));
+            if !ok {
+                self.report(
+                    p.key("repos").index(i),
+                    format!("`{r}` is not a repository like \"owner/name\""),
+                );
+            }
+        }
     }
 
     fn matrix(&mut self, m: &MatrixConfig) {

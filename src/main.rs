@@ -128,7 +128,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let admin_token = admin_token(&config)?;
     let base_dir = std::env::current_dir().context("cannot read the working directory")?;
-    let rt = Arc::new(Runtime::new(config.clone(), base_dir.clone())?);
+    let forge = steps::forge::Forge::from_config(&config)?;
+    let rt = Arc::new(Runtime::new(config.clone(), base_dir.clone())?.with_forge(forge));
     // Installed before anything else so that a signal is never the default "die at once".
     let mut signals = Signals::install()?;
 
@@ -218,6 +219,9 @@ async fn open_engine(config: Arc<Config>, rt: Arc<Runtime>) -> anyhow::Result<En
         }
     })?;
     steps::recover(&engine, &rt).context("cannot rebuild the host slots of recovered tasks")?;
+    steps::start_services(&engine, &rt)
+        .await
+        .context("cannot start the forge's reconciliation")?;
     Ok(engine)
 }
 

@@ -1,5 +1,6 @@
 //! Extractors whose every rejection is an [`ApiError`] (`{"error": {"code", "message"}}`),
-//! never axum's plain-text answers: JSON bodies ([`ApiJson`], [`OptionalJson`]), query strings
+//! never axum's plain-text answers: JSON bodies ([`ApiJson`], [`OptionalJson`]), raw bodies
+//! ([`RawBody`]), query strings
 //! ([`ApiQuery`]) and task ids in the path ([`TaskId`]).
 
 use axum::Json;
@@ -40,11 +41,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// An optional JSON body, whatever its content type: an empty (or blank) body, or `null`, means
-/// `T::default()`. 400 malformed, 413 too large, 422 wrong shape.
-pub struct OptionalJson<T>(pub T);
+/// The raw bytes of a body (e.g. to check a signature over them): 400 unreadable, 413 too
+/// large.
+pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+impl<S: Send + Sync> FromRequest<S> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
@@ -55,6 +56,19 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
             };
             ApiError::new(r.status(), code, r.body_text())
         })?;
+        Ok(RawBody(body))
+    }
+}
+
+/// An optional JSON body, whatever its content type: an empty (or blank) body, or `null`, means
+/// `T::default()`. 400 malformed, 413 too large, 422 wrong shape.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let RawBody(body) = RawBody::from_request(req, state).await?;
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }

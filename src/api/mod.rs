@@ -37,6 +37,7 @@ pub mod hosts;
 pub mod pull_views;
 pub mod tasks;
 pub mod views;
+pub mod webhooks;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -158,7 +159,9 @@ pub fn documented_routes(state: AppState) -> OpenApiRouter<AppState> {
         .merge(agents::admin_routes());
     let api = auth::admin_only(admin, state.clone())
         .merge(auth::agent_only(agents::agent_routes(), state.clone()))
-        .merge(auth::registrar_only(agents::register_routes(), state));
+        .merge(auth::registrar_only(agents::register_routes(), state))
+        // Signed with the webhook secret instead of a bearer token.
+        .merge(webhooks::routes());
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", api)
         .routes(routes!(healthz))
@@ -178,13 +181,15 @@ pub fn openapi() -> OpenApi {
         title = "agent-fleet",
         description = "Runs AI coding agents as durable workflows. Every error answer is \
             `{\"error\": {\"code\", \"message\"}}`. The routes under `/api/v1` need the \
-            admin token as `Authorization: Bearer <token>`."
+            admin token as `Authorization: Bearer <token>`, except the pull agents' routes (their \
+            own token) and the Forgejo webhook (signed with the webhook secret)."
     ),
     tags(
         (name = "tasks", description = "Submit, follow, cancel, retry and signal tasks"),
         (name = "hosts", description = "The hosts, their health and load"),
         (name = "agents", description = "Pull agents: registration, heartbeats, the agent list; \
             dequeue, status, completion and receipts of the tasks they hold"),
+        (name = "forge", description = "Forgejo webhook deliveries, signed with the webhook secret"),
         (name = "daemon", description = "Liveness, readiness and this document")
     )
 )]

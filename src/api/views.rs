@@ -73,6 +73,12 @@ pub struct TaskView {
     pub branch_name: String,
     pub pr_number: Option<u64>,
     pub pr_title: Option<String>,
+    /// The pull request's page on the forge.
+    #[serde(default)]
+    pub pr_url: Option<String>,
+    /// Whether the forge shows the pull request merged (verified at completion).
+    #[serde(default)]
+    pub pr_merged: bool,
     pub attempt: u32,
     /// Claims by pull agents so far (the fencing epoch of the last one).
     #[serde(default)]
@@ -328,6 +334,7 @@ pub fn rfc3339(t: Timestamp) -> String {
 impl From<&TaskRecord> for TaskView {
     fn from(r: &TaskRecord) -> Self {
         let s = &r.state;
+        let pr = s.forge.as_ref().and_then(|f| f.pr.as_ref());
         TaskView {
             id: r.id.to_string(),
             title: s.spec.title.clone(),
@@ -336,7 +343,11 @@ impl From<&TaskRecord> for TaskView {
             execution_mode: s.mode.to_string(),
             priority: s.spec.priority.to_string(),
             kind: s.spec.kind.clone(),
-            labels: s.spec.labels.clone(),
+            // A forge task shows its issue's labels as last seen.
+            labels: s
+                .forge
+                .as_ref()
+                .map_or_else(|| s.spec.labels.clone(), |f| f.labels.clone()),
             agent: s.spec.agent.clone(),
             capabilities: s.spec.capabilities.clone(),
             repo: s.spec.repo.clone(),
@@ -347,8 +358,10 @@ impl From<&TaskRecord> for TaskView {
             assigned_host: s.assigned_host.clone(),
             assigned_agent: s.assigned_agent.clone(),
             branch_name: crate::steps::task::branch_name(r.id),
-            pr_number: None,
-            pr_title: None,
+            pr_number: pr.map(|p| p.number),
+            pr_title: pr.map(|p| p.title.clone()),
+            pr_url: pr.map(|p| p.url.clone()),
+            pr_merged: pr.is_some_and(|p| p.merged),
             attempt: s.attempt,
             claim_epoch: s.epoch,
             review_count: s.review_count,

@@ -517,6 +517,8 @@ mod tests {
             branch_name: format!("fleet/task-{id}"),
             pr_number: None,
             pr_title: None,
+            pr_url: None,
+            pr_merged: false,
             attempt: 1,
             claim_epoch: 0,
             review_count: 0,

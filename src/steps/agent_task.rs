@@ -24,9 +24,11 @@ use super::dispatch::{Health, Ticket};
 use super::parse::{self, RunOutput, RunReport};
 use super::prompt::{self, PromptInput};
 use super::pull_mode::{AgentReport, Claim, FromAgent, Pin, offer_of};
+use super::review::{self, ForgeTask};
 use super::runtime::Runtime;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
 use super::task_v1::TaskStateV1;
+use super::task_v2::TaskStateV2;
 use super::template::Vars;
 use super::workspace::{self, BranchWork, Workspace, WorkspaceError};
 
@@ -60,6 +62,11 @@ pub enum TaskSignal {
     AgentLost { agent_id: u64, reason: String },
     /// A coordinator sends the task to a host or an agent.
     Assign { pin: Pin },
+    /// The task's issue as the forge shows it now (labels are the full current set).
+    IssueChanged { labels: Vec<String>, state: String },
+    /// Something happened on the task's pull request or branch (a review, a merge, a close, a
+    /// push): the review step looks at the forge again. `pushed` is set for a push.
+    ForgeActivity { what: String, pushed: bool },
 }
 
 /// Where the workflow stands; each variant is one step.
@@ -81,6 +88,10 @@ pub enum Phase {
     Settled,
     /// A pull agent holds the task (`assigned`, then `running`).
     Claimed,
+    /// The work is verified: push the branch and open the pull request (forge tasks).
+    Publish,
+    /// `review_pending`: waits for the review, the merge or the close of the pull request.
+    Review,
 }
 
 /// How a run ended.
@@ -188,6 +199,8 @@ pub struct TaskState {
     pub pin: Option<Pin>,
     /// What the pull agent reported when it finished.
     pub agent_report: Option<AgentReport>,
+    /// The issue and pull request of a task that came from the forge.
+    pub forge: Option<ForgeTask>,
 }
 
 impl TaskState {
@@ -213,6 +226,7 @@ impl TaskState {
             epoch: 0,
             pin: None,
             agent_report: None,
+            forge: None,
         }
     }
 
@@ -265,15 +279,19 @@ fn sha7(sha: &str) -> &str {
 impl Workflow for AgentTask {
     const NAME: &'static str = "agent-task";
     /// 2: pull mode (claim, epoch, pin, agent report in the state).
-    const VERSION: u32 = 2;
+    /// 3: the forge (issue, pull request, review rounds in the state).
+    const VERSION: u32 = 3;
     type State = TaskState;
     type Signal = TaskSignal;
-    const UPGRADES_FROM: &'static [u32] = &[1];
+    const UPGRADES_FROM: &'static [u32] = &[1, 2];
 
     fn upgrade(from: u32, state: &[u8]) -> Result<TaskState, CodecError> {
-        debug_assert_eq!(from, 1);
-        let v1: TaskStateV1 = codec::decode_value("agent-task state v1", state)?;
-        Ok(v1.into())
+        let v2: TaskStateV2 = if from == 1 {
+            codec::decode_value::<TaskStateV1>("agent-task state v1", state)?.into()
+        } else {
+            codec::decode_value("agent-task state v2", state)?
+        };
+        Ok(v2.into())
     }
 
     async fn step(&self, ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
@@ -282,10 +300,43 @@ impl Workflow for AgentTask {
             _ = self.rt.fleet().wait_ready() => {}
             _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
         }
+        let before = s.status;
         let mut remarks = take_remarks(ctx, &s);
         remarks.extend(self.answer_pull_signals(ctx, &mut s)?);
+        remarks.extend(review::take_forge_signals(ctx, &mut s));
         s.updated_at = ctx.now();
-        let outcome = match s.phase.clone() {
+        let forge = self.rt.forge();
+        let outcome = if let Some(reason) = review::withdrawn(forge, &s) {
+            self.withdraw(ctx, s, reason)
+        } else {
+            self.phase_step(ctx, s).await?
+        };
+        if let Some(n) = &outcome.note {
+            remarks.insert(0, n.clone());
+        }
+        let mut outcome = if remarks.is_empty() {
+            outcome
+        } else {
+            let note = remarks.join("; ");
+            outcome.note(note)
+        };
+        review::status_effects(forge, ctx.instance(), before, &mut outcome)?;
+        Ok(outcome)
+    }
+
+    async fn cleanup(&self, ctx: &mut StepCtx<TaskSignal>, s: &TaskState, reason: &str) -> String {
+        self.cleanup_task(ctx, s, reason).await
+    }
+}
+
+impl AgentTask {
+    /// The step of the task's phase.
+    async fn phase_step(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> StepResult<TaskState> {
+        Ok(match s.phase.clone() {
             Phase::Route => self.route(ctx, s).await?,
             Phase::Prepare => self.prepare(ctx, s).await?,
             Phase::Launch => self.launch(ctx, s).await?,
@@ -306,19 +357,31 @@ impl Workflow for AgentTask {
             Phase::Pull => self.pull(ctx, s)?,
             Phase::Claimed => self.claimed(ctx, s).await?,
             Phase::Settled => settled(ctx, s)?,
-        };
-        if let Some(n) = &outcome.note {
-            remarks.insert(0, n.clone());
-        }
-        Ok(if remarks.is_empty() {
-            outcome
-        } else {
-            let note = remarks.join("; ");
-            outcome.note(note)
+            Phase::Publish => self.publish(ctx, s).await?,
+            Phase::Review => self.review(ctx, s).await?,
         })
     }
 
-    async fn cleanup(&self, ctx: &mut StepCtx<TaskSignal>, s: &TaskState, reason: &str) -> String {
+    /// The task was withdrawn before it started: it leaves the queue and ends `cancelled`.
+    fn withdraw(
+        &self,
+        ctx: &StepCtx<TaskSignal>,
+        mut s: TaskState,
+        reason: String,
+    ) -> Outcome<TaskState> {
+        let id = ctx.instance();
+        self.rt.fleet().release(id);
+        self.rt.board().withdraw(id);
+        s.status = TaskStatus::Cancelled;
+        Outcome::cancel(s, reason)
+    }
+
+    async fn cleanup_task(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        s: &TaskState,
+        reason: &str,
+    ) -> String {
         let id = ctx.instance();
         self.rt.fleet().release(id);
         self.rt.board().withdraw(id);
@@ -401,11 +464,16 @@ impl AgentTask {
             Some(Pin::Host(h)) => Some(h.clone()),
             _ => None,
         };
-        if pinned_host.is_none() && (s.mode == ExecutionMode::HttpPull || s.pin.is_some()) {
+        // A review round runs where the worktree and the agent's session are, if it can.
+        let review_round = s.forge.as_ref().is_some_and(|f| f.pr.is_some());
+        if pinned_host.is_none()
+            && !review_round
+            && (s.mode == ExecutionMode::HttpPull || s.pin.is_some())
+        {
             s.mode = ExecutionMode::HttpPull;
             return Ok(self.pull(ctx, s)?.note("left to pull agents (http_pull)"));
         }
-        let ticket = Ticket {
+        let mut ticket = Ticket {
             task_id: id,
             priority: s.spec.priority,
             created: s.created_at,
@@ -413,7 +481,17 @@ impl AgentTask {
             capabilities: s.spec.capabilities.clone(),
             host: pinned_host.clone(),
         };
-        let deadline = if pinned_host.is_some() {
+        if review_round
+            && ticket.host.is_none()
+            && let Some(ws) = &s.workspace
+        {
+            let mut there = ticket.clone();
+            there.host = Some(ws.host.clone());
+            if self.rt.fleet().can_serve(&there) {
+                ticket = there;
+            }
+        }
+        let deadline = if pinned_host.is_some() || review_round {
             None
         } else {
             board.offer(offer_of(id, &s));
@@ -423,11 +501,13 @@ impl AgentTask {
         let now = ctx.now();
         if !self.rt.fleet().can_serve(&ticket) {
             let Some(deadline) = deadline else {
-                let reason = format!(
-                    "host {} no longer offers agent `{}`",
-                    pinned_host.unwrap_or_default(),
-                    s.spec.agent
-                );
+                let reason = match pinned_host {
+                    Some(h) => format!("host {h} no longer offers agent `{}`", s.spec.agent),
+                    None => format!(
+                        "no host offers agent `{}` for the review round",
+                        s.spec.agent
+                    ),
+                };
                 return Ok(self.give_up(ctx, s, reason));
             };
             if now >= deadline {
@@ -474,7 +554,10 @@ impl AgentTask {
             _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
         };
         board.withdraw(id);
-        s.set_status(TaskStatus::Assigned)?;
+        // A review round stays `review_pending` until its run starts.
+        if s.status != TaskStatus::ReviewPending {
+            s.set_status(TaskStatus::Assigned)?;
+        }
         s.mode = ExecutionMode::SshCli;
         s.undecided_since = None;
         s.assigned_host = Some(host.clone());
@@ -568,14 +651,34 @@ impl AgentTask {
         let run_id = format!("{id}-{}", s.runs.len() + 1);
         let dir = run_dir(&self.rt.work_root(&host)?, &run_id);
         let prompt_file = format!("{dir}/prompt.md");
+        let feedback: Vec<String> = s
+            .forge
+            .as_ref()
+            .map(|f| f.feedback.clone())
+            .unwrap_or_default();
+        // A review round resumes the agent's session on this host, when its kind can.
+        let session = match &agent.resume_template {
+            Some(_) if !feedback.is_empty() => s
+                .runs
+                .iter()
+                .rev()
+                .filter(|r| r.host == host && r.agent == agent.name)
+                .find_map(|r| r.report.as_ref()?.session_id.clone()),
+            _ => None,
+        };
+        let template = match (&agent.resume_template, &session) {
+            (Some(t), Some(_)) => t.as_str(),
+            _ => agent.cli_template.as_str(),
+        };
         let vars = Vars::new()
             .set("prompt_file", prompt_file.clone())
             .set("prompt", prompt_file.clone())
             .set("work_dir", ws.work_dir.clone())
             .set("task_id", id.to_string())
             .set("branch", ws.branch.clone())
-            .set("run_dir", dir.clone());
-        let command = match self.rt.command(&host, &agent, &vars) {
+            .set("run_dir", dir.clone())
+            .set("session_id", session.clone().unwrap_or_default());
+        let command = match self.rt.command(&host, template, &vars) {
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cannot render the `{}` command line: {e}", agent.name);
@@ -598,7 +701,7 @@ impl AgentTask {
                         labels: &s.spec.labels,
                         attempt: s.attempt,
                         previous_failure: s.failure.as_deref(),
-                        review_feedback: &[],
+                        review_feedback: &feedback,
                         pull: false,
                     });
                     let started = match self
@@ -643,7 +746,12 @@ impl AgentTask {
         let note = if reattached {
             format!("run {run_id} was launched before a restart: re-attached (pid {pid})")
         } else {
-            format!("launched run {run_id} on {host} (pid {pid}): {command}")
+            format!(
+                "launched run {run_id} on {host} (pid {pid}){}: {command}",
+                session
+                    .map(|id| format!(", resuming session {id}"))
+                    .unwrap_or_default()
+            )
         };
         Ok(Outcome::next(s).note(note))
     }
@@ -901,10 +1009,14 @@ impl AgentTask {
                 .reduce(|a, b| a + b),
             verified_at: ctx.now(),
         });
-        s.set_status(TaskStatus::Completed)?;
         s.failure = None;
-        s.phase = Phase::Settled;
         self.rt.fleet().release(ctx.instance());
+        if s.forge.is_some() && self.rt.forge().is_some() {
+            s.phase = Phase::Publish;
+            return Ok(Outcome::next(s).note(note));
+        }
+        s.set_status(TaskStatus::Completed)?;
+        s.phase = Phase::Settled;
         Ok(Outcome::complete(s).note(note))
     }
 

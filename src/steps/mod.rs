@@ -10,14 +10,18 @@
 pub mod agent_task;
 pub mod agents;
 pub mod dispatch;
+pub mod forge;
+pub mod forge_sync;
 pub mod hosts;
 pub mod parse;
 pub mod prompt;
 pub mod pull;
 pub mod pull_mode;
+pub mod review;
 pub mod runtime;
 pub mod task;
 pub mod task_v1;
+pub mod task_v2;
 pub mod tasks;
 pub mod template;
 pub mod workspace;
@@ -28,6 +32,7 @@ use crate::workflow::{Engine, EngineBuilder, EngineError};
 
 use agent_task::{AgentTask, Phase};
 use agents::PullAgent;
+use forge_sync::ForgeSync;
 use hosts::HostWatch;
 use pull_mode::Pin;
 use runtime::Runtime;
@@ -39,10 +44,26 @@ use crate::workflow::{Timestamp, Workflow};
 /// When a definition changes in a way that old instances cannot follow, register the old
 /// version too: instances stay pinned to the version they started on.
 pub fn register(builder: EngineBuilder, rt: &Arc<Runtime>) -> EngineBuilder {
-    builder
+    let builder = builder
         .register(AgentTask::new(rt.clone()))
         .register(PullAgent::new(rt.clone()))
         .register(HostWatch)
+        .register(ForgeSync::new(rt.clone()));
+    match rt.forge_handle() {
+        Some(forge) => builder
+            .handler(forge::LABELS_EFFECT, forge::LabelsHandler(forge.clone()))
+            .handler(forge::COMMENT_EFFECT, forge::CommentHandler(forge)),
+        None => builder,
+    }
+}
+
+/// Starts what runs beside the tasks once the engine is open and recovered: the forge's
+/// reconciliation (when a forge is configured).
+pub async fn start_services(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
+    if rt.forge().is_some() {
+        forge_sync::ensure_started(engine).await?;
+    }
+    Ok(())
 }
 
 /// Rebuilds what lives in memory from the stored states — the host slots of tasks that hold a
@@ -52,7 +73,16 @@ pub fn register(builder: EngineBuilder, rt: &Arc<Runtime>) -> EngineBuilder {
 pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
     let now = Timestamp::now();
     let grace = now.after(rt.board().lease());
+    if let Some(forge) = rt.forge() {
+        forge.set_engine(engine.clone());
+    }
     for info in engine.list()? {
+        if let Some(forge) = rt.forge()
+            && info.workflow == AgentTask::NAME
+        {
+            // Ended tasks too: an issue whose task completed does not get another one.
+            forge::index_task(forge, info.id, &engine.state::<AgentTask>(info.id)?);
+        }
         if info.status.is_terminal() {
             continue;
         }
@@ -76,7 +106,11 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
         }
         let open = match state.phase {
             Phase::Pull => true,
-            Phase::Route => !matches!(state.pin, Some(Pin::Host(_))),
+            // A review round waits for a host, never for a pull agent.
+            Phase::Route => {
+                !matches!(state.pin, Some(Pin::Host(_)))
+                    && state.forge.as_ref().is_none_or(|f| f.pr.is_none())
+            }
             _ => false,
         };
         if open {

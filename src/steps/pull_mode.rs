@@ -556,11 +556,24 @@ impl AgentTask {
         if s.status == TaskStatus::Assigned {
             s.set_status(TaskStatus::Running)?;
         }
-        s.set_status(TaskStatus::Completed)?;
         s.failure = None;
-        s.phase = Phase::Settled;
         s.last_activity_at = Some(ctx.now());
         self.rt.board().release(claim.agent_id, ctx.instance());
+        if s.forge.is_some() && self.rt.forge().is_some() {
+            // The pull request is opened next; the agent's part is done.
+            s.phase = Phase::Publish;
+            let note = format!("{note}; the pull request is opened next");
+            ctx.reply(
+                seq,
+                &PullReply::Done {
+                    status: s.status,
+                    note: note.clone(),
+                },
+            )?;
+            return Ok(Outcome::next(s).note(note));
+        }
+        s.set_status(TaskStatus::Completed)?;
+        s.phase = Phase::Settled;
         ctx.reply(
             seq,
             &PullReply::Done {

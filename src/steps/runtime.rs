@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{AgentConfig, Config};
+use crate::config::Config;
 use crate::io::shell::SharedShell;
 use crate::workflow::StepError;
 
 use super::dispatch::Fleet;
+use super::forge::Forge;
 use super::hosts::{self, HostCheck, HostsError};
 use super::pull::Board;
 use super::template::{self, Vars};
@@ -29,6 +30,8 @@ pub struct Runtime {
     pub(super) poll: Duration,
     /// The last health check of each host.
     checks: Mutex<HashMap<String, HostCheck>>,
+    /// The forge, when `[forgejo]` is configured.
+    forge: Option<Arc<Forge>>,
 }
 
 impl Runtime {
@@ -48,7 +51,22 @@ impl Runtime {
             base_dir,
             poll: Duration::from_millis(250),
             checks: Mutex::new(HashMap::new()),
+            forge: None,
         })
+    }
+
+    /// The runtime with its forge (see [`Forge::from_config`]).
+    pub fn with_forge(mut self, forge: Option<Arc<Forge>>) -> Self {
+        self.forge = forge;
+        self
+    }
+
+    pub fn forge(&self) -> Option<&Forge> {
+        self.forge.as_deref()
+    }
+
+    pub fn forge_handle(&self) -> Option<Arc<Forge>> {
+        self.forge.clone()
     }
 
     pub fn config(&self) -> &Config {
@@ -130,10 +148,10 @@ impl Runtime {
     pub(super) fn command(
         &self,
         host: &str,
-        agent: &AgentConfig,
+        template: &str,
         vars: &Vars,
     ) -> Result<String, template::TemplateError> {
-        let rendered = template::render(&agent.cli_template, vars)?;
+        let rendered = template::render(template, vars)?;
         let local = self.config.host(host).is_some_and(|h| h.is_local());
         let program = rendered.split_whitespace().next().unwrap_or("");
         if local && let Some(absolute) = self.local_program(program) {

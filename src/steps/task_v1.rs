@@ -1,14 +1,15 @@
 //! The agent-task state as version 1 of the workflow stored it, frozen: instances pinned to
 //! version 1 are read through it and upgraded (see `Workflow::upgrade` on
-//! [`AgentTask`](super::agent_task::AgentTask)). Never change this struct; the types it
+//! [`AgentTask`](super::agent_task::AgentTask)) into version 2, then 3. Never change this struct; the types it
 //! embeds have only grown at their ends (new enum variants), which postcard still reads.
 
 use serde::{Deserialize, Serialize};
 
 use crate::workflow::Timestamp;
 
-use super::agent_task::{Phase, Receipt, Run, TaskState};
+use super::agent_task::{Phase, Receipt, Run};
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
+use super::task_v2::TaskStateV2;
 use super::workspace::Workspace;
 
 /// `TaskState` of definition version 1.
@@ -32,9 +33,9 @@ pub struct TaskStateV1 {
     pub last_activity_at: Option<Timestamp>,
 }
 
-impl From<TaskStateV1> for TaskState {
+impl From<TaskStateV1> for TaskStateV2 {
     fn from(v1: TaskStateV1) -> Self {
-        TaskState {
+        TaskStateV2 {
             spec: v1.spec,
             status: v1.status,
             mode: v1.mode,

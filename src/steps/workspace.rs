@@ -152,6 +152,33 @@ printf 'base=%s\nbase_sha=%s\n===\n' "$base" "$base_sha"
     Ok((field("base"), field("base_sha"), parse_work(rest)))
 }
 
+/// Pushes the task branch of `ws` to the repository (`origin` of the host's mirror) unless the
+/// repository has that commit on the branch already. Returns whether it pushed. The host's own
+/// git credentials are used: the daemon's forge token never reaches a host.
+pub async fn push_branch(shell: &dyn Shell, ws: &Workspace) -> Result<bool, WorkspaceError> {
+    let script = format!(
+        r#"set -eu
+wt={wt}; branch={branch}
+local=$(git -C "$wt" rev-parse --verify "refs/heads/$branch")
+remote=$(git -C "$wt" ls-remote origin "refs/heads/$branch" | cut -f1)
+if [ "$local" = "$remote" ]; then echo same; exit 0; fi
+git -C "$wt" push --quiet origin "refs/heads/$branch:refs/heads/$branch" >&2
+echo pushed
+"#,
+        wt = quote(&ws.work_dir)?,
+        branch = quote(&ws.branch)?,
+    );
+    let out = shell.run(&script, b"", PREPARE_TIMEOUT).await?;
+    if !out.success() {
+        return Err(WorkspaceError::Git {
+            what: "pushing the task branch",
+            host: shell.host().to_string(),
+            detail: out.error_tail(),
+        });
+    }
+    Ok(out.text().trim() == "pushed")
+}
+
 /// Creates (or finds) the task's worktree. `base = None` uses the repository's default branch.
 pub async fn prepare(
     shell: &dyn Shell,
@@ -174,6 +201,12 @@ if git -C "$mirror" rev-parse --verify --quiet "refs/heads/$branch" > /dev/null;
     git -C "$mirror" worktree prune
     git -C "$mirror" worktree add --quiet "$wt" "$branch" >&2
   fi
+  base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "refs/heads/$branch")
+elif git -C "$mirror" rev-parse --verify --quiet "refs/remotes/origin/$branch" > /dev/null; then
+  # The branch was pushed from another host (an earlier round): go on from there.
+  rm -rf "$wt"
+  git -C "$mirror" worktree prune
+  git -C "$mirror" worktree add --quiet -b "$branch" "$wt" "refs/remotes/origin/$branch" >&2
   base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "refs/heads/$branch")
 else
   rm -rf "$wt"

@@ -91,6 +91,8 @@ pub enum Next {
     RetryAfter(Duration),
     Complete,
     Fail(String),
+    /// End the instance `cancelled` (the step has done its own clean-up; `cleanup` is not run).
+    Cancel(String),
 }
 
 /// A step's outcome: where to go, the new state, and what to commit with it.
@@ -133,6 +135,12 @@ impl<S> Outcome<S> {
     }
     pub fn fail(state: S, reason: impl Into<String>) -> Self {
         Self::new(Next::Fail(reason.into()), state)
+    }
+    /// Ends the instance `cancelled` from within (e.g. the work it was for was withdrawn); the
+    /// reason is the step's note. `Workflow::cleanup` is not run: the step cleans up itself.
+    pub fn cancel(state: S, reason: impl Into<String>) -> Self {
+        let reason = reason.into();
+        Self::new(Next::Cancel(reason.clone()), state).note(reason)
     }
     /// Adds an effect, committed with this transition and delivered by the outbox.
     pub fn effect(mut self, effect: Effect) -> Self {
@@ -291,6 +299,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 Next::RetryAfter(d) => PlanKind::Sleep(now.after(d)),
                 Next::Complete => PlanKind::Complete,
                 Next::Fail(r) => PlanKind::Fail(short(r)),
+                Next::Cancel(_) => PlanKind::Cancelled,
             };
             let note = match (self.from, outcome.note) {
                 (Some(v), note) => Some(short(format!(

@@ -34,6 +34,8 @@ pub struct Setup {
     pub dispatch: String,
     /// More `[server]` keys (`registration_token_env = "E2E_FLEET_REGISTRATION_TOKEN"`…).
     pub server: String,
+    /// More environment variables of the daemon (e.g. the forge's token and webhook secret).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Setup {
@@ -47,6 +49,7 @@ impl Default for Setup {
             extra: String::new(),
             dispatch: String::new(),
             server: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -58,6 +61,7 @@ pub struct Fleet {
     stderr: Arc<Mutex<String>>,
     pub url: String,
     pub http: reqwest::Client,
+    env: Vec<(&'static str, String)>,
 }
 
 fn git(dir: &Path, args: &[&str]) {
@@ -104,6 +108,7 @@ default_repo = "{origin}"
 [[agents]]
 name = "demo"
 cli_template = "{agent} --prompt-file {{prompt_file}}"
+resume_template = "{agent} --prompt-file {{prompt_file}} --resume {{session_id}}"
 output_format = "claude-json"
 timeout = "{timeout}"
 
@@ -133,6 +138,7 @@ timeout = "{timeout}"
             stderr: Arc::new(Mutex::new(String::new())),
             url: String::new(),
             http: reqwest::Client::new(),
+            env: setup.env.clone(),
         };
         fleet.spawn().await;
         fleet
@@ -153,6 +159,7 @@ timeout = "{timeout}"
             .env("RUST_LOG", "info")
             .env("DEMO_AGENT_LAUNCHES", self.path("launches"))
             .env("DEMO_AGENT_PIDFILE", self.path("agent.pid"))
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,767 @@
+//! The forge as the tasks see it (SPEC §6): [`Forge`] holds the Forgejo client, the webhook
+//! secret and an index from issues and pull requests to tasks (rebuilt from the stored states
+//! by `recover`). It turns issues into tasks ([`Forge::ingest`]: the trigger label or an
+//! `agent:<kind>` label; `type:*`, `priority:*`), routes webhook events to the tasks they
+//! concern as durable signals ([`Forge::deliver`]), and delivers the two outbox effects that
+//! keep the forge in step: the status labels of an issue (read from the task's current state,
+//! so deliveries in any order converge) and one comment per receipt or failure, found again by
+//! its hidden marker `<!-- agent-fleet:task=<id>:effect=<key> -->` so that no replay posts twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::{Config, ForgejoConfig};
+use crate::io::forgejo::webhook::{ForgeEvent, IssueInfo, PullInfo, RepoInfo};
+use crate::io::forgejo::{ForgeError, Forgejo, RepoRef};
+use crate::workflow::{
+    Delivery, EffectError, EffectHandler, Engine, EngineError, Status, Timestamp,
+};
+
+use super::agent_task::{AgentTask, TaskSignal, TaskState};
+use super::review::{ForgeTask, effect};
+use super::task::{Priority, Source, TaskSpec, TaskStatus};
+
+/// Outbox kind: make the issue's status labels match the task's status.
+pub const LABELS_EFFECT: &str = "forge.labels";
+/// Outbox kind: post one comment (receipt, failure) unless its marker is already there.
+pub const COMMENT_EFFECT: &str = "forge.comment";
+/// The status labels, one per stage of a task.
+pub const STATUS_LABELS: [&str; 5] = [
+    "status:todo",
+    "status:doing",
+    "status:review",
+    "status:done",
+    "status:failed",
+];
+
+#[derive(Debug, Error)]
+pub enum ForgeSetupError {
+    #[error(
+        "the forge needs an API token: set the environment variable {0} (named by forgejo.token_env)"
+    )]
+    NoToken(String),
+    #[error(
+        "webhooks need a secret: set the environment variable {0} (named by forgejo.webhook_secret_env)"
+    )]
+    NoSecret(String),
+    #[error("forgejo.base_url: {0}")]
+    Client(#[from] ForgeError),
+}
+
+/// Why a webhook event or an issue could not be handled.
+#[derive(Debug, Error)]
+pub enum FlowError {
+    #[error("the daemon is still opening its store; try again")]
+    NotReady,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
+}
+
+/// What became of an issue or an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Started(u64),
+    Signalled(u64),
+    Unchanged(u64),
+    Ignored(String),
+}
+
+impl std::fmt::Display for Handled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Handled::Started(id) => write!(f, "task {id} created"),
+            Handled::Signalled(id) => write!(f, "task {id} signalled"),
+            Handled::Unchanged(id) => write!(f, "task {id} already up to date"),
+            Handled::Ignored(why) => write!(f, "ignored: {why}"),
+        }
+    }
+}
+
+/// An issue as the forge shows it (from a webhook or the REST API).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssueSnapshot {
+    pub repo: String,
+    pub clone_url: String,
+    pub default_branch: String,
+    pub number: u64,
+    pub title: String,
+    pub body: String,
+    pub state: String,
+    pub labels: Vec<String>,
+    pub is_pull: bool,
+}
+
+impl IssueSnapshot {
+    pub fn from_event(repo: &RepoInfo, issue: &IssueInfo) -> Self {
+        IssueSnapshot {
+            repo: repo.full_name.clone(),
+            clone_url: repo.clone_url.clone(),
+            default_branch: repo.default_branch.clone(),
+            number: issue.number,
+            title: issue.title.clone(),
+            body: issue.body.clone(),
+            state: issue.state.clone(),
+            labels: issue.labels.clone(),
+            is_pull: issue.is_pull,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    /// (repository, issue) → its tasks, oldest first.
+    issues: HashMap<(String, u64), Vec<u64>>,
+    /// (repository, pull request) → task.
+    pulls: HashMap<(String, u64), u64>,
+    /// Issues whose last task ended and whose trigger label was seen removed since: adding it
+    /// again starts a new task.
+    rearmed: HashSet<(String, u64)>,
+}
+
+pub struct Forge {
+    pub client: Forgejo,
+    pub config: ForgejoConfig,
+    /// Agent kinds an `agent:<kind>` label may name.
+    kinds: Vec<String>,
+    /// Kind of an issue without an `agent:<kind>` label.
+    default_agent: Option<String>,
+    secret: Vec<u8>,
+    engine: OnceLock<Engine>,
+    index: Mutex<Index>,
+}
+
+impl Forge {
+    /// The forge of `config`, with the token and the webhook secret read from the environment.
+    pub fn from_config(config: &Config) -> Result<Option<Arc<Forge>>, ForgeSetupError> {
+        let Some(f) = &config.forgejo else {
+            return Ok(None);
+        };
+        let token =
+            env_secret(&f.token_env).ok_or(ForgeSetupError::NoToken(f.token_env.clone()))?;
+        let secret = env_secret(&f.webhook_secret_env)
+            .ok_or(ForgeSetupError::NoSecret(f.webhook_secret_env.clone()))?;
+        let client = Forgejo::new(&f.base_url, token)?;
+        let kinds = config
+            .agent_kinds()
+            .iter()
+            .map(|a| a.name.clone())
+            .collect::<Vec<_>>();
+        let default_agent = f
+            .default_agent
+            .clone()
+            .or_else(|| config.agents.first().map(|a| a.name.clone()))
+            .or_else(|| config.hosts.first().and_then(|h| h.agents.first().cloned()));
+        Ok(Some(Arc::new(Forge {
+            client,
+            config: f.clone(),
+            kinds,
+            default_agent,
+            secret: secret.into_bytes(),
+            engine: OnceLock::new(),
+            index: Mutex::new(Index::default()),
+        })))
+    }
+
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+
+    pub fn set_engine(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    fn engine(&self) -> Result<&Engine, FlowError> {
+        self.engine.get().ok_or(FlowError::NotReady)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        // A panic while holding the lock leaves the maps consistent (single inserts).
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether webhooks of `repo` are served (all, when `forgejo.repos` is empty).
+    pub fn serves(&self, repo: &str) -> bool {
+        self.config.repos.is_empty() || self.config.repos.iter().any(|r| r == repo)
+    }
+
+    /// Whether these labels make an issue a task: the trigger label, or `agent:<kind>` of a
+    /// known kind.
+    pub fn triggers(&self, labels: &[String]) -> bool {
+        labels.contains(&self.config.trigger_label) || self.agent_label(labels).is_some()
+    }
+
+    fn agent_label(&self, labels: &[String]) -> Option<String> {
+        labels
+            .iter()
+            .filter_map(|l| l.strip_prefix("agent:"))
+            .find(|k| self.kinds.iter().any(|known| known == k))
+            .map(str::to_string)
+    }
+
+    /// The task an issue asks for: `agent:<kind>` (else the default kind), `priority:<p>`,
+    /// `type:<t>`.
+    pub fn spec(&self, issue: &IssueSnapshot) -> TaskSpec {
+        let label = |prefix: &str| {
+            issue
+                .labels
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
+        };
+        let priority = label("priority:")
+            .and_then(|p| p.parse::<Priority>().ok())
+            .unwrap_or_default();
+        TaskSpec {
+            source: Source::Forge {
+                repo: issue.repo.clone(),
+                issue: issue.number,
+            },
+            title: issue.title.clone(),
+            body: issue.body.clone(),
+            labels: issue.labels.clone(),
+            kind: label("type:"),
+            priority,
+            agent: self
+                .agent_label(&issue.labels)
+                .or_else(|| self.default_agent.clone())
+                .unwrap_or_default(),
+            capabilities: Vec::new(),
+            repo: issue.clone_url.clone(),
+            base: Some(issue.default_branch.clone()).filter(|b| !b.is_empty()),
+            file_scope: Vec::new(),
+            validation: Vec::new(),
+        }
+    }
+
+    /// Records a task of an issue (at start and on recovery).
+    pub fn note_task(&self, repo: &str, issue: u64, task: u64) {
+        let mut index = self.index();
+        let tasks = index.issues.entry((repo.to_string(), issue)).or_default();
+        if !tasks.contains(&task) {
+            tasks.push(task);
+            tasks.sort_unstable();
+        }
+    }
+
+    /// Records the pull request of a task.
+    pub fn note_pull(&self, repo: &str, number: u64, task: u64) {
+        self.index().pulls.insert((repo.to_string(), number), task);
+    }
+
+    /// The labels that make an issue a task besides the trigger label: `agent:<kind>`.
+    pub fn agent_labels(&self) -> Vec<String> {
+        self.kinds.iter().map(|k| format!("agent:{k}")).collect()
+    }
+
+    /// The last task of each issue of `repo` that has not ended: (issue, task).
+    pub fn live_tasks_of_repo(&self, repo: &str) -> Vec<(u64, u64)> {
+        let Some(engine) = self.engine.get() else {
+            return Vec::new();
+        };
+        let last: Vec<(u64, u64)> = self
+            .index()
+            .issues
+            .iter()
+            .filter(|((r, _), _)| r == repo)
+            .filter_map(|((_, n), ids)| ids.last().map(|id| (*n, *id)))
+            .collect();
+        last.into_iter()
+            .filter(|(_, id)| engine.info(*id).is_ok_and(|i| !i.status.is_terminal()))
+            .collect()
+    }
+
+    /// An issue, as a webhook or reconciliation shows it: a new task when it is triggered and
+    /// has none (or its last one was cancelled and the trigger came back); otherwise its
+    /// task is told about changed labels or state (which cancels a task that has not started
+    /// when the trigger label is gone). `key` makes a redelivery a no-op.
+    pub async fn ingest(&self, issue: &IssueSnapshot, key: &str) -> Result<Handled, FlowError> {
+        if issue.is_pull {
+            return Ok(Handled::Ignored("a pull request, not an issue".into()));
+        }
+        if !self.serves(&issue.repo) {
+            return Ok(Handled::Ignored(format!(
+                "repository {} is not in forgejo.repos",
+                issue.repo
+            )));
+        }
+        let engine = self.engine()?;
+        let at = (issue.repo.clone(), issue.number);
+        let (tasks, rearmed) = {
+            let index = self.index();
+            let tasks = index.issues.get(&at).cloned().unwrap_or_default();
+            (tasks, index.rearmed.contains(&at))
+        };
+        let triggered = self.triggers(&issue.labels);
+        if let Some(&last) = tasks.last() {
+            let state = engine.state::<AgentTask>(last)?;
+            let live = !engine.info(last)?.status.is_terminal();
+            let known = state.forge.as_ref();
+            if live {
+                let same =
+                    known.is_some_and(|f| f.labels == issue.labels && f.issue_state == issue.state);
+                if same {
+                    return Ok(Handled::Unchanged(last));
+                }
+                let signal = TaskSignal::IssueChanged {
+                    labels: issue.labels.clone(),
+                    state: issue.state.clone(),
+                };
+                engine
+                    .signal::<AgentTask>(last, &signal, &format!("issue/{key}"))
+                    .await?;
+                return Ok(Handled::Signalled(last));
+            }
+            let withdrawn = state.status == TaskStatus::Cancelled
+                && known.is_some_and(|f| !self.triggers(&f.labels) || f.issue_state == "closed");
+            if !triggered {
+                self.index().rearmed.insert(at);
+                return Ok(Handled::Ignored(format!(
+                    "issue #{} has no trigger label (its task {last} is {})",
+                    issue.number, state.status
+                )));
+            }
+            if !(withdrawn || rearmed) {
+                return Ok(Handled::Ignored(format!(
+                    "issue #{} already had task {last} ({}); remove and add the trigger label to \
+                     start a new one",
+                    issue.number, state.status
+                )));
+            }
+        }
+        if !triggered {
+            return Ok(Handled::Ignored(format!(
+                "issue #{} has neither `{}` nor an agent:<kind> label",
+                issue.number, self.config.trigger_label
+            )));
+        }
+        if issue.state != "open" {
+            return Ok(Handled::Ignored(format!(
+                "issue #{} is closed",
+                issue.number
+            )));
+        }
+        let spec = self.spec(issue);
+        if spec.agent.is_empty() {
+            return Ok(Handled::Ignored(
+                "no agent kind is configured (forgejo.default_agent)".into(),
+            ));
+        }
+        let mut state = TaskState::new(spec, Timestamp::now());
+        state.forge = Some(ForgeTask::new(
+            &issue.repo,
+            issue.number,
+            issue.labels.clone(),
+        ));
+        let key = format!("forge/{}#{}/{}", issue.repo, issue.number, tasks.len());
+        let ack = engine.start_ack::<AgentTask>(&state, Some(&key)).await?;
+        self.note_task(&issue.repo, issue.number, ack.id);
+        self.index().rearmed.remove(&at);
+        Ok(if ack.duplicate {
+            Handled::Unchanged(ack.id)
+        } else {
+            Handled::Started(ack.id)
+        })
+    }
+
+    /// A verified webhook event (`delivery`: its id, the signal's idempotency key).
+    pub async fn deliver(&self, event: &ForgeEvent, delivery: &str) -> Result<Handled, FlowError> {
+        match event {
+            ForgeEvent::Issue { repo, issue, .. } => {
+                self.ingest(&IssueSnapshot::from_event(repo, issue), delivery)
+                    .await
+            }
+            ForgeEvent::PullRequest { action, repo, pull } => {
+                let what = format!("pull request #{} {action}", pull.number);
+                self.poke(repo, pull, what, action == "synchronized", delivery)
+                    .await
+            }
+            ForgeEvent::Review {
+                verdict,
+                repo,
+                pull,
+                reviewer,
+                ..
+            } => {
+                let what = format!("review {verdict:?} by {reviewer} on #{}", pull.number);
+                self.poke(repo, pull, what, false, delivery).await
+            }
+            ForgeEvent::Push { repo, git_ref, .. } => {
+                let Some(id) = git_ref
+                    .strip_prefix("refs/heads/task/")
+                    .and_then(|n| n.parse::<u64>().ok())
+                else {
+                    return Ok(Handled::Ignored(format!("push to {git_ref}")));
+                };
+                if !self.serves(&repo.full_name) {
+                    return Ok(Handled::Ignored(format!("repository {}", repo.full_name)));
+                }
+                let signal = TaskSignal::ForgeActivity {
+                    what: format!("push to {git_ref}"),
+                    pushed: true,
+                };
+                self.signal(id, &signal, delivery).await
+            }
+            ForgeEvent::Comment { .. } => Ok(Handled::Ignored("comments are not acted on".into())),
+            ForgeEvent::Ignored { event_type } => {
+                Ok(Handled::Ignored(format!("event type {event_type}")))
+            }
+        }
+    }
+
+    async fn poke(
+        &self,
+        repo: &RepoInfo,
+        pull: &PullInfo,
+        what: String,
+        pushed: bool,
+        delivery: &str,
+    ) -> Result<Handled, FlowError> {
+        if !self.serves(&repo.full_name) {
+            return Ok(Handled::Ignored(format!("repository {}", repo.full_name)));
+        }
+        let by_branch = pull
+            .head_ref
+            .strip_prefix("task/")
+            .and_then(|n| n.parse::<u64>().ok());
+        let by_number = self
+            .index()
+            .pulls
+            .get(&(repo.full_name.clone(), pull.number))
+            .copied();
+        let Some(id) = by_number.or(by_branch) else {
+            return Ok(Handled::Ignored(format!(
+                "pull request #{} is not a task's ({})",
+                pull.number, pull.head_ref
+            )));
+        };
+        self.signal(id, &TaskSignal::ForgeActivity { what, pushed }, delivery)
+            .await
+    }
+
+    async fn signal(
+        &self,
+        id: u64,
+        signal: &TaskSignal,
+        delivery: &str,
+    ) -> Result<Handled, FlowError> {
+        let engine = self.engine()?;
+        match engine.info(id) {
+            Ok(info) if info.workflow == <AgentTask as crate::workflow::Workflow>::NAME => {}
+            Ok(_) | Err(EngineError::UnknownInstance(_)) => {
+                return Ok(Handled::Ignored(format!("no task {id}")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match engine
+            .signal::<AgentTask>(id, signal, &format!("hook/{delivery}"))
+            .await
+        {
+            Ok(_) => Ok(Handled::Signalled(id)),
+            Err(EngineError::Finished { status, .. }) => Ok(Handled::Ignored(format!(
+                "task {id} has ended ({})",
+                status_name(status)
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Completed => "completed",
+        Status::Failed => "failed",
+        Status::Cancelled => "cancelled",
+        _ => "live",
+    }
+}
+
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbox effects
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+struct LabelsPayload {
+    task: u64,
+    repo: String,
+    issue: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CommentPayload {
+    task: u64,
+    repo: String,
+    issue: u64,
+    key: String,
+    body: String,
+}
+
+pub(super) fn labels_effect(
+    task: u64,
+    repo: &str,
+    issue: u64,
+) -> Result<crate::workflow::Effect, crate::workflow::StepError> {
+    effect(
+        LABELS_EFFECT,
+        &LabelsPayload {
+            task,
+            repo: repo.to_string(),
+            issue,
+        },
+    )
+}
+
+pub(super) fn comment_effect(
+    task: u64,
+    repo: &str,
+    issue: u64,
+    key: &str,
+    body: &str,
+) -> Result<crate::workflow::Effect, crate::workflow::StepError> {
+    effect(
+        COMMENT_EFFECT,
+        &CommentPayload {
+            task,
+            repo: repo.to_string(),
+            issue,
+            key: key.to_string(),
+            body: body.to_string(),
+        },
+    )
+}
+
+/// The hidden marker of a task's comment.
+pub fn marker(task: u64, key: &str) -> String {
+    format!("<!-- agent-fleet:task={task}:effect={key} -->")
+}
+
+/// The status label of a task status (`None`: cancelled, no status label).
+pub fn status_label(status: TaskStatus) -> Option<&'static str> {
+    Some(match status {
+        TaskStatus::Created | TaskStatus::AgentLost => "status:todo",
+        TaskStatus::Assigned | TaskStatus::Running => "status:doing",
+        TaskStatus::ReviewPending => "status:review",
+        TaskStatus::Completed => "status:done",
+        TaskStatus::Failed => "status:failed",
+        TaskStatus::Cancelled => return None,
+    })
+}
+
+fn effect_error(e: ForgeError) -> EffectError {
+    if e.is_transient() {
+        EffectError::Transient(e.to_string())
+    } else {
+        EffectError::Permanent(e.to_string())
+    }
+}
+
+fn repo_ref(repo: &str) -> Result<RepoRef, EffectError> {
+    repo.parse()
+        .map_err(|e| EffectError::Permanent(format!("repository `{repo}`: {e}")))
+}
+
+/// Delivers [`LABELS_EFFECT`]: the issue's status labels become those of the task's status
+/// *now*, so an old delivery arriving late cannot set an old status.
+pub struct LabelsHandler(pub Arc<Forge>);
+
+impl EffectHandler for LabelsHandler {
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), EffectError>> {
+        Box::pin(async move {
+            let p: LabelsPayload = d
+                .decode()
+                .map_err(|e| EffectError::Permanent(e.to_string()))?;
+            let forge = &self.0;
+            let engine = forge
+                .engine()
+                .map_err(|e| EffectError::Transient(e.to_string()))?;
+            let state = engine
+                .state::<AgentTask>(p.task)
+                .map_err(|e| EffectError::Permanent(e.to_string()))?;
+            let repo = repo_ref(&p.repo)?;
+            let mut wanted: Vec<&str> = status_label(state.status).into_iter().collect();
+            if state.forge.as_ref().is_some_and(|f| f.escalated) {
+                wanted.push(&forge.config.escalation_label);
+            }
+            let current = forge
+                .client
+                .issue_labels(&repo, p.issue)
+                .await
+                .map_err(effect_error)?;
+            for l in &current {
+                if STATUS_LABELS.contains(&l.name.as_str()) && !wanted.contains(&l.name.as_str()) {
+                    forge
+                        .client
+                        .remove_label(&repo, p.issue, l.id)
+                        .await
+                        .map_err(effect_error)?;
+                }
+            }
+            let missing: Vec<&str> = wanted
+                .iter()
+                .copied()
+                .filter(|w| !current.iter().any(|l| l.name == *w))
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let labels = forge
+                .client
+                .ensure_labels(&repo, &missing)
+                .await
+                .map_err(effect_error)?;
+            let ids: Vec<i64> = labels.iter().map(|l| l.id).collect();
+            forge
+                .client
+                .add_labels(&repo, p.issue, &ids)
+                .await
+                .map_err(effect_error)?;
+            Ok(())
+        })
+    }
+}
+
+/// Delivers [`COMMENT_EFFECT`]: posts the comment with its marker unless a comment of the
+/// issue already carries that marker (a replay after a crash or a lost answer).
+pub struct CommentHandler(pub Arc<Forge>);
+
+impl EffectHandler for CommentHandler {
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), EffectError>> {
+        Box::pin(async move {
+            let p: CommentPayload = d
+                .decode()
+                .map_err(|e| EffectError::Permanent(e.to_string()))?;
+            let forge = &self.0;
+            let repo = repo_ref(&p.repo)?;
+            let mark = marker(p.task, &p.key);
+            let comments = forge
+                .client
+                .comments(&repo, p.issue)
+                .await
+                .map_err(effect_error)?;
+            if comments.iter().any(|c| c.body.contains(&mark)) {
+                return Ok(());
+            }
+            let body = format!("{}\n\n{mark}", p.body.trim_end());
+            forge
+                .client
+                .create_comment(&repo, p.issue, &body)
+                .await
+                .map_err(effect_error)?;
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Texts
+// ---------------------------------------------------------------------------------------------
+
+fn sha7(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// The body of the pull request opened for a task.
+pub fn pull_body(task: u64, issue: u64, s: &TaskState) -> String {
+    let summary = s
+        .runs
+        .iter()
+        .rev()
+        .find_map(|r| r.report.as_ref().map(|rep| rep.summary.clone()))
+        .or_else(|| s.receipt.as_ref().map(|r| r.summary.clone()))
+        .unwrap_or_default();
+    let mut body = format!("Closes #{issue}\n\n");
+    if !summary.trim().is_empty() {
+        body.push_str(summary.trim());
+        body.push_str("\n\n");
+    }
+    body.push_str(&format!(
+        "---\nOpened by agent-fleet for task {task} (branch `task/{task}`).\n"
+    ));
+    body
+}
+
+/// The receipt comment: what was delivered, verified.
+pub fn receipt_comment(task: u64, s: &TaskState) -> String {
+    let mut out = format!("### agent-fleet: task {task} completed\n\n");
+    if let Some(pr) = s.forge.as_ref().and_then(|f| f.pr.as_ref()) {
+        out.push_str(&format!(
+            "Pull request #{} ({}) merged{}, {} commit(s), verified on the forge.\n\n",
+            pr.number,
+            pr.url,
+            pr.merge_sha
+                .as_deref()
+                .map(|m| format!(" as `{}`", sha7(m)))
+                .unwrap_or_default(),
+            pr.commits
+        ));
+    }
+    if let Some(r) = &s.receipt {
+        if !r.summary.trim().is_empty() {
+            out.push_str("**Summary**\n\n");
+            for line in r.summary.trim().lines().take(20) {
+                out.push_str(&format!("> {line}\n"));
+            }
+            out.push('\n');
+        }
+        if !r.work.commits.is_empty() {
+            out.push_str("**Commits**\n\n");
+            for (sha, subject) in r.work.commits.iter().take(30) {
+                out.push_str(&format!("- `{}` {subject}\n", sha7(sha)));
+            }
+            out.push('\n');
+        }
+    }
+    let cost: f64 = s
+        .runs
+        .iter()
+        .filter_map(|r| r.report.as_ref()?.cost_usd)
+        .sum();
+    out.push_str(&format!(
+        "Runs: {}. Review rounds: {}.{}\n",
+        s.runs.len(),
+        s.review_count,
+        if cost > 0.0 {
+            format!(" Cost: ${cost:.2}.")
+        } else {
+            String::new()
+        }
+    ));
+    out
+}
+
+/// The failure comment: why, and what a person can do.
+pub fn failure_comment(task: u64, s: &TaskState) -> String {
+    let reason = s.failure.as_deref().unwrap_or("no reason was recorded");
+    let mut out = format!("### agent-fleet: task {task} failed\n\n{reason}\n\n");
+    out.push_str(&format!(
+        "Attempts: {}. Runs: {}. Review rounds: {}.\n",
+        s.attempt,
+        s.runs.len(),
+        s.review_count
+    ));
+    if s.forge.as_ref().is_some_and(|f| f.escalated) {
+        out.push_str("\nThis task needs a person.\n");
+    }
+    out.push_str(&format!(
+        "\nRetry with `agent-fleet task retry {task}` once the cause is fixed.\n"
+    ));
+    out
+}
+
+/// Rebuilds the index from a recovered (or ended) task.
+pub(super) fn index_task(forge: &Forge, id: u64, s: &TaskState) {
+    if let Some(f) = &s.forge {
+        forge.note_task(&f.repo, f.issue, id);
+        if let Some(pr) = &f.pr {
+            forge.note_pull(&f.repo, pr.number, id);
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Reconciliation with the forge (SPEC §6): the `forge-sync` workflow, one never-ending
+//! instance, wakes every `forgejo.reconcile_interval` on its durable timer and lists the open
+//! issues of each repository in `forgejo.repos` that carry the trigger label or an
+//! `agent:<kind>` label. Each one goes through [`Forge::ingest`] like a webhook would: a missing
+//! task is created, a changed issue is signalled to its task. Tasks whose issue no longer shows
+//! up (trigger removed, issue closed) are looked at one by one. Pull requests need nothing here:
+//! each task in review asks the forge itself on the same interval.
+//!
+//! Webhooks only make things faster; this alone gets every issue to its task.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::forgejo::{Issue, RepoRef, Repository};
+use crate::workflow::{Engine, EngineError, Outcome, StepCtx, StepResult, Timestamp, Workflow};
+
+use super::forge::{Forge, Handled, IssueSnapshot};
+use super::runtime::Runtime;
+
+/// The state of the reconciler: counters for its history and `GET` views.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncState {
+    pub rounds: u64,
+    pub last_at: Option<Timestamp>,
+    pub last_error: Option<String>,
+}
+
+/// Wakes the reconciler before its timer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SyncSignal {
+    Now,
+}
+
+pub struct ForgeSync {
+    rt: Arc<Runtime>,
+}
+
+impl ForgeSync {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        ForgeSync { rt }
+    }
+}
+
+/// Starts the reconciler once (the same key every time).
+pub async fn ensure_started(engine: &Engine) -> Result<u64, EngineError> {
+    Ok(engine
+        .start_ack::<ForgeSync>(&SyncState::default(), Some("forge-sync"))
+        .await?
+        .id)
+}
+
+fn snapshot(repo: &Repository, issue: &Issue) -> IssueSnapshot {
+    IssueSnapshot {
+        repo: repo.full_name.clone(),
+        clone_url: repo.clone_url.clone(),
+        default_branch: repo.default_branch.clone(),
+        number: issue.number,
+        title: issue.title.clone(),
+        body: issue.body.clone(),
+        state: issue.state.clone(),
+        labels: issue.label_names(),
+        is_pull: issue.is_pull(),
+    }
+}
+
+impl Workflow for ForgeSync {
+    const NAME: &'static str = "forge-sync";
+    const VERSION: u32 = 1;
+    type State = SyncState;
+    type Signal = SyncSignal;
+
+    async fn step(&self, ctx: &mut StepCtx<SyncSignal>, mut s: SyncState) -> StepResult<SyncState> {
+        tokio::select! {
+            _ = self.rt.fleet().wait_ready() => {}
+            _ = ctx.shutdown().cancelled() => {
+                return Err(crate::workflow::StepError::msg("the daemon is stopping"));
+            }
+        }
+        while ctx.take(|_| true).is_some() {}
+        let Some(forge) = self.rt.forge() else {
+            return Ok(Outcome::complete(s).note("no [forgejo] is configured: reconciliation ends"));
+        };
+        s.rounds += 1;
+        let mut notes = Vec::new();
+        let mut errors = Vec::new();
+        for repo in &forge.config.repos {
+            match reconcile_repo(forge, repo, s.rounds).await {
+                Ok(summary) => notes.push(format!("{repo}: {summary}")),
+                Err(e) => errors.push(format!("{repo}: {e}")),
+            }
+        }
+        s.last_at = Some(ctx.now());
+        s.last_error = (!errors.is_empty()).then(|| errors.join("; "));
+        let next = ctx.now().after(forge.config.reconcile_interval);
+        notes.extend(errors);
+        let outcome = Outcome::wait_until(s, next);
+        Ok(if notes.is_empty() {
+            outcome
+        } else {
+            outcome.note(notes.join("; "))
+        })
+    }
+}
+
+/// One repository: its labelled open issues, then the tasks whose issue was not among them.
+async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String, String> {
+    let r: RepoRef = repo.parse().map_err(|e| format!("{e}"))?;
+    let info = forge.client.repo(&r).await.map_err(|e| e.to_string())?;
+    let mut labels = vec![forge.config.trigger_label.clone()];
+    labels.extend(forge.agent_labels());
+    let mut seen = HashSet::new();
+    let (mut started, mut signalled) = (0, 0);
+    for label in &labels {
+        let issues = forge
+            .client
+            .open_issues_with_label(&r, label)
+            .await
+            .map_err(|e| e.to_string())?;
+        for issue in issues {
+            if !seen.insert(issue.number) {
+                continue;
+            }
+            let key = format!("reconcile/{round}/{repo}#{}", issue.number);
+            match forge.ingest(&snapshot(&info, &issue), &key).await {
+                Ok(Handled::Started(_)) => started += 1,
+                Ok(Handled::Signalled(_)) => signalled += 1,
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    for (number, _) in forge.live_tasks_of_repo(repo) {
+        if seen.contains(&number) {
+            continue;
+        }
+        let issue = match forge.client.issue(&r, number).await {
+            Ok(i) => i,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        let key = format!("reconcile/{round}/{repo}#{number}");
+        if let Ok(Handled::Signalled(_)) = forge.ingest(&snapshot(&info, &issue), &key).await {
+            signalled += 1;
+        }
+    }
+    Ok(format!(
+        "{} labelled issue(s), {started} task(s) created, {signalled} signalled",
+        seen.len()
+    ))
+}

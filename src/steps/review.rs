@@ -1,0 +1,530 @@
+//! The forge side of a task (SPEC §4 Publish, Await review, Verify receipt): once a run's work
+//! is verified, **Publish** pushes `task/<id>` (when the agent did not) and opens the pull
+//! request unless one exists for that head; **Review** (`review_pending`) watches the pull
+//! request — a merge is verified on the forge and completes the task, a close without merge
+//! cancels it, requested changes and review comments start a new round (feedback deduplicated
+//! by fingerprint, gathered for `forgejo.review_debounce`), too many rounds fail the task and
+//! escalate it.
+//!
+//! Webhooks only wake these steps early: each run asks the forge itself, and the Review step
+//! also asks every `forgejo.reconcile_interval` on its own durable timer, so a task gets to
+//! the end with every webhook lost.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::io::forgejo::{CreatePull, ForgeError, RepoRef};
+use crate::workflow::{Effect, Outcome, StepCtx, StepError, StepResult, Timestamp};
+
+use super::agent_task::{AgentTask, Phase, TaskSignal, TaskState};
+use super::forge::{self, Forge};
+use super::task::{TaskStatus, branch_name};
+use super::workspace;
+
+/// Fingerprints of feedback already given, kept per task (the oldest are dropped).
+const MAX_FINGERPRINTS: usize = 512;
+
+/// The issue and pull request of a task that came from the forge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgeTask {
+    /// `owner/name`.
+    pub repo: String,
+    pub issue: u64,
+    /// The issue's labels as last seen (webhooks carry the full set, never a diff).
+    pub labels: Vec<String>,
+    /// `open` or `closed`, as last seen.
+    pub issue_state: String,
+    pub pr: Option<PullLink>,
+    /// Reviews already read (their ids).
+    pub seen_reviews: Vec<i64>,
+    /// Fingerprints of the feedback already given to the agent (or waiting to be).
+    pub fingerprints: Vec<String>,
+    /// Feedback gathered for the next round.
+    pub pending_feedback: Vec<String>,
+    /// When the gathered feedback starts a round (the debounce ends).
+    pub round_at: Option<Timestamp>,
+    /// The feedback of the current round (in its prompt).
+    pub feedback: Vec<String>,
+    /// The escalation label is due (the task needs a person).
+    pub escalated: bool,
+    /// Failure comments posted so far (each failure gets its own).
+    pub failures: u32,
+}
+
+impl ForgeTask {
+    pub fn new(repo: &str, issue: u64, labels: Vec<String>) -> Self {
+        ForgeTask {
+            repo: repo.to_string(),
+            issue,
+            labels,
+            issue_state: "open".into(),
+            pr: None,
+            seen_reviews: Vec::new(),
+            fingerprints: Vec::new(),
+            pending_feedback: Vec::new(),
+            round_at: None,
+            feedback: Vec::new(),
+            escalated: false,
+            failures: 0,
+        }
+    }
+}
+
+/// The task's pull request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PullLink {
+    pub number: u64,
+    pub title: String,
+    pub url: String,
+    pub base: String,
+    pub merged: bool,
+    pub merge_sha: Option<String>,
+    /// Commits of the pull request, as the forge counted them when it was merged.
+    pub commits: u32,
+}
+
+/// A stable fingerprint of one piece of feedback (same place, same words → same fingerprint).
+pub fn fingerprint(place: &str, text: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(place.as_bytes());
+    h.update([0]);
+    h.update(text.trim().as_bytes());
+    super::pull::hex(&h.finalize()[..12])
+}
+
+/// Takes the forge's signals of any phase: issue labels and state are recorded, a push counts
+/// as activity. Returns history remarks.
+pub(super) fn take_forge_signals(ctx: &mut StepCtx<TaskSignal>, s: &mut TaskState) -> Vec<String> {
+    let mut remarks = Vec::new();
+    while let Some(sig) = ctx.take(|sig| {
+        matches!(
+            sig,
+            TaskSignal::IssueChanged { .. } | TaskSignal::ForgeActivity { .. }
+        )
+    }) {
+        match sig {
+            TaskSignal::IssueChanged { labels, state } => {
+                if let Some(f) = s.forge.as_mut()
+                    && (f.labels != labels || f.issue_state != state)
+                {
+                    remarks.push(format!(
+                        "issue #{} is {state}, labels [{}]",
+                        f.issue,
+                        labels.join(", ")
+                    ));
+                    f.labels = labels;
+                    f.issue_state = state;
+                }
+            }
+            TaskSignal::ForgeActivity { pushed: true, .. } => {
+                s.last_activity_at = Some(ctx.now());
+            }
+            _ => {}
+        }
+    }
+    remarks
+}
+
+/// The effects that keep the forge in step with a status change: the status labels, and one
+/// comment for a receipt or a failure.
+pub(super) fn status_effects(
+    forge: Option<&Forge>,
+    id: u64,
+    before: TaskStatus,
+    outcome: &mut Outcome<TaskState>,
+) -> Result<(), StepError> {
+    let s = &mut outcome.state;
+    if forge.is_none() || s.status == before {
+        return Ok(());
+    }
+    let Some((repo, issue)) = s.forge.as_ref().map(|f| (f.repo.clone(), f.issue)) else {
+        return Ok(());
+    };
+    outcome
+        .effects
+        .push(forge::labels_effect(id, &repo, issue)?);
+    let comment = match s.status {
+        TaskStatus::Completed => Some(("receipt".to_string(), forge::receipt_comment(id, s))),
+        TaskStatus::Failed => {
+            let n = s.forge.as_mut().map_or(1, |f| {
+                f.failures += 1;
+                f.failures
+            });
+            Some((format!("failure-{n}"), forge::failure_comment(id, s)))
+        }
+        _ => None,
+    };
+    if let Some((key, body)) = comment {
+        outcome
+            .effects
+            .push(forge::comment_effect(id, &repo, issue, &key, &body)?);
+    }
+    Ok(())
+}
+
+/// Whether the task was withdrawn on the forge before it started: its trigger label is gone
+/// (or the issue was closed) and no run or claim has happened yet.
+pub(super) fn withdrawn(forge: Option<&Forge>, s: &TaskState) -> Option<String> {
+    let (forge, f) = (forge?, s.forge.as_ref()?);
+    let started = !s.runs.is_empty() || s.claim.is_some() || s.epoch > 0 || f.pr.is_some();
+    if started || !matches!(s.status, TaskStatus::Created | TaskStatus::AgentLost) {
+        return None;
+    }
+    if f.issue_state == "closed" {
+        return Some(format!(
+            "issue #{} was closed before the task started",
+            f.issue
+        ));
+    }
+    if !forge.triggers(&f.labels) {
+        return Some(format!(
+            "the trigger label `{}` was removed from issue #{} before the task started",
+            forge.config.trigger_label, f.issue
+        ));
+    }
+    None
+}
+
+/// How a forge error ends a step: a transient one is retried by the engine (step error with
+/// backoff); another one is the task's failure.
+enum Trouble {
+    Retry(StepError),
+    Fail(String),
+}
+
+fn trouble(what: &str, e: ForgeError) -> Trouble {
+    if e.is_transient() {
+        Trouble::Retry(StepError::msg(format!("{what}: {e}")))
+    } else {
+        Trouble::Fail(format!("{what}: {e}"))
+    }
+}
+
+impl AgentTask {
+    fn forge_parts(&self, s: &TaskState) -> Result<(&Forge, RepoRef), StepError> {
+        let forge = self
+            .rt
+            .forge()
+            .ok_or_else(|| StepError::msg("no [forgejo] is configured for a forge task"))?;
+        let f = s
+            .forge
+            .as_ref()
+            .ok_or_else(|| StepError::msg("the task has no issue on the forge"))?;
+        let repo: RepoRef = f
+            .repo
+            .parse()
+            .map_err(|e| StepError::msg(format!("repository `{}`: {e}", f.repo)))?;
+        Ok((forge, repo))
+    }
+
+    /// Publish: `task/<id>` on the forge (pushed from the worktree if the agent did not), with
+    /// at least one commit ahead of its base, and exactly one pull request for it.
+    pub(super) async fn publish(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        s: TaskState,
+    ) -> StepResult<TaskState> {
+        match self.try_publish(ctx, s.clone()).await {
+            Ok(outcome) => Ok(outcome),
+            Err(Trouble::Retry(e)) => Err(e),
+            Err(Trouble::Fail(reason)) => Ok(self.give_up(ctx, s, reason)),
+        }
+    }
+
+    async fn try_publish(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> Result<Outcome<TaskState>, Trouble> {
+        let id = ctx.instance();
+        let (forge, repo) = self.forge_parts(&s).map_err(Trouble::Retry)?;
+        let branch = branch_name(id);
+        let mut notes = Vec::new();
+        if let Some(ws) = s.workspace.clone() {
+            let shell = self.rt.shell(&ws.host).map_err(Trouble::Retry)?;
+            match workspace::push_branch(shell.as_ref(), &ws).await {
+                Ok(true) => notes.push(format!("pushed {branch}")),
+                Ok(false) => notes.push(format!("{branch} was already pushed")),
+                Err(workspace::WorkspaceError::Shell(e)) => {
+                    return Err(Trouble::Retry(StepError::msg(e.to_string())));
+                }
+                Err(e) => return Err(Trouble::Fail(format!("cannot push {branch}: {e}"))),
+            }
+        }
+        let base = s
+            .workspace
+            .as_ref()
+            .map(|w| w.base.clone())
+            .or_else(|| s.receipt.as_ref().map(|r| r.base.clone()))
+            .or_else(|| s.spec.base.clone())
+            .unwrap_or_else(|| "main".into());
+        let ahead = forge
+            .client
+            .compare(&repo, &base, &branch)
+            .await
+            .map_err(|e| trouble(&format!("comparing {branch} with {base} on the forge"), e))?;
+        if ahead.total_commits == 0 {
+            return Err(Trouble::Fail(format!(
+                "{branch} on the forge has no commit ahead of {base}: no pull request opened"
+            )));
+        }
+        let existing = forge
+            .client
+            .pull_by_head(&repo, &branch)
+            .await
+            .map_err(|e| trouble("looking up the pull request", e))?;
+        let pr = match existing {
+            Some(p) if p.state == "closed" && !p.merged => {
+                s.status = TaskStatus::Cancelled;
+                let reason = format!(
+                    "pull request #{} of {branch} was closed without merging",
+                    p.number
+                );
+                return Ok(Outcome::cancel(s, reason));
+            }
+            Some(p) => {
+                notes.push(format!("pull request #{} exists for {branch}", p.number));
+                p
+            }
+            None => {
+                let issue = s.forge.as_ref().map_or(0, |f| f.issue);
+                let body = forge::pull_body(id, issue, &s);
+                let p = forge
+                    .client
+                    .create_pull(
+                        &repo,
+                        &CreatePull {
+                            head: branch.clone(),
+                            base: base.clone(),
+                            title: s.spec.title.clone(),
+                            body,
+                        },
+                    )
+                    .await
+                    .map_err(|e| trouble("opening the pull request", e))?;
+                notes.push(format!(
+                    "opened pull request #{} ({})",
+                    p.number, p.html_url
+                ));
+                p
+            }
+        };
+        if let Some(f) = s.forge.as_mut() {
+            forge.note_pull(&f.repo, pr.number, id);
+            f.pr = Some(PullLink {
+                number: pr.number,
+                title: pr.title.clone(),
+                url: pr.html_url.clone(),
+                base: pr.base.ref_name.clone(),
+                merged: pr.merged,
+                merge_sha: pr.merge_commit_sha.clone(),
+                commits: 0,
+            });
+            f.feedback.clear();
+        }
+        if s.status != TaskStatus::ReviewPending {
+            s.set_status(TaskStatus::ReviewPending)
+                .map_err(Trouble::Retry)?;
+        }
+        s.phase = Phase::Review;
+        s.last_activity_at = Some(ctx.now());
+        Ok(Outcome::next(s).note(notes.join("; ")))
+    }
+
+    /// Review (`review_pending`): what the forge says about the pull request now.
+    pub(super) async fn review(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        s: TaskState,
+    ) -> StepResult<TaskState> {
+        match self.try_review(ctx, s.clone()).await {
+            Ok(outcome) => Ok(outcome),
+            Err(Trouble::Retry(e)) => Err(e),
+            Err(Trouble::Fail(reason)) => Ok(self.give_up(ctx, s, reason)),
+        }
+    }
+
+    async fn try_review(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+    ) -> Result<Outcome<TaskState>, Trouble> {
+        let (forge, repo) = self.forge_parts(&s).map_err(Trouble::Retry)?;
+        let number = s
+            .forge
+            .as_ref()
+            .and_then(|f| f.pr.as_ref())
+            .map(|p| p.number)
+            .ok_or_else(|| Trouble::Retry(StepError::msg("no pull request to review")))?;
+        let pr = forge
+            .client
+            .pull(&repo, number)
+            .await
+            .map_err(|e| trouble(&format!("reading pull request #{number}"), e))?;
+        if pr.merged {
+            return self.merged(ctx, s, forge, &repo, pr).await;
+        }
+        if pr.state == "closed" {
+            s.status = TaskStatus::Cancelled;
+            return Ok(Outcome::cancel(
+                s,
+                format!("pull request #{number} was closed without merging"),
+            ));
+        }
+        let reviews = forge
+            .client
+            .reviews(&repo, number)
+            .await
+            .map_err(|e| trouble(&format!("reading the reviews of #{number}"), e))?;
+        let mut notes = Vec::new();
+        for r in reviews {
+            let f = s.forge.as_mut().expect("forge_parts checked it"); // a forge task
+            if f.seen_reviews.contains(&r.id) || r.state == "PENDING" || r.dismissed {
+                continue;
+            }
+            f.seen_reviews.push(r.id);
+            if r.state != "REQUEST_CHANGES" && r.state != "COMMENT" {
+                continue;
+            }
+            let who = r.user.as_ref().map(|u| u.login.clone()).unwrap_or_default();
+            let mut items = Vec::new();
+            if !r.body.trim().is_empty() {
+                let place = format!("review by {who}");
+                items.push((
+                    fingerprint(&place, &r.body),
+                    format!("{place}: {}", r.body.trim()),
+                ));
+            }
+            if r.comments_count > 0 {
+                let comments = forge
+                    .client
+                    .review_comments(&repo, number, r.id)
+                    .await
+                    .map_err(|e| trouble("reading review comments", e))?;
+                for c in comments {
+                    let line = c.position.or(c.original_position).unwrap_or(0);
+                    let place = format!("{}:{line}", c.path);
+                    items.push((
+                        fingerprint(&place, &c.body),
+                        format!("{place} ({who}): {}", c.body.trim()),
+                    ));
+                }
+            }
+            let f = s.forge.as_mut().expect("forge_parts checked it"); // a forge task
+            let before = f.pending_feedback.len();
+            for (fp, text) in items {
+                if !f.fingerprints.contains(&fp) {
+                    f.fingerprints.push(fp);
+                    f.pending_feedback.push(text);
+                }
+            }
+            if f.fingerprints.len() > MAX_FINGERPRINTS {
+                let extra = f.fingerprints.len() - MAX_FINGERPRINTS;
+                f.fingerprints.drain(..extra);
+            }
+            let added = f.pending_feedback.len() - before;
+            notes.push(format!(
+                "review {} by {who} on #{number}: {added} new comment(s)",
+                r.state.to_lowercase()
+            ));
+        }
+        let now = ctx.now();
+        let debounce = forge.config.review_debounce;
+        let poll = forge.config.reconcile_interval;
+        let f = s.forge.as_mut().expect("forge_parts checked it"); // a forge task
+        if f.pending_feedback.is_empty() {
+            let outcome = Outcome::wait_until(s, now.after(poll));
+            return Ok(if notes.is_empty() {
+                outcome
+            } else {
+                outcome.note(notes.join("; "))
+            });
+        }
+        let round_at = *f.round_at.get_or_insert(now.after(debounce));
+        if now < round_at {
+            return Ok(Outcome::wait_until(s, round_at).note(if notes.is_empty() {
+                "gathering review feedback".to_string()
+            } else {
+                notes.join("; ")
+            }));
+        }
+        s.review_count += 1;
+        let max = self.rt.config().dispatch.max_reviews;
+        if s.review_count > max {
+            f.escalated = true;
+            let reason = format!(
+                "review round {} would exceed dispatch.max_reviews ({max}): a person must take \
+                 over pull request #{number} (label `{}`)",
+                s.review_count, forge.config.escalation_label
+            );
+            return Ok(self.give_up(ctx, s, reason));
+        }
+        f.feedback = std::mem::take(&mut f.pending_feedback);
+        f.round_at = None;
+        let count = f.feedback.len();
+        s.attempt = 1;
+        s.failure = None;
+        s.phase = Phase::Route;
+        notes.push(format!(
+            "review round {} of {max}: {count} piece(s) of feedback for the agent",
+            s.review_count
+        ));
+        Ok(Outcome::next(s).note(notes.join("; ")))
+    }
+
+    /// The pull request was merged: verify it on the forge (no trust), then complete.
+    async fn merged(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        mut s: TaskState,
+        forge: &Forge,
+        repo: &RepoRef,
+        pr: crate::io::forgejo::PullRequest,
+    ) -> Result<Outcome<TaskState>, Trouble> {
+        let id = ctx.instance();
+        let branch = branch_name(id);
+        let moved = format!("refs/pull/{}/head", pr.number);
+        if pr.head.ref_name != branch && pr.head.ref_name != moved {
+            return Err(Trouble::Fail(format!(
+                "receipt refused: pull request #{} has head {}, not {branch}",
+                pr.number, pr.head.ref_name
+            )));
+        }
+        let commits = forge
+            .client
+            .pull_commits(repo, pr.number)
+            .await
+            .map_err(|e| trouble("reading the merged pull request's commits", e))?;
+        if commits.is_empty() {
+            return Err(Trouble::Fail(format!(
+                "receipt refused: pull request #{} was merged without any commit",
+                pr.number
+            )));
+        }
+        if let Some(link) = s.forge.as_mut().and_then(|f| f.pr.as_mut()) {
+            link.merged = true;
+            link.merge_sha = pr.merge_commit_sha.clone();
+            link.commits = u32::try_from(commits.len()).unwrap_or(u32::MAX);
+        }
+        s.set_status(TaskStatus::Completed)
+            .map_err(Trouble::Retry)?;
+        s.failure = None;
+        s.phase = Phase::Settled;
+        s.last_activity_at = Some(ctx.now());
+        let note = format!(
+            "receipt verified on the forge: pull request #{} merged{} with {} commit(s) from {branch}",
+            pr.number,
+            pr.merge_commit_sha
+                .as_deref()
+                .map(|m| format!(" as {}", &m[..m.len().min(7)]))
+                .unwrap_or_default(),
+            commits.len()
+        );
+        Ok(Outcome::complete(s).note(note))
+    }
+}
+
+/// An effect, or the step error that says why it could not be encoded.
+pub(super) fn effect<T: Serialize>(kind: &str, payload: &T) -> Result<Effect, StepError> {
+    Effect::new(kind, payload).map_err(|e| StepError::msg(e.to_string()))
+}
