@@ -532,6 +532,45 @@ async fn cancel_of_a_parked_instance_runs_cleanup() {
     engine.shutdown().await.unwrap();
 }
 
+/// A step that withdraws its own instance: it ends `cancelled` with its state and note, and
+/// the cleanup (meant for cancels from outside) does not run.
+struct Withdraws;
+
+impl Workflow for Withdraws {
+    const NAME: &'static str = "withdraws";
+    const VERSION: u32 = 1;
+    type State = u32;
+    type Signal = ();
+
+    async fn step(&self, _ctx: &mut StepCtx<()>, s: u32) -> StepResult<u32> {
+        Ok(Outcome::cancel(s + 1, "the work was withdrawn"))
+    }
+
+    async fn cleanup(&self, _ctx: &mut StepCtx<()>, _s: &u32, _reason: &str) -> String {
+        "cleanup ran".into()
+    }
+}
+
+#[tokio::test]
+async fn a_step_can_end_its_instance_cancelled() {
+    let dir = TempDir::new().unwrap();
+    let engine = builder(&dir).register(Withdraws).open().await.unwrap();
+    let id = engine.start::<Withdraws>(&1, None).await.unwrap();
+    assert_eq!(
+        engine.wait_terminal(id, T).await.unwrap(),
+        Status::Cancelled
+    );
+    assert_eq!(engine.state::<Withdraws>(id).unwrap(), 2);
+    let ev = events(&engine, id);
+    assert_eq!(ev.last(), Some(&EventKind::Cancelled));
+    assert!(
+        !ev.iter().any(|e| matches!(e, EventKind::CleanedUp { .. })),
+        "{ev:?}"
+    );
+    assert!(format!("{ev:?}").contains("the work was withdrawn"), "{ev:?}");
+    engine.shutdown().await.unwrap();
+}
+
 // ---- 10. definition versions ---------------------------------------------------------------
 
 struct FlowV1;
