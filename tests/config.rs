@@ -143,6 +143,30 @@ fn forgejo_section_gets_its_defaults() {
 }
 
 #[test]
+fn forgejo_repos_must_be_owner_slash_name() {
+    let text = format!(
+        "{VALID}\n[forgejo]\nbase_url = \"https://forge.example.org\"\nrepos = [\"acme/widgets\", \"widgets\"]\n"
+    );
+    let e = the_error(&text);
+    assert_names(&e, "forgejo.repos[1]", line_of(&text, "repos ="));
+    assert!(e.message().contains("owner/name"), "{}", e.message());
+}
+
+#[test]
+fn forgejo_default_agent_must_be_a_known_kind() {
+    let text = format!(
+        "{VALID}\n[forgejo]\nbase_url = \"https://forge.example.org\"\ndefault_agent = \"aider\"\n"
+    );
+    let e = the_error(&text);
+    assert_names(&e, "forgejo.default_agent", line_of(&text, "default_agent"));
+    assert!(
+        e.message().contains("unknown agent kind `aider`"),
+        "{}",
+        e.message()
+    );
+}
+
+#[test]
 fn a_bad_duration_names_the_key_and_line() {
     let text = VALID.replace(
         "[storage]",

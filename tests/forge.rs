@@ -9,12 +9,15 @@
 mod daemon;
 #[path = "support/forgejo.rs"]
 mod forgejo;
+#[path = "support/sshd.rs"]
+mod sshd;
 
 use std::time::Duration;
 
 use daemon::{DEMO_AGENT, Fleet, Setup, story};
 use forgejo::{DeliveryMode, FakeForgejo, ReviewKind};
 use serde_json::Value;
+use sshd::{ClientKey, Sshd};
 
 const FORGE_TOKEN: &str = "e2e-forge-token-9c1d";
 const SECRET: &str = "e2e-webhook-secret-77aa";
@@ -23,6 +26,8 @@ const LONG: Duration = Duration::from_secs(90);
 
 struct Rig {
     forge: FakeForgejo,
+    /// Stopped before the fleet's directory goes.
+    _servers: Vec<Sshd>,
     fleet: Fleet,
 }
 
@@ -30,6 +35,8 @@ struct Options {
     reconcile: &'static str,
     max_reviews: u32,
     delivery: DeliveryMode,
+    /// The agents run on a real sshd on 127.0.0.2 instead of `localhost`.
+    ssh: bool,
 }
 
 impl Default for Options {
@@ -38,8 +45,33 @@ impl Default for Options {
             reconcile: "30s",
             max_reviews: 3,
             delivery: DeliveryMode::Normal,
+            ssh: false,
         }
     }
+}
+
+/// One SSH host (a real sshd on 127.0.0.2) offering the demo agent, as a `[[hosts]]` entry.
+fn ssh_host(root: &std::path::Path) -> (Sshd, String) {
+    sshd::require_sshd();
+    let key = ClientKey::generate(root, "client");
+    let launches = root.join("launches").display().to_string();
+    let server = Sshd::start(
+        &root.join("sshd"),
+        "alpha",
+        "127.0.0.2",
+        &key,
+        &[("DEMO_AGENT_LAUNCHES", &launches)],
+    );
+    let known_hosts = root.join("known_hosts");
+    sshd::known_hosts(&known_hosts, &[&server]);
+    let entry = format!(
+        "[[hosts]]\nhost_id = \"alpha\"\nhostname = \"127.0.0.2\"\nport = {port}\nuser = \"root\"\nkey_path = \"{key}\"\nknown_hosts = \"{kh}\"\nagents = [\"demo\"]\nmax_concurrent = 2\nwork_root = \"{work}\"\n",
+        port = server.port,
+        key = key.private.display(),
+        kh = known_hosts.display(),
+        work = root.join("hosts/alpha").display(),
+    );
+    (server, entry)
 }
 
 impl Rig {
@@ -80,10 +112,17 @@ output_format = "claude-json"
             reconcile = o.reconcile,
             envdump = envdump.display(),
         );
-        let hosts = format!(
-            "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\", \"envdump\"]\nmax_concurrent = 2\nwork_root = \"{}\"\n",
-            dir.path().join("work").display()
-        );
+        let mut servers = Vec::new();
+        let hosts = if o.ssh {
+            let (server, entry) = ssh_host(dir.path());
+            servers.push(server);
+            entry
+        } else {
+            format!(
+                "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\", \"envdump\"]\nmax_concurrent = 2\nwork_root = \"{}\"\n",
+                dir.path().join("work").display()
+            )
+        };
         let fleet = Fleet::start_in(
             dir,
             Setup {
@@ -99,7 +138,11 @@ output_format = "claude-json"
             },
         )
         .await;
-        let rig = Rig { forge, fleet };
+        let rig = Rig {
+            forge,
+            _servers: servers,
+            fleet,
+        };
         rig.hook();
         rig
     }
@@ -184,7 +227,10 @@ output_format = "claude-json"
 
     fn assert_honest(&self) {
         let v = self.forge.violations();
-        assert!(v.is_empty(), "requests the real Forgejo would refuse: {v:#?}");
+        assert!(
+            v.is_empty(),
+            "requests the real Forgejo would refuse: {v:#?}"
+        );
     }
 }
 
@@ -201,13 +247,20 @@ fn pr_of(t: &Value) -> u64 {
 async fn full_loop(rig: &mut Rig, kills: bool) {
     let n = rig
         .forge
-        .open_issue(REPO, "Add a greeting", "Say hello in the README.", &["agent-fleet"])
+        .open_issue(
+            REPO,
+            "Add a greeting",
+            "Say hello in the README.",
+            &["agent-fleet"],
+        )
         .await;
     let task = rig.task_of(n).await;
     let id = id_of(&task);
     if kills {
-        rig.until(&id, "started", |t| t["runs"].as_array().is_some_and(|r| !r.is_empty()))
-            .await;
+        rig.until(&id, "started", |t| {
+            t["runs"].as_array().is_some_and(|r| !r.is_empty())
+        })
+        .await;
         rig.restart().await;
     }
     let t = rig
@@ -291,6 +344,18 @@ async fn duplicated_webhooks_and_three_sigkills_change_nothing() {
     let mut rig = Rig::start(Options {
         delivery: DeliveryMode::Duplicate,
         reconcile: "1s",
+        ..Options::default()
+    })
+    .await;
+    full_loop(&mut rig, true).await;
+}
+
+#[tokio::test]
+async fn on_an_ssh_host_duplicated_webhooks_and_three_sigkills_change_nothing() {
+    let mut rig = Rig::start(Options {
+        delivery: DeliveryMode::Duplicate,
+        reconcile: "1s",
+        ssh: true,
         ..Options::default()
     })
     .await;
@@ -452,7 +517,10 @@ async fn the_forge_token_never_reaches_the_agent() {
     let prompt = std::fs::read_to_string(format!("{run_dir}/prompt.md")).unwrap();
     let command = std::fs::read_to_string(format!("{run_dir}/command.sh")).unwrap();
     let env = std::fs::read_to_string(rig.fleet.path("envdump.txt")).unwrap();
-    assert!(env.contains("PATH="), "the agent wrote its environment: {env}");
+    assert!(
+        env.contains("PATH="),
+        "the agent wrote its environment: {env}"
+    );
     for text in [&prompt, &command, &env] {
         assert!(!text.contains(FORGE_TOKEN), "the forge token leaked");
         assert!(!text.contains(SECRET), "the webhook secret leaked");
