@@ -567,7 +567,10 @@ async fn a_step_can_end_its_instance_cancelled() {
         !ev.iter().any(|e| matches!(e, EventKind::CleanedUp { .. })),
         "{ev:?}"
     );
-    assert!(format!("{ev:?}").contains("the work was withdrawn"), "{ev:?}");
+    assert!(
+        format!("{ev:?}").contains("the work was withdrawn"),
+        "{ev:?}"
+    );
     engine.shutdown().await.unwrap();
 }
 

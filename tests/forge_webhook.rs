@@ -47,7 +47,10 @@ fn delivery(name: &str) -> (Vec<(String, String)>, Vec<u8>) {
         .filter_map(|l| l.split_once(": "))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    (headers, std::fs::read(format!("{REFERENCE}/{name}.json")).unwrap())
+    (
+        headers,
+        std::fs::read(format!("{REFERENCE}/{name}.json")).unwrap(),
+    )
 }
 
 async fn send(fleet: &Fleet, headers: &[(String, String)], body: Vec<u8>) -> (u16, Value) {
