@@ -1,0 +1,1081 @@
+//! A fake Forgejo for the end-to-end tests: an HTTP server on 127.0.0.1 that answers the REST API
+//! under `/api/v1` (every request validated against Forgejo's swagger document), keeps repositories,
+//! labels, issues, pull requests and reviews in memory over REAL bare git repositories on disk, and
+//! sends signed webhooks like Forgejo (with delivery faults on demand). Owns the handle
+//! ([`FakeForgejo`]: start, the test's "human" actions, inspection) and the state model; the
+//! submodules own the REST routes (`api`), JSON shapes (`json`), webhook delivery (`hooks`) and git.
+//!
+//! Runtime: the fake runs on a tokio runtime of its own (2 workers), so it serves the daemon while
+//! a `#[tokio::test]` (current-thread runtime) awaits or even blocks; the async human actions run
+//! on that runtime's blocking pool and can be awaited from any runtime. Dropping the handle shuts
+//! the runtime down in the background (allowed inside an async test).
+
+#![allow(dead_code)] // each includer uses a part of it
+
+#[path = "forgejo/api.rs"]
+mod api;
+#[path = "forgejo/git.rs"]
+mod git;
+#[path = "forgejo/hooks.rs"]
+mod hooks;
+#[path = "forgejo/json.rs"]
+mod json;
+#[path = "swagger.rs"]
+mod swagger;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use hooks::{DeliveryMode, DeliveryRecord, Outcome};
+
+/// The token's user: everything the daemon does through the API is done by it.
+pub const BOT: &str = "agent-bot";
+/// The human who opens issues, labels them and merges.
+pub const ALICE: &str = "alice";
+/// The human who reviews.
+pub const BOB: &str = "bob";
+
+/// What `create_repo` answers.
+#[derive(Debug, Clone)]
+pub struct RepoInfo {
+    pub full_name: String,
+    /// The bare repository's absolute path (clone and push to it).
+    pub clone_url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewKind {
+    Approve,
+    RequestChanges,
+    Comment,
+}
+
+/// A pull request as the inspection methods show it.
+#[derive(Debug, Clone)]
+pub struct PullInfo {
+    pub number: u64,
+    pub title: String,
+    pub body: String,
+    pub author: String,
+    pub head: String,
+    pub base: String,
+    pub head_sha: String,
+    pub open: bool,
+    pub merged: bool,
+    pub merge_commit: Option<String>,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommentInfo {
+    pub id: u64,
+    pub author: String,
+    pub body: String,
+}
+
+// ---- state model -------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Label {
+    id: u64,
+    name: String,
+    color: String,
+    description: String,
+    exclusive: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Comment {
+    id: u64,
+    author: String,
+    body: String,
+    created_at: String,
+}
+
+#[derive(Debug, Clone)]
+struct ReviewComment {
+    id: u64,
+    path: String,
+    line: u64,
+    body: String,
+    diff_hunk: String,
+    commit_id: String,
+    created_at: String,
+}
+
+#[derive(Debug, Clone)]
+struct Review {
+    id: u64,
+    reviewer: String,
+    kind: ReviewKind,
+    body: String,
+    commit_id: String,
+    submitted_at: String,
+    comments: Vec<ReviewComment>,
+}
+
+#[derive(Debug, Clone)]
+struct Pull {
+    id: u64,
+    head: String,
+    base: String,
+    merge_base: String,
+    merged: bool,
+    merged_at: Option<String>,
+    merge_commit: Option<String>,
+    merged_by: Option<String>,
+    reviews: Vec<Review>,
+}
+
+#[derive(Debug, Clone)]
+struct Issue {
+    id: u64,
+    number: u64,
+    title: String,
+    body: String,
+    author: String,
+    closed: bool,
+    labels: Vec<u64>,
+    comments: Vec<Comment>,
+    created_at: String,
+    updated_at: String,
+    closed_at: Option<String>,
+    pull: Option<Pull>,
+}
+
+#[derive(Debug)]
+struct Repo {
+    id: u64,
+    owner: String,
+    name: String,
+    path: PathBuf,
+    created_at: String,
+    labels: Vec<Label>,
+    issues: BTreeMap<u64, Issue>,
+}
+
+impl Repo {
+    fn full_name(&self) -> String {
+        format!("{}/{}", self.owner, self.name)
+    }
+
+    fn label_names(&self, ids: &[u64]) -> Vec<String> {
+        ids.iter()
+            .filter_map(|id| self.labels.iter().find(|l| l.id == *id))
+            .map(|l| l.name.clone())
+            .collect()
+    }
+
+    fn issue(&self, number: u64) -> Result<&Issue, String> {
+        self.issues
+            .get(&number)
+            .ok_or_else(|| format!("{}#{number} does not exist", self.full_name()))
+    }
+
+    fn issue_mut(&mut self, number: u64) -> Result<&mut Issue, String> {
+        let full = self.full_name();
+        self.issues
+            .get_mut(&number)
+            .ok_or_else(|| format!("{full}#{number} does not exist"))
+    }
+
+    fn next_index(&self) -> u64 {
+        self.issues.keys().next_back().map_or(1, |n| n + 1)
+    }
+}
+
+/// The live git view of a pull request.
+#[derive(Debug, Clone, Default)]
+struct PullGit {
+    head_sha: String,
+    base_sha: String,
+    head_branch_exists: bool,
+    mergeable: bool,
+    additions: u64,
+    deletions: u64,
+    changed_files: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    users: BTreeMap<String, u64>,
+    repos: BTreeMap<String, Repo>,
+    violations: Vec<String>,
+    requests: Vec<(String, String)>,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn user_id(&mut self, login: &str) -> u64 {
+        if let Some(id) = self.users.get(login) {
+            return *id;
+        }
+        let id = 100 + self.users.len() as u64;
+        self.users.insert(login.to_string(), id);
+        id
+    }
+
+    fn repo(&self, full: &str) -> Result<&Repo, String> {
+        self.repos
+            .get(full)
+            .ok_or_else(|| format!("repository {full} does not exist"))
+    }
+
+    fn repo_mut(&mut self, full: &str) -> Result<&mut Repo, String> {
+        self.repos
+            .get_mut(full)
+            .ok_or_else(|| format!("repository {full} does not exist"))
+    }
+}
+
+struct Inner {
+    state: Mutex<State>,
+    spec: swagger::Spec,
+    token: String,
+    base: String,
+    dir: PathBuf,
+    push_log: PathBuf,
+    outbox: hooks::Outbox,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+// ---- the handle ----------------------------------------------------------------------------
+
+pub struct FakeForgejo {
+    inner: Arc<Inner>,
+    handle: tokio::runtime::Handle,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for FakeForgejo {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl FakeForgejo {
+    /// Starts the fake: bare repositories go under `dir`; `token` is the only accepted API token
+    /// (user [`BOT`]).
+    pub fn start(dir: &Path, token: &str) -> FakeForgejo {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("fake-forgejo")
+            .enable_all()
+            .build()
+            .expect("fake forgejo runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake forgejo");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let spec = swagger::Spec::load(Path::new(swagger::SPEC_PATH)).expect("swagger spec");
+        let push_log = dir.join("fake-forgejo-pushes.log");
+        std::fs::write(&push_log, "").expect("push log");
+        let _context = runtime.enter();
+        let mut state = State::default();
+        for (login, id) in [("admin", 1), (ALICE, 2), (BOB, 4), (BOT, 5)] {
+            state.users.insert(login.to_string(), id);
+        }
+        let inner = Arc::new(Inner {
+            state: Mutex::new(state),
+            spec,
+            token: token.to_string(),
+            base,
+            dir: dir.to_path_buf(),
+            push_log,
+            outbox: hooks::Outbox::start(),
+        });
+        let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+        let app = api::router(inner.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        runtime.spawn(watch_pushes(inner.clone()));
+        FakeForgejo {
+            inner,
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The forge root, WITHOUT `/api/v1` (what the daemon's `base_url` is).
+    pub fn url(&self) -> String {
+        self.inner.base.clone()
+    }
+
+    /// Runs `f` on the fake's blocking pool; a failure is the test's failure.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, String> + Send + 'static,
+    ) -> T {
+        let inner = self.inner.clone();
+        match self.handle.spawn_blocking(move || f(&inner)).await {
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => panic!("fake forgejo: {e}"),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    // -- human actions --
+
+    pub async fn create_repo(&self, owner: &str, name: &str) -> RepoInfo {
+        let (owner, name) = (owner.to_string(), name.to_string());
+        self.run(move |i| i.create_repo(&owner, &name)).await
+    }
+
+    /// `alice` opens an issue; missing labels are created first. Returns its number.
+    pub async fn open_issue(&self, repo: &str, title: &str, body: &str, labels: &[&str]) -> u64 {
+        let (repo, title, body) = (repo.to_string(), title.to_string(), body.to_string());
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        self.run(move |i| i.open_issue(&repo, &title, &body, &labels))
+            .await
+    }
+
+    /// `alice` replaces the issue's labels (missing ones are created).
+    pub async fn set_issue_labels(&self, repo: &str, number: u64, labels: &[&str]) {
+        let repo = repo.to_string();
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        self.run(move |i| i.set_labels_by_name(&repo, number, &labels, ALICE))
+            .await
+    }
+
+    /// `alice` comments on an issue or pull request.
+    pub async fn comment(&self, repo: &str, number: u64, body: &str) -> u64 {
+        let (repo, body) = (repo.to_string(), body.to_string());
+        self.run(move |i| i.add_comment(&repo, number, ALICE, &body))
+            .await
+    }
+
+    pub async fn close_issue(&self, repo: &str, number: u64) {
+        let repo = repo.to_string();
+        self.run(move |i| i.close_issue(&repo, number, ALICE)).await
+    }
+
+    /// `bob` submits a review; `comments` are (path, new-file line, body). Returns the review id.
+    pub async fn review(
+        &self,
+        repo: &str,
+        pr: u64,
+        kind: ReviewKind,
+        body: &str,
+        comments: Vec<(String, u64, String)>,
+    ) -> u64 {
+        let (repo, body) = (repo.to_string(), body.to_string());
+        self.run(move |i| i.review(&repo, pr, kind, &body, &comments))
+            .await
+    }
+
+    /// `alice` merges (Forgejo's default style: a merge commit); sends `closed` with `merged: true`
+    /// and a push of the base branch.
+    pub async fn merge(&self, repo: &str, pr: u64) {
+        let repo = repo.to_string();
+        self.run(move |i| i.merge(&repo, pr)).await
+    }
+
+    /// `alice` closes a pull request without merging.
+    pub async fn close_pull(&self, repo: &str, pr: u64) {
+        let repo = repo.to_string();
+        self.run(move |i| i.close_issue(&repo, pr, ALICE)).await
+    }
+
+    /// Where webhooks go (every event, like a hook subscribed to all of them).
+    pub fn set_webhook(&self, url: &str, secret: &str) {
+        self.inner.outbox.set_target(url, secret);
+    }
+
+    pub async fn set_delivery(&self, mode: DeliveryMode) {
+        self.inner.outbox.set_mode(mode);
+    }
+
+    /// Sends the deliveries `Reorder` holds and waits until every delivery queued so far is done.
+    pub async fn flush(&self) {
+        self.inner.outbox.flush().await;
+    }
+
+    // -- inspection --
+
+    pub fn pulls(&self, repo: &str) -> Vec<PullInfo> {
+        let st = self.inner.lock();
+        let Ok(r) = st.repo(repo) else {
+            return Vec::new();
+        };
+        r.issues
+            .values()
+            .filter(|i| i.pull.is_some())
+            .map(|i| self.inner.pull_info(r, i))
+            .collect()
+    }
+
+    pub fn pull(&self, repo: &str, number: u64) -> Option<PullInfo> {
+        let st = self.inner.lock();
+        let r = st.repo(repo).ok()?;
+        let issue = r.issues.get(&number).filter(|i| i.pull.is_some())?;
+        Some(self.inner.pull_info(r, issue))
+    }
+
+    pub fn comments(&self, repo: &str, number: u64) -> Vec<CommentInfo> {
+        let st = self.inner.lock();
+        let Some(issue) = st.repo(repo).ok().and_then(|r| r.issues.get(&number)) else {
+            return Vec::new();
+        };
+        let info = |c: &Comment| CommentInfo {
+            id: c.id,
+            author: c.author.clone(),
+            body: c.body.clone(),
+        };
+        issue.comments.iter().map(info).collect()
+    }
+
+    pub fn issue_labels(&self, repo: &str, number: u64) -> Vec<String> {
+        let st = self.inner.lock();
+        st.repo(repo)
+            .ok()
+            .and_then(|r| r.issues.get(&number).map(|i| r.label_names(&i.labels)))
+            .unwrap_or_default()
+    }
+
+    pub fn issue_is_open(&self, repo: &str, number: u64) -> Option<bool> {
+        let st = self.inner.lock();
+        st.repo(repo).ok()?.issues.get(&number).map(|i| !i.closed)
+    }
+
+    /// Every request that did not fit Forgejo's API: "METHOD path: reason".
+    pub fn violations(&self) -> Vec<String> {
+        self.inner.lock().violations.clone()
+    }
+
+    /// Every request: (method, path and query).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.inner.lock().requests.clone()
+    }
+
+    /// Every webhook delivery (attempt) so far.
+    pub fn deliveries(&self) -> Vec<DeliveryRecord> {
+        self.inner.outbox.records()
+    }
+}
+
+// ---- behaviour shared by the API and the human actions ------------------------------------------
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn view<'a>(&'a self, st: &'a State, repo: &'a Repo) -> json::View<'a> {
+        json::View {
+            base: &self.base,
+            users: &st.users,
+            repo,
+        }
+    }
+
+    fn violation(&self, method: &str, path: &str, reason: &str) {
+        self.lock()
+            .violations
+            .push(format!("{method} {path}: {reason}"));
+    }
+
+    fn create_repo(&self, owner: &str, name: &str) -> Result<RepoInfo, String> {
+        let full = format!("{owner}/{name}");
+        let path = self
+            .dir
+            .join("forge")
+            .join(owner)
+            .join(format!("{name}.git"));
+        git::init_bare(&path, &full, &self.push_log)?;
+        let mut st = self.lock();
+        if st.repos.contains_key(&full) {
+            return Err(format!("repository {full} exists"));
+        }
+        st.user_id(owner);
+        let id = st.id();
+        let repo = Repo {
+            id,
+            owner: owner.into(),
+            name: name.into(),
+            path: path.clone(),
+            created_at: now(),
+            labels: Vec::new(),
+            issues: BTreeMap::new(),
+        };
+        st.repos.insert(full.clone(), repo);
+        Ok(RepoInfo {
+            full_name: full,
+            clone_url: path.display().to_string(),
+        })
+    }
+
+    /// The label named `name`, created (grey) when missing.
+    fn ensure_label(st: &mut State, repo: &str, name: &str) -> Result<u64, String> {
+        if let Some(l) = st.repo(repo)?.labels.iter().find(|l| l.name == name) {
+            return Ok(l.id);
+        }
+        let id = st.id();
+        let label = Label {
+            id,
+            name: name.into(),
+            color: "ededed".into(),
+            description: String::new(),
+            exclusive: false,
+        };
+        st.repo_mut(repo)?.labels.push(label);
+        Ok(id)
+    }
+
+    fn open_issue(
+        &self,
+        repo: &str,
+        title: &str,
+        body: &str,
+        labels: &[String],
+    ) -> Result<u64, String> {
+        let mut st = self.lock();
+        let ids = labels
+            .iter()
+            .map(|l| Self::ensure_label(&mut st, repo, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let id = st.id();
+        let r = st.repo_mut(repo)?;
+        let number = r.next_index();
+        let at = now();
+        let issue = Issue {
+            id,
+            number,
+            title: title.into(),
+            body: body.into(),
+            author: ALICE.into(),
+            closed: false,
+            labels: ids,
+            comments: Vec::new(),
+            created_at: at.clone(),
+            updated_at: at,
+            closed_at: None,
+            pull: None,
+        };
+        r.issues.insert(number, issue);
+        self.notify_issue(&st, repo, number, "opened", ALICE)?;
+        Ok(number)
+    }
+
+    fn set_labels_by_name(
+        &self,
+        repo: &str,
+        number: u64,
+        names: &[String],
+        sender: &str,
+    ) -> Result<(), String> {
+        let mut st = self.lock();
+        let ids = names
+            .iter()
+            .map(|l| Self::ensure_label(&mut st, repo, l))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.change_labels(&mut st, repo, number, |_| ids, sender)
+    }
+
+    /// Applies `f` to the issue's label ids and sends the `issue_label` (or `pull_request_label`)
+    /// webhook with the full new set, as Forgejo does for every label change, whoever makes it.
+    fn change_labels(
+        &self,
+        st: &mut State,
+        repo: &str,
+        number: u64,
+        f: impl FnOnce(&[u64]) -> Vec<u64>,
+        sender: &str,
+    ) -> Result<(), String> {
+        let issue = st.repo_mut(repo)?.issue_mut(number)?;
+        let mut ids = f(&issue.labels);
+        ids.dedup();
+        issue.labels = ids;
+        issue.updated_at = now();
+        let cleared = issue.labels.is_empty();
+        let action = if cleared {
+            "label_cleared"
+        } else {
+            "label_updated"
+        };
+        self.notify_labels(st, repo, number, action, sender)
+    }
+
+    fn add_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        author: &str,
+        body: &str,
+    ) -> Result<u64, String> {
+        let mut st = self.lock();
+        let id = st.id();
+        let issue = st.repo_mut(repo)?.issue_mut(number)?;
+        let at = now();
+        issue.comments.push(Comment {
+            id,
+            author: author.into(),
+            body: body.into(),
+            created_at: at.clone(),
+        });
+        issue.updated_at = at;
+        self.notify_comment(&st, repo, number, id, author)?;
+        Ok(id)
+    }
+
+    fn close_issue(&self, repo: &str, number: u64, sender: &str) -> Result<(), String> {
+        let mut st = self.lock();
+        let issue = st.repo_mut(repo)?.issue_mut(number)?;
+        if issue.closed {
+            return Ok(());
+        }
+        issue.closed = true;
+        let at = now();
+        issue.closed_at = Some(at.clone());
+        issue.updated_at = at;
+        let is_pull = issue.pull.is_some();
+        if is_pull {
+            self.notify_pull(&st, repo, number, "closed", sender, None)
+        } else {
+            self.notify_issue(&st, repo, number, "closed", sender)
+        }
+    }
+
+    fn pull_git(&self, repo: &Repo, issue: &Issue) -> PullGit {
+        let Some(pull) = &issue.pull else {
+            return PullGit::default();
+        };
+        let branch = git::branch_sha(&repo.path, &pull.head);
+        let head_branch_exists = branch.is_some();
+        let pull_ref = format!("refs/pull/{}/head", issue.number);
+        // An open pull request follows its branch; a closed one keeps the pull ref.
+        let head_sha = if issue.closed {
+            git::rev(&repo.path, &pull_ref).or(branch)
+        } else {
+            branch.or_else(|| git::rev(&repo.path, &pull_ref))
+        }
+        .unwrap_or_default();
+        let base_sha = git::branch_sha(&repo.path, &pull.base).unwrap_or_default();
+        let mergeable =
+            pull.merged || (!issue.closed && git::mergeable(&repo.path, &base_sha, &head_sha));
+        let (additions, deletions, changed_files) =
+            git::numstat(&repo.path, &pull.merge_base, &head_sha);
+        PullGit {
+            head_sha,
+            base_sha,
+            head_branch_exists,
+            mergeable,
+            additions,
+            deletions,
+            changed_files,
+        }
+    }
+
+    fn pull_info(&self, repo: &Repo, issue: &Issue) -> PullInfo {
+        let git = self.pull_git(repo, issue);
+        let pull = issue.pull.as_ref();
+        PullInfo {
+            number: issue.number,
+            title: issue.title.clone(),
+            body: issue.body.clone(),
+            author: issue.author.clone(),
+            head: pull.map(|p| p.head.clone()).unwrap_or_default(),
+            base: pull.map(|p| p.base.clone()).unwrap_or_default(),
+            head_sha: git.head_sha,
+            open: !issue.closed,
+            merged: pull.is_some_and(|p| p.merged),
+            merge_commit: pull.and_then(|p| p.merge_commit.clone()),
+            labels: repo.label_names(&issue.labels),
+        }
+    }
+
+    /// Opens a pull request as `author` (the API's create, after its checks).
+    fn create_pull(
+        &self,
+        st: &mut State,
+        repo: &str,
+        head: &str,
+        base: &str,
+        title: &str,
+        body: &str,
+        labels: Vec<u64>,
+        author: &str,
+    ) -> Result<u64, String> {
+        let (id, pull_id) = (st.id(), st.id());
+        let r = st.repo_mut(repo)?;
+        let head_sha = git::branch_sha(&r.path, head).ok_or("head branch vanished")?;
+        let base_sha = git::branch_sha(&r.path, base).ok_or("base branch vanished")?;
+        let merge_base = git::merge_base(&r.path, &base_sha, &head_sha).unwrap_or_default();
+        let number = r.next_index();
+        git::update_ref(&r.path, &format!("refs/pull/{number}/head"), &head_sha)?;
+        let at = now();
+        let pull = Pull {
+            id: pull_id,
+            head: head.into(),
+            base: base.into(),
+            merge_base,
+            merged: false,
+            merged_at: None,
+            merge_commit: None,
+            merged_by: None,
+            reviews: Vec::new(),
+        };
+        let issue = Issue {
+            id,
+            number,
+            title: title.into(),
+            body: body.into(),
+            author: author.into(),
+            closed: false,
+            labels,
+            comments: Vec::new(),
+            created_at: at.clone(),
+            updated_at: at,
+            closed_at: None,
+            pull: Some(pull),
+        };
+        r.issues.insert(number, issue);
+        self.notify_pull(st, repo, number, "opened", author, None)?;
+        Ok(number)
+    }
+
+    fn review(
+        &self,
+        repo: &str,
+        number: u64,
+        kind: ReviewKind,
+        body: &str,
+        comments: &[(String, u64, String)],
+    ) -> Result<u64, String> {
+        let mut st = self.lock();
+        let id = st.id();
+        let comment_ids: Vec<u64> = comments.iter().map(|_| st.id()).collect();
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        let pull = issue
+            .pull
+            .as_ref()
+            .ok_or_else(|| format!("#{number} is not a pull request"))?;
+        let head = self.pull_git(r, issue).head_sha;
+        let at = now();
+        let review_comments = comments
+            .iter()
+            .zip(comment_ids)
+            .map(|((path, line, text), cid)| ReviewComment {
+                id: cid,
+                path: path.clone(),
+                line: *line,
+                body: text.clone(),
+                diff_hunk: git::diff_hunk(&r.path, &pull.merge_base, &head, path, *line),
+                commit_id: head.clone(),
+                created_at: at.clone(),
+            })
+            .collect();
+        let review = Review {
+            id,
+            reviewer: BOB.into(),
+            kind,
+            body: body.into(),
+            commit_id: head,
+            submitted_at: at,
+            comments: review_comments,
+        };
+        let pull = st
+            .repo_mut(repo)?
+            .issue_mut(number)?
+            .pull
+            .as_mut()
+            .ok_or("not a pull request")?;
+        pull.reviews.push(review);
+        self.notify_review(&st, repo, number, id)?;
+        Ok(id)
+    }
+
+    fn merge(&self, repo: &str, number: u64) -> Result<(), String> {
+        let mut st = self.lock();
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        let pull = issue
+            .pull
+            .as_ref()
+            .ok_or_else(|| format!("#{number} is not a pull request"))?;
+        if issue.closed {
+            return Err(format!("#{number} is closed"));
+        }
+        let head = self.pull_git(r, issue).head_sha;
+        let message = format!(
+            "Merge pull request '{}' (#{number}) from {} into {}",
+            issue.title, pull.head, pull.base
+        );
+        let (old, commit) = git::merge(&r.path, &pull.base, &head, &message, ALICE)?;
+        git::update_ref(&r.path, &format!("refs/pull/{number}/head"), &head)?;
+        let (base, closes) = (pull.base.clone(), closing_refs(&issue.title, &issue.body));
+        let issue = st.repo_mut(repo)?.issue_mut(number)?;
+        let at = now();
+        issue.closed = true;
+        issue.closed_at = Some(at.clone());
+        issue.updated_at = at.clone();
+        if let Some(p) = issue.pull.as_mut() {
+            p.merged = true;
+            p.merged_at = Some(at);
+            p.merge_commit = Some(commit.clone());
+            p.merged_by = Some(ALICE.into());
+        }
+        self.notify_pull(&st, repo, number, "closed", ALICE, None)?;
+        drop(st);
+        self.log_push(repo, &old, &commit, &format!("refs/heads/{base}"), ALICE)?;
+        // Forgejo closes the issues a merged pull request references with a closing keyword.
+        for n in closes {
+            if self
+                .lock()
+                .repo(repo)?
+                .issues
+                .get(&n)
+                .is_some_and(|i| i.pull.is_none())
+            {
+                self.close_issue(repo, n, ALICE)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a line to the push log, as the `post-receive` hook does (for ref updates the fake
+    /// makes itself, e.g. merges, which Forgejo also reports as pushes).
+    fn log_push(
+        &self,
+        repo: &str,
+        old: &str,
+        new: &str,
+        refname: &str,
+        pusher: &str,
+    ) -> Result<(), String> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.push_log)
+            .map_err(|e| e.to_string())?;
+        writeln!(f, "{repo} {old} {new} {refname} {pusher}").map_err(|e| e.to_string())
+    }
+
+    /// Reads the push log from `offset`; handles each complete line; the new offset.
+    fn process_pushes(&self, offset: u64) -> u64 {
+        let mut text = String::new();
+        let read = std::fs::File::open(&self.push_log).and_then(|mut f| {
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_to_string(&mut text)
+        });
+        if read.is_err() {
+            return offset;
+        }
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        for line in text[..complete].lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 4 {
+                let pusher = f.get(4).copied().unwrap_or(BOT);
+                if let Err(e) = self.on_push(f[0], f[1], f[2], f[3], pusher) {
+                    eprintln!("fake forgejo: push {line}: {e}");
+                }
+            }
+        }
+        offset + complete as u64
+    }
+
+    /// A ref moved: the `push` webhook, and `synchronized` for open pull requests whose head it is.
+    /// Branch deletions send nothing here (Forgejo sends a `delete` event, not a push).
+    fn on_push(
+        &self,
+        repo: &str,
+        old: &str,
+        new: &str,
+        refname: &str,
+        pusher: &str,
+    ) -> Result<(), String> {
+        let Some(branch) = refname.strip_prefix("refs/heads/") else {
+            return Ok(());
+        };
+        if new == git::ZERO_SHA {
+            return Ok(());
+        }
+        let st = self.lock();
+        let r = st.repo(repo)?;
+        // A new branch: the commits no other branch has (`--exclude` precedes `--branches` and
+        // takes names without `refs/heads/`).
+        let range: Vec<String> = if old == git::ZERO_SHA {
+            vec![
+                new.to_string(),
+                "--not".into(),
+                format!("--exclude={branch}"),
+                "--branches".into(),
+            ]
+        } else {
+            vec![format!("{old}..{new}")]
+        };
+        let args: Vec<&str> = range.iter().map(String::as_str).collect();
+        let commits = git::commits(&r.path, &args)?;
+        let payload = self
+            .view(&st, r)
+            .push_payload(refname, old, new, &commits, pusher);
+        self.outbox.emit("push", "push", payload);
+        let synced: Vec<u64> = r
+            .issues
+            .values()
+            .filter(|i| !i.closed && i.pull.as_ref().is_some_and(|p| p.head == branch))
+            .map(|i| i.number)
+            .collect();
+        for n in synced {
+            git::update_ref(&r.path, &format!("refs/pull/{n}/head"), new)?;
+            self.notify_pull(&st, repo, n, "synchronized", pusher, None)?;
+        }
+        Ok(())
+    }
+
+    // -- webhooks --
+
+    fn notify_issue(
+        &self,
+        st: &State,
+        repo: &str,
+        number: u64,
+        action: &str,
+        sender: &str,
+    ) -> Result<(), String> {
+        let r = st.repo(repo)?;
+        let payload = self
+            .view(st, r)
+            .issue_payload(r.issue(number)?, action, sender);
+        self.outbox.emit("issues", "issues", payload);
+        Ok(())
+    }
+
+    fn notify_labels(
+        &self,
+        st: &State,
+        repo: &str,
+        number: u64,
+        action: &str,
+        sender: &str,
+    ) -> Result<(), String> {
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        if issue.pull.is_some() {
+            return self.notify_pull(st, repo, number, action, sender, Some("pull_request_label"));
+        }
+        let payload = self.view(st, r).issue_payload(issue, action, sender);
+        self.outbox.emit("issues", "issue_label", payload);
+        Ok(())
+    }
+
+    fn notify_comment(
+        &self,
+        st: &State,
+        repo: &str,
+        number: u64,
+        comment_id: u64,
+        sender: &str,
+    ) -> Result<(), String> {
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        let comment = issue
+            .comments
+            .iter()
+            .find(|c| c.id == comment_id)
+            .ok_or("comment vanished")?;
+        let git = self.pull_git(r, issue);
+        let payload = self
+            .view(st, r)
+            .comment_payload(issue, comment, &git, sender);
+        let event_type = if issue.pull.is_some() {
+            "pull_request_comment"
+        } else {
+            "issue_comment"
+        };
+        self.outbox.emit("issue_comment", event_type, payload);
+        Ok(())
+    }
+
+    fn notify_pull(
+        &self,
+        st: &State,
+        repo: &str,
+        number: u64,
+        action: &str,
+        sender: &str,
+        event_type: Option<&str>,
+    ) -> Result<(), String> {
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        let git = self.pull_git(r, issue);
+        let payload = self.view(st, r).pull_payload(issue, &git, action, sender);
+        let event_type = event_type.unwrap_or(if action == "synchronized" {
+            "pull_request_sync"
+        } else {
+            "pull_request"
+        });
+        self.outbox.emit("pull_request", event_type, payload);
+        Ok(())
+    }
+
+    fn notify_review(
+        &self,
+        st: &State,
+        repo: &str,
+        number: u64,
+        review_id: u64,
+    ) -> Result<(), String> {
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        let review = issue
+            .pull
+            .as_ref()
+            .and_then(|p| p.reviews.iter().find(|v| v.id == review_id))
+            .ok_or("review vanished")?;
+        let git = self.pull_git(r, issue);
+        let payload = self.view(st, r).review_payload(issue, &git, review);
+        let (event, event_type) = match review.kind {
+            ReviewKind::Approve => ("pull_request_approved", "pull_request_review_approved"),
+            ReviewKind::RequestChanges => ("pull_request_rejected", "pull_request_review_rejected"),
+            ReviewKind::Comment => ("pull_request_comment", "pull_request_review_comment"),
+        };
+        self.outbox.emit(event, event_type, payload);
+        Ok(())
+    }
+}
+
+/// Issue numbers after a closing keyword (`Closes #42`, `fixes #7`, …) in a pull request's text.
+fn closing_refs(title: &str, body: &str) -> Vec<u64> {
+    const KEYWORDS: &[&str] = &[
+        "close", "closes", "closed", "fix", "fixes", "fixed", "resolve", "resolves", "resolved",
+    ];
+    let text = format!("{title}\n{body}");
+    let words: Vec<&str> = text.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| KEYWORDS.contains(&w[0].trim_end_matches(':').to_ascii_lowercase().as_str()))
+        .filter_map(|w| {
+            w[1].strip_prefix('#')?
+                .trim_end_matches([',', '.', ';'])
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Polls the push log every 100 ms.
+async fn watch_pushes(inner: Arc<Inner>) {
+    let mut offset = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let i = inner.clone();
+        if let Ok(next) = tokio::task::spawn_blocking(move || i.process_pushes(offset)).await {
+            offset = next;
+        }
+    }
+}
