@@ -83,36 +83,6 @@ impl std::fmt::Display for Handled {
     }
 }
 
-/// An issue as the forge shows it (from a webhook or the REST API).
-#[derive(Debug, Clone, PartialEq)]
-pub struct IssueSnapshot {
-    pub repo: String,
-    pub clone_url: String,
-    pub default_branch: String,
-    pub number: u64,
-    pub title: String,
-    pub body: String,
-    pub state: String,
-    pub labels: Vec<String>,
-    pub is_pull: bool,
-}
-
-impl IssueSnapshot {
-    pub fn from_event(repo: &RepoInfo, issue: &IssueInfo) -> Self {
-        IssueSnapshot {
-            repo: repo.full_name.clone(),
-            clone_url: repo.clone_url.clone(),
-            default_branch: repo.default_branch.clone(),
-            number: issue.number,
-            title: issue.title.clone(),
-            body: issue.body.clone(),
-            state: issue.state.clone(),
-            labels: issue.labels.clone(),
-            is_pull: issue.is_pull,
-        }
-    }
-}
-
 #[derive(Default)]
 struct Index {
     /// (repository, issue) → its tasks, oldest first.
@@ -206,7 +176,7 @@ impl Forge {
 
     /// The task an issue asks for: `agent:<kind>` (else the default kind), `priority:<p>`,
     /// `type:<t>`.
-    pub fn spec(&self, issue: &IssueSnapshot) -> TaskSpec {
+    pub fn spec(&self, repo: &RepoInfo, issue: &IssueInfo) -> TaskSpec {
         let label = |prefix: &str| {
             issue
                 .labels
@@ -218,7 +188,7 @@ impl Forge {
             .unwrap_or_default();
         TaskSpec {
             source: Source::Forge {
-                repo: issue.repo.clone(),
+                repo: repo.full_name.clone(),
                 issue: issue.number,
             },
             title: issue.title.clone(),
@@ -231,8 +201,8 @@ impl Forge {
                 .or_else(|| self.default_agent.clone())
                 .unwrap_or_default(),
             capabilities: Vec::new(),
-            repo: issue.clone_url.clone(),
-            base: Some(issue.default_branch.clone()).filter(|b| !b.is_empty()),
+            repo: repo.clone_url.clone(),
+            base: Some(repo.default_branch.clone()).filter(|b| !b.is_empty()),
             file_scope: Vec::new(),
             validation: Vec::new(),
         }
@@ -279,18 +249,23 @@ impl Forge {
     /// has none (or its last one was cancelled and the trigger came back); otherwise its
     /// task is told about changed labels or state (which cancels a task that has not started
     /// when the trigger label is gone). `key` makes a redelivery a no-op.
-    pub async fn ingest(&self, issue: &IssueSnapshot, key: &str) -> Result<Handled, FlowError> {
+    pub async fn ingest(
+        &self,
+        repo: &RepoInfo,
+        issue: &IssueInfo,
+        key: &str,
+    ) -> Result<Handled, FlowError> {
         if issue.is_pull {
             return Ok(Handled::Ignored("a pull request, not an issue".into()));
         }
-        if !self.serves(&issue.repo) {
+        if !self.serves(&repo.full_name) {
             return Ok(Handled::Ignored(format!(
                 "repository {} is not in forgejo.repos",
-                issue.repo
+                repo.full_name
             )));
         }
         let engine = self.engine()?;
-        let at = (issue.repo.clone(), issue.number);
+        let at = (repo.full_name.clone(), issue.number);
         let (tasks, rearmed) = {
             let index = self.index();
             let tasks = index.issues.get(&at).cloned().unwrap_or_default();
@@ -345,7 +320,7 @@ impl Forge {
                 issue.number
             )));
         }
-        let spec = self.spec(issue);
+        let spec = self.spec(repo, issue);
         if spec.agent.is_empty() {
             return Ok(Handled::Ignored(
                 "no agent kind is configured (forgejo.default_agent)".into(),
@@ -353,13 +328,13 @@ impl Forge {
         }
         let mut state = TaskState::new(spec, Timestamp::now());
         state.forge = Some(ForgeTask::new(
-            &issue.repo,
+            &repo.full_name,
             issue.number,
             issue.labels.clone(),
         ));
-        let key = format!("forge/{}#{}/{}", issue.repo, issue.number, tasks.len());
+        let key = format!("forge/{}#{}/{}", repo.full_name, issue.number, tasks.len());
         let ack = engine.start_ack::<AgentTask>(&state, Some(&key)).await?;
-        self.note_task(&issue.repo, issue.number, ack.id);
+        self.note_task(&repo.full_name, issue.number, ack.id);
         self.index().rearmed.remove(&at);
         Ok(if ack.duplicate {
             Handled::Unchanged(ack.id)
@@ -371,10 +346,7 @@ impl Forge {
     /// A verified webhook event (`delivery`: its id, the signal's idempotency key).
     pub async fn deliver(&self, event: &ForgeEvent, delivery: &str) -> Result<Handled, FlowError> {
         match event {
-            ForgeEvent::Issue { repo, issue, .. } => {
-                self.ingest(&IssueSnapshot::from_event(repo, issue), delivery)
-                    .await
-            }
+            ForgeEvent::Issue { repo, issue, .. } => self.ingest(repo, issue, delivery).await,
             ForgeEvent::PullRequest { action, repo, pull } => {
                 let what = format!("pull request #{} {action}", pull.number);
                 self.poke(repo, pull, what, action == "synchronized", delivery)

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::forgejo::{Issue, RepoRef, Repository};
+use crate::io::forgejo::{Issue, IssueInfo, RepoInfo, RepoRef, Repository};
 use crate::workflow::{Engine, EngineError, Outcome, StepCtx, StepResult, Timestamp, Workflow};
 
-use super::forge::{Forge, Handled, IssueSnapshot};
+use super::forge::{Forge, Handled};
 use super::runtime::Runtime;
 
 /// The state of the reconciler: counters for its history and `GET` views.
@@ -51,17 +51,23 @@ pub async fn ensure_started(engine: &Engine) -> Result<u64, EngineError> {
         .id)
 }
 
-fn snapshot(repo: &Repository, issue: &Issue) -> IssueSnapshot {
-    IssueSnapshot {
-        repo: repo.full_name.clone(),
+fn repo_info(repo: &Repository) -> RepoInfo {
+    RepoInfo {
+        full_name: repo.full_name.clone(),
         clone_url: repo.clone_url.clone(),
         default_branch: repo.default_branch.clone(),
+    }
+}
+
+fn issue_info(issue: &Issue) -> IssueInfo {
+    IssueInfo {
         number: issue.number,
         title: issue.title.clone(),
         body: issue.body.clone(),
         state: issue.state.clone(),
         labels: issue.label_names(),
         is_pull: issue.is_pull(),
+        author: issue.user.login.clone(),
     }
 }
 
@@ -107,7 +113,7 @@ impl Workflow for ForgeSync {
 /// One repository: its labelled open issues, then the tasks whose issue was not among them.
 async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String, String> {
     let r: RepoRef = repo.parse().map_err(|e| format!("{e}"))?;
-    let info = forge.client.repo(&r).await.map_err(|e| e.to_string())?;
+    let info = repo_info(&forge.client.repo(&r).await.map_err(|e| e.to_string())?);
     let mut labels = vec![forge.config.trigger_label.clone()];
     labels.extend(forge.agent_labels());
     let mut seen = HashSet::new();
@@ -123,7 +129,7 @@ async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String,
                 continue;
             }
             let key = format!("reconcile/{round}/{repo}#{}", issue.number);
-            match forge.ingest(&snapshot(&info, &issue), &key).await {
+            match forge.ingest(&info, &issue_info(&issue), &key).await {
                 Ok(Handled::Started(_)) => started += 1,
                 Ok(Handled::Signalled(_)) => signalled += 1,
                 Ok(_) => {}
@@ -141,7 +147,7 @@ async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String,
             Err(e) => return Err(e.to_string()),
         };
         let key = format!("reconcile/{round}/{repo}#{number}");
-        if let Ok(Handled::Signalled(_)) = forge.ingest(&snapshot(&info, &issue), &key).await {
+        if let Ok(Handled::Signalled(_)) = forge.ingest(&info, &issue_info(&issue), &key).await {
             signalled += 1;
         }
     }
