@@ -5,6 +5,7 @@
 //! The workflow engine never calls these directly: steps use them, and outbox effect handlers
 //! deliver forge comments, labels and chat messages through them.
 
+pub mod forgejo;
 pub mod run;
 pub mod shell;
 pub mod ssh;
