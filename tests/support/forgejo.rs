@@ -187,6 +187,16 @@ impl Repo {
     }
 }
 
+/// What opening a pull request takes.
+struct NewPull<'a> {
+    head: &'a str,
+    base: &'a str,
+    title: &'a str,
+    body: &'a str,
+    labels: Vec<u64>,
+    author: &'a str,
+}
+
 /// The live git view of a pull request.
 #[derive(Debug, Clone, Default)]
 struct PullGit {
@@ -696,18 +706,16 @@ impl Inner {
         }
     }
 
-    /// Opens a pull request as `author` (the API's create, after its checks).
-    fn create_pull(
-        &self,
-        st: &mut State,
-        repo: &str,
-        head: &str,
-        base: &str,
-        title: &str,
-        body: &str,
-        labels: Vec<u64>,
-        author: &str,
-    ) -> Result<u64, String> {
+    /// Opens a pull request (the API's create, after its checks).
+    fn create_pull(&self, st: &mut State, repo: &str, new: NewPull) -> Result<u64, String> {
+        let NewPull {
+            head,
+            base,
+            title,
+            body,
+            labels,
+            author,
+        } = new;
         let (id, pull_id) = (st.id(), st.id());
         let r = st.repo_mut(repo)?;
         let head_sha = git::branch_sha(&r.path, head).ok_or("head branch vanished")?;

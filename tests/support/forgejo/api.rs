@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::swagger::{Failure, Matched};
-use super::{BOT, Inner, Label, State as Forge, git, json as shapes};
+use super::{BOT, Inner, Label, NewPull, State as Forge, git, json as shapes};
 
 pub fn router(inner: Arc<Inner>) -> Router {
     Router::new().fallback(handle).with_state(inner)
@@ -749,7 +749,18 @@ impl Call<'_> {
             .collect();
         let n = self
             .inner
-            .create_pull(&mut st, &key, &head, &base, &title, &body, labels, BOT)
+            .create_pull(
+                &mut st,
+                &key,
+                NewPull {
+                    head: &head,
+                    base: &base,
+                    title: &title,
+                    body: &body,
+                    labels,
+                    author: BOT,
+                },
+            )
             .map_err(|e| self.inner.error(500, &e))?;
         let r = &st.repos[&key];
         let issue = &r.issues[&n];
@@ -850,7 +861,7 @@ impl Call<'_> {
 
     /// CreateHook: points the fake's (single) webhook at `config.url` with `config.secret`.
     fn create_hook(&self) -> Handled {
-        let key = self.repo_key(&self.inner.lock())?;
+        self.repo_key(&self.inner.lock())?; // 404 for an unknown repository
         let config = &self.body["config"];
         let url = config["url"].as_str().unwrap_or("");
         if url.is_empty() {
@@ -867,7 +878,7 @@ impl Call<'_> {
                 "id": id, "type": self.body["type"].as_str().unwrap_or("forgejo"), "branch_filter": self.body["branch_filter"],
                 "config": {"url": url, "content_type": config["content_type"].as_str().unwrap_or("json")},
                 "events": self.body["events"], "authorization_header": "", "active": self.body["active"].as_bool().unwrap_or(false),
-                "updated_at": now, "created_at": now, "repo": key,
+                "updated_at": now, "created_at": now,
             }),
         ))
     }
