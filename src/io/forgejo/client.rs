@@ -184,6 +184,7 @@ impl Forgejo {
 
     /// Tries each call up to `tries` times (at least once) while it fails transiently, waiting
     /// `base_delay`, then twice as long each time (or the forge's `Retry-After`, up to 30 s).
+    /// POSTs are repeated only when the forge surely did not act on them (see `call`).
     pub fn with_retries(mut self, tries: u32, base_delay: Duration) -> Forgejo {
         self.tries = tries.max(1);
         self.base_delay = base_delay;
@@ -494,9 +495,10 @@ impl Forgejo {
         decode(&method, path, &answer.body)
     }
 
-    /// One call, tried again while it fails transiently. A POST whose request may have reached
-    /// the forge (a timeout or a connection broken after sending) is not repeated here: it may
-    /// have taken effect, and the caller knows whether repeating it is safe.
+    /// One call, tried again while it fails transiently. A POST is repeated only when the forge
+    /// surely did not act on it (no connection, 408, 429, 503): after a timeout, a connection
+    /// broken mid-request, a 500, 502 or 504 a comment or pull request may already exist, and
+    /// the caller (which can look for it) decides whether to send it again.
     async fn call(
         &self,
         method: Method,
@@ -558,7 +560,12 @@ impl Forgejo {
                                 status: status.as_u16(),
                                 message: self.scrub(&error_message(status, &bytes)),
                             };
-                            let retry = transient_status(status.as_u16());
+                            let code = status.as_u16();
+                            let retry = if idempotent {
+                                transient_status(code)
+                            } else {
+                                matches!(code, 408 | 429 | 503)
+                            };
                             (error, retry, retry_after(&headers))
                         }
                     }
@@ -819,6 +826,24 @@ mod tests {
         assert!(err.is_transient(), "{err}");
         assert_eq!(err.status(), Some(502));
         assert_eq!(forge.seen().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_post_is_repeated_only_when_the_forge_surely_did_not_act() {
+        let forge = fake(|_, n| match n {
+            1 => (429, r#"{"message":"slow down"}"#.into()),
+            2 => (502, "bad gateway".into()),
+            _ => (201, r#"{"id":1,"body":"x"}"#.into()),
+        })
+        .await;
+        let err = forge
+            .client()
+            .create_comment(&repo(), 1, "x")
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), Some(502));
+        assert!(err.is_transient());
+        assert_eq!(forge.seen().len(), 2);
     }
 
     #[tokio::test]
