@@ -91,6 +91,8 @@ fn task_json(id: &str, title: &str, status: &str) -> Value {
         "branch_name": format!("fleet/task-{id}"),
         "pr_number": null,
         "pr_title": null,
+        "pr_url": null,
+        "pr_merged": false,
         "attempt": 1,
         "claim_epoch": 0,
         "review_count": 0,
