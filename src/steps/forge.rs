@@ -17,9 +17,7 @@ use thiserror::Error;
 use crate::config::{Config, ForgejoConfig};
 use crate::io::forgejo::webhook::{ForgeEvent, IssueInfo, PullInfo, RepoInfo};
 use crate::io::forgejo::{ForgeError, Forgejo, RepoRef};
-use crate::workflow::{
-    Delivery, EffectError, EffectHandler, Engine, EngineError, Status, Timestamp,
-};
+use crate::workflow::{Delivery, EffectError, EffectHandler, Engine, EngineError, Timestamp};
 
 use super::agent_task::{AgentTask, TaskSignal, TaskState};
 use super::review::{ForgeTask, effect};
@@ -436,19 +434,10 @@ impl Forge {
             Ok(_) => Ok(Handled::Signalled(id)),
             Err(EngineError::Finished { status, .. }) => Ok(Handled::Ignored(format!(
                 "task {id} has ended ({})",
-                status_name(status)
+                status.as_str()
             ))),
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Completed => "completed",
-        Status::Failed => "failed",
-        Status::Cancelled => "cancelled",
-        _ => "live",
     }
 }
 
