@@ -366,14 +366,13 @@ impl AgentTask {
     fn withdraw(
         &self,
         ctx: &StepCtx<TaskSignal>,
-        mut s: TaskState,
+        s: TaskState,
         reason: String,
     ) -> Outcome<TaskState> {
         let id = ctx.instance();
         self.rt.fleet().release(id);
         self.rt.board().withdraw(id);
-        s.status = TaskStatus::Cancelled;
-        Outcome::cancel(s, reason)
+        review::cancelled(s, reason)
     }
 
     async fn cleanup_task(

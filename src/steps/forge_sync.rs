@@ -27,12 +27,6 @@ pub struct SyncState {
     pub last_error: Option<String>,
 }
 
-/// Wakes the reconciler before its timer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum SyncSignal {
-    Now,
-}
-
 pub struct ForgeSync {
     rt: Arc<Runtime>,
 }
@@ -75,16 +69,15 @@ impl Workflow for ForgeSync {
     const NAME: &'static str = "forge-sync";
     const VERSION: u32 = 1;
     type State = SyncState;
-    type Signal = SyncSignal;
+    type Signal = ();
 
-    async fn step(&self, ctx: &mut StepCtx<SyncSignal>, mut s: SyncState) -> StepResult<SyncState> {
+    async fn step(&self, ctx: &mut StepCtx<()>, mut s: SyncState) -> StepResult<SyncState> {
         tokio::select! {
             _ = self.rt.fleet().wait_ready() => {}
             _ = ctx.shutdown().cancelled() => {
                 return Err(crate::workflow::StepError::msg("the daemon is stopping"));
             }
         }
-        while ctx.take(|_| true).is_some() {}
         let Some(forge) = self.rt.forge() else {
             return Ok(Outcome::complete(s).note("no [forgejo] is configured: reconciliation ends"));
         };

@@ -77,12 +77,19 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
         forge.set_engine(engine.clone());
     }
     for info in engine.list()? {
-        if let Some(forge) = rt.forge()
-            && info.workflow == AgentTask::NAME
+        // Ended tasks are read only for the forge's index: an issue whose task completed does
+        // not get another one.
+        let task = if info.workflow == AgentTask::NAME
+            && (rt.forge().is_some() || !info.status.is_terminal())
         {
-            // Ended tasks too: an issue whose task completed does not get another one.
-            forge::index_task(forge, info.id, &engine.state::<AgentTask>(info.id)?);
-        }
+            let state = engine.state::<AgentTask>(info.id)?;
+            if let Some(forge) = rt.forge() {
+                forge::index_task(forge, info.id, &state);
+            }
+            Some(state)
+        } else {
+            None
+        };
         if info.status.is_terminal() {
             continue;
         }
@@ -95,10 +102,9 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
             rt.board().upsert_agent(entry);
             continue;
         }
-        if info.workflow != AgentTask::NAME {
+        let Some(state) = task else {
             continue;
-        }
-        let state = engine.state::<AgentTask>(info.id)?;
+        };
         if state.holds_host()
             && let Some(host) = &state.assigned_host
         {

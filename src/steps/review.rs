@@ -76,7 +76,6 @@ pub struct PullLink {
     pub number: u64,
     pub title: String,
     pub url: String,
-    pub base: String,
     pub merged: bool,
     pub merge_sha: Option<String>,
     /// Commits of the pull request, as the forge counted them when it was merged.
@@ -224,7 +223,19 @@ impl AgentTask {
         ctx: &mut StepCtx<TaskSignal>,
         s: TaskState,
     ) -> StepResult<TaskState> {
-        match self.try_publish(ctx, s.clone()).await {
+        let tried = self.try_publish(ctx, s.clone()).await;
+        self.settle(ctx, s, tried)
+    }
+
+    /// A forge phase's result: transient trouble is a step error (retried with backoff), other
+    /// trouble fails the task from the state the step started with.
+    fn settle(
+        &self,
+        ctx: &StepCtx<TaskSignal>,
+        s: TaskState,
+        tried: Result<Outcome<TaskState>, Trouble>,
+    ) -> StepResult<TaskState> {
+        match tried {
             Ok(outcome) => Ok(outcome),
             Err(Trouble::Retry(e)) => Err(e),
             Err(Trouble::Fail(reason)) => Ok(self.give_up(ctx, s, reason)),
@@ -275,12 +286,11 @@ impl AgentTask {
             .map_err(|e| trouble("looking up the pull request", e))?;
         let pr = match existing {
             Some(p) if p.state == "closed" && !p.merged => {
-                s.status = TaskStatus::Cancelled;
                 let reason = format!(
                     "pull request #{} of {branch} was closed without merging",
                     p.number
                 );
-                return Ok(Outcome::cancel(s, reason));
+                return Ok(cancelled(s, reason));
             }
             Some(p) => {
                 notes.push(format!("pull request #{} exists for {branch}", p.number));
@@ -315,7 +325,6 @@ impl AgentTask {
                 number: pr.number,
                 title: pr.title.clone(),
                 url: pr.html_url.clone(),
-                base: pr.base.ref_name.clone(),
                 merged: pr.merged,
                 merge_sha: pr.merge_commit_sha.clone(),
                 commits: 0,
@@ -337,11 +346,8 @@ impl AgentTask {
         ctx: &mut StepCtx<TaskSignal>,
         s: TaskState,
     ) -> StepResult<TaskState> {
-        match self.try_review(ctx, s.clone()).await {
-            Ok(outcome) => Ok(outcome),
-            Err(Trouble::Retry(e)) => Err(e),
-            Err(Trouble::Fail(reason)) => Ok(self.give_up(ctx, s, reason)),
-        }
+        let tried = self.try_review(ctx, s.clone()).await;
+        self.settle(ctx, s, tried)
     }
 
     async fn try_review(
@@ -365,11 +371,8 @@ impl AgentTask {
             return self.merged(ctx, s, forge, &repo, pr).await;
         }
         if pr.state == "closed" {
-            s.status = TaskStatus::Cancelled;
-            return Ok(Outcome::cancel(
-                s,
-                format!("pull request #{number} was closed without merging"),
-            ));
+            let reason = format!("pull request #{number} was closed without merging");
+            return Ok(cancelled(s, reason));
         }
         let reviews = forge
             .client
@@ -522,6 +525,12 @@ impl AgentTask {
         );
         Ok(Outcome::complete(s).note(note))
     }
+}
+
+/// The task ends `cancelled` by its own step (see `Outcome::cancel`).
+pub(super) fn cancelled(mut s: TaskState, reason: String) -> Outcome<TaskState> {
+    s.status = TaskStatus::Cancelled;
+    Outcome::cancel(s, reason)
 }
 
 /// An effect, or the step error that says why it could not be encoded.
