@@ -106,8 +106,9 @@ pub enum TaskCommand {
     Watch(TaskIdArgs),
     /// Ask a task to stop.
     Cancel(CancelArgs),
-    /// Put a failed task back in the queue.
-    Retry(TaskIdArgs),
+    /// Put a failed task back in the queue (resuming the last agent session when the failure
+    /// was outside it).
+    Retry(RetryArgs),
     /// Send a signal to a task's workflow.
     Signal(SignalArgs),
 }
@@ -203,6 +204,15 @@ pub struct TaskIdArgs {
     pub json: bool,
     #[command(flatten)]
     pub connection: Connection,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub task: TaskIdArgs,
+    /// Start from a fresh agent session instead of resuming the last one.
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 #[derive(Debug, Args)]

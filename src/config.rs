@@ -14,7 +14,7 @@
 //! Secrets never appear in the file: a config only names the environment variable holding one
 //! (`token_env = "FORGEJO_TOKEN"`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -146,6 +146,10 @@ pub struct DispatchConfig {
     /// Whether a pull agent's receipt that cannot be checked (its repository cannot be read
     /// from the daemon) completes the task; otherwise the task fails, the receipt kept.
     pub accept_unverified_receipts: bool,
+    /// How long an agent kind pauses on a host after a usage limit whose reset time the CLI
+    /// did not say.
+    #[serde(with = "humantime_serde")]
+    pub usage_limit_pause: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -160,6 +164,7 @@ impl Default for DispatchConfig {
             heartbeat_misses: 3,
             default_repo: None,
             accept_unverified_receipts: false,
+            usage_limit_pause: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -319,20 +324,92 @@ impl OutputFormat {
 }
 
 /// `[[agents]]`: an agent kind, i.e. a CLI template and its output parser.
+///
+/// An entry named like a built-in kind (`claude`, `codex`, `demo`) replaces it, and takes every
+/// key it leaves out from the built-in (so `[[agents]] name = "claude"` with only `env_from`
+/// keeps the built-in command lines).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawAgentConfig")]
 pub struct AgentConfig {
     pub name: String,
     /// Command line run in the task's work directory; see [`TEMPLATE_PLACEHOLDERS`].
     pub cli_template: String,
     pub output_format: OutputFormat,
     /// Run timeout; defaults to `dispatch.task_timeout`.
-    #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// Command line that continues a previous session (review rounds).
+    /// Command line that continues a previous session (retries, review rounds).
     pub resume_template: Option<String>,
     /// Command printing the CLI's version (host health checks).
     pub version_command: Option<String>,
+    /// CLI versions this kind's command lines were tested with, as a semver requirement
+    /// (`">=2.1.197, <2.2"`); a host whose CLI is outside it gets a warning.
+    pub tested_versions: Option<String>,
+    /// Environment variables set for the agent (and its `version_command`), by value.
+    pub env: BTreeMap<String, String>,
+    /// Names of the daemon's environment variables passed through to the agent (API keys):
+    /// read when a run starts, handed over without ever being written to a file on the host.
+    pub env_from: Vec<String>,
+}
+
+/// `[[agents]]` as written: keys left out of an entry named like a built-in come from it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgentConfig {
+    name: String,
+    cli_template: Option<String>,
+    output_format: Option<OutputFormat>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    resume_template: Option<String>,
+    version_command: Option<String>,
+    tested_versions: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    env_from: Vec<String>,
+}
+
+impl TryFrom<RawAgentConfig> for AgentConfig {
+    type Error = String;
+
+    fn try_from(raw: RawAgentConfig) -> Result<Self, String> {
+        let builtin = builtin_agents().iter().find(|b| b.name == raw.name);
+        let required = |key: &str| {
+            let names: Vec<&str> = builtin_agents().iter().map(|b| b.name.as_str()).collect();
+            format!(
+                "agent kind `{}` needs `{key}` (only the built-in kinds {} may leave it out)",
+                raw.name,
+                names.join(", ")
+            )
+        };
+        let cli_template = match (raw.cli_template, builtin) {
+            (Some(t), _) => t,
+            (None, Some(b)) => b.cli_template.clone(),
+            (None, None) => return Err(required("cli_template")),
+        };
+        let output_format = match (raw.output_format, builtin) {
+            (Some(f), _) => f,
+            (None, Some(b)) => b.output_format,
+            (None, None) => return Err(required("output_format")),
+        };
+        Ok(AgentConfig {
+            cli_template,
+            output_format,
+            timeout: raw.timeout.or(builtin.and_then(|b| b.timeout)),
+            resume_template: raw
+                .resume_template
+                .or_else(|| builtin.and_then(|b| b.resume_template.clone())),
+            version_command: raw
+                .version_command
+                .or_else(|| builtin.and_then(|b| b.version_command.clone())),
+            tested_versions: raw
+                .tested_versions
+                .or_else(|| builtin.and_then(|b| b.tested_versions.clone())),
+            env: raw.env,
+            env_from: raw.env_from,
+            name: raw.name,
+        })
+    }
 }
 
 impl AgentConfig {
@@ -340,36 +417,97 @@ impl AgentConfig {
     pub fn timeout_or_default(&self, dispatch: &DispatchConfig) -> Duration {
         self.timeout.unwrap_or(dispatch.task_timeout)
     }
+
+    /// Whether `version` (as printed by the CLI) is in [`AgentConfig::tested_versions`]:
+    /// `None` when there is no requirement or no version number can be read.
+    pub fn version_tested(&self, version: &str) -> Option<bool> {
+        let req = semver::VersionReq::parse(self.tested_versions.as_deref()?).ok()?;
+        Some(req.matches(&version_number(version)?))
+    }
+
+    /// The environment of this kind's runs: `env`, then each `env_from` variable read from
+    /// `lookup` (the daemon's environment). Fails with the names of unset variables.
+    pub fn run_env(
+        &self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, Vec<String>> {
+        let mut vars: Vec<(String, String)> =
+            self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut unset = Vec::new();
+        for name in &self.env_from {
+            match lookup(name) {
+                Some(v) => vars.push((name.clone(), v)),
+                None => unset.push(name.clone()),
+            }
+        }
+        if unset.is_empty() { Ok(vars) } else { Err(unset) }
+    }
 }
+
+/// A POSIX environment variable name: a letter or `_`, then letters, digits and `_`.
+pub fn is_env_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The first `x.y.z` (or `x.y`) version number in a CLI's `--version` text (`2.1.197 (Claude
+/// Code)`, `codex-cli 0.169.0`).
+pub fn version_number(text: &str) -> Option<semver::Version> {
+    text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|w| w.contains('.'))
+        .find_map(|w| {
+            let w = w.trim_matches('.');
+            semver::Version::parse(w)
+                .ok()
+                .or_else(|| semver::Version::parse(&format!("{w}.0")).ok())
+        })
+}
+
+/// The versions of the real CLIs the built-in `claude` and `codex` kinds are tested with
+/// (`tests/agents_real.rs` runs them end to end; `scripts/agent-clis.txt` pins them).
+pub const CLAUDE_TESTED: &str = ">=2.1.197, <2.2";
+pub const CODEX_TESTED: &str = ">=0.169.0, <0.170";
 
 /// The agent kinds every daemon knows: `claude`, `codex` and `demo` (the script shipped in
 /// `scripts/`, which needs no API key). An `[[agents]]` entry with the same name replaces one.
 pub fn builtin_agents() -> &'static [AgentConfig] {
     static BUILTIN: LazyLock<Vec<AgentConfig>> = LazyLock::new(|| {
-        let kind =
-            |name: &str, cli: &str, resume: &str, format, version: Option<&str>| AgentConfig {
+        let kind = |name: &str, cli: &str, resume: &str, format, version: Option<&str>| {
+            AgentConfig {
                 name: name.to_string(),
                 cli_template: cli.to_string(),
                 output_format: format,
                 timeout: None,
                 resume_template: Some(resume.to_string()),
                 version_command: version.map(str::to_string),
-            };
+                tested_versions: None,
+                env: BTreeMap::new(),
+                env_from: Vec::new(),
+            }
+        };
         vec![
-            kind(
-                "claude",
-                "claude -p --output-format json --permission-mode acceptEdits < {prompt_file}",
-                "claude -p --output-format json --permission-mode acceptEdits --resume {session_id} < {prompt_file}",
-                OutputFormat::ClaudeJson,
-                Some("claude --version"),
-            ),
-            kind(
-                "codex",
-                "codex exec --json --full-auto - < {prompt_file}",
-                "codex exec resume --json --full-auto {session_id} - < {prompt_file}",
-                OutputFormat::CodexJsonl,
-                Some("codex --version"),
-            ),
+            AgentConfig {
+                tested_versions: Some(CLAUDE_TESTED.to_string()),
+                ..kind(
+                    "claude",
+                    CLAUDE_TEMPLATE,
+                    CLAUDE_RESUME_TEMPLATE,
+                    OutputFormat::ClaudeJson,
+                    Some("claude --version"),
+                )
+            },
+            AgentConfig {
+                tested_versions: Some(CODEX_TESTED.to_string()),
+                ..kind(
+                    "codex",
+                    CODEX_TEMPLATE,
+                    CODEX_RESUME_TEMPLATE,
+                    OutputFormat::CodexJsonl,
+                    Some("codex --version"),
+                )
+            },
             kind(
                 "demo",
                 "scripts/demo-agent --prompt-file {prompt_file}",
@@ -381,6 +519,21 @@ pub fn builtin_agents() -> &'static [AgentConfig] {
     });
     &BUILTIN
 }
+
+/// Claude Code in print mode: file edits accepted, and the tools a coding task needs allowed
+/// by name (`--allowedTools`), which works as root too (where Claude refuses
+/// `--dangerously-skip-permissions` and `bypassPermissions`).
+const CLAUDE_TEMPLATE: &str = "claude -p --output-format json --permission-mode acceptEdits \
+--allowedTools Bash,Edit,Write,MultiEdit,NotebookEdit,Read,Glob,Grep,LS,TodoWrite < {prompt_file}";
+const CLAUDE_RESUME_TEMPLATE: &str = "claude -p --output-format json --permission-mode acceptEdits \
+--allowedTools Bash,Edit,Write,MultiEdit,NotebookEdit,Read,Glob,Grep,LS,TodoWrite \
+--resume {session_id} < {prompt_file}";
+/// Codex non-interactively, its commands sandboxed to the work directory (which holds
+/// everything git writes for the task). `-c sandbox_mode=…` because `codex exec resume` takes
+/// no `-s`/`--full-auto`.
+const CODEX_TEMPLATE: &str = "codex exec --json -c sandbox_mode=workspace-write - < {prompt_file}";
+const CODEX_RESUME_TEMPLATE: &str =
+    "codex exec resume --json -c sandbox_mode=workspace-write {session_id} - < {prompt_file}";
 
 /// `[[hosts]]`: a machine reached by SSH, or `localhost` (local subprocesses).
 #[derive(Debug, Clone, Deserialize)]
@@ -620,7 +773,7 @@ impl Config {
         if let Some(m) = &self.matrix {
             v.matrix(m);
         }
-        v.agents(&self.agents);
+        v.agents(&self.agents, &self.secret_env());
         let kinds: Vec<AgentConfig> = self.agent_kinds().into_iter().cloned().collect();
         v.hosts(&self.hosts, &kinds);
         if let Some(agent) = self.forgejo.as_ref().and_then(|f| f.default_agent.as_ref())
@@ -633,6 +786,24 @@ impl Config {
             );
         }
         v.problems
+    }
+
+    /// The names of the environment variables holding the daemon's own secrets (admin and
+    /// registration tokens, forge token, webhook secret, Matrix credentials, SSH key
+    /// passphrases): never passed to an agent.
+    pub fn secret_env(&self) -> Vec<String> {
+        let mut names = vec![self.server.admin_token_env.clone()];
+        if let Some(f) = &self.forgejo {
+            names.push(f.token_env.clone());
+            names.push(f.webhook_secret_env.clone());
+        }
+        if let Some(m) = &self.matrix {
+            names.extend(m.password_env.clone());
+            names.extend(m.access_token_env.clone());
+        }
+        names.extend(self.server.registration_token_env.clone());
+        names.extend(self.hosts.iter().filter_map(|h| h.key_passphrase_env.clone()));
+        names
     }
 
     /// The agent kind called `name`: an `[[agents]]` entry, else a built-in one.
@@ -848,12 +1019,7 @@ impl Validator {
     }
 
     fn env_name(&mut self, path: KeyPath, value: &str) {
-        let valid = value
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !is_env_name(value) {
             self.report(
                 path,
                 format!(
@@ -946,6 +1112,7 @@ impl Validator {
         let p = KeyPath::root("dispatch");
         self.positive(p.key("task_timeout"), d.task_timeout);
         self.positive(p.key("heartbeat_interval"), d.heartbeat_interval);
+        self.positive(p.key("usage_limit_pause"), d.usage_limit_pause);
         if d.heartbeat_misses == 0 {
             self.report(p.key("heartbeat_misses"), "must be at least 1");
         }
@@ -1075,7 +1242,7 @@ impl Validator {
         }
     }
 
-    fn agents(&mut self, agents: &[AgentConfig]) {
+    fn agents(&mut self, agents: &[AgentConfig], secrets: &[String]) {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, a) in agents.iter().enumerate() {
             let p = KeyPath::root("agents").index(i);
@@ -1094,6 +1261,41 @@ impl Validator {
             }
             if let Some(t) = a.timeout {
                 self.positive(p.key("timeout"), t);
+            }
+            if let Some(r) = &a.tested_versions
+                && let Err(e) = semver::VersionReq::parse(r)
+            {
+                self.report(
+                    p.key("tested_versions"),
+                    format!("`{r}` is not a version requirement like \">=2.1, <2.2\": {e}"),
+                );
+            }
+            for name in a.env.keys() {
+                if !is_env_name(name) {
+                    self.report(
+                        p.key("env").key(name),
+                        format!("`{name}` is not an environment variable name"),
+                    );
+                }
+            }
+            for (j, name) in a.env_from.iter().enumerate() {
+                if !is_env_name(name) {
+                    self.report(
+                        p.key("env_from").index(j),
+                        format!(
+                            "`{name}` is not an environment variable name; name the daemon's \
+                             variable that holds the value (e.g. \"ANTHROPIC_API_KEY\")"
+                        ),
+                    );
+                } else if secrets.iter().any(|s| s == name) {
+                    self.report(
+                        p.key("env_from").index(j),
+                        format!(
+                            "`{name}` holds one of the daemon's own secrets (admin token, forge \
+                             token, webhook secret, …), which never reach an agent"
+                        ),
+                    );
+                }
             }
         }
     }

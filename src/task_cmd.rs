@@ -17,7 +17,7 @@ use serde_json::json;
 use thiserror::Error;
 
 use crate::cli::{
-    CancelArgs, Connection, ListArgs, SignalArgs, SubmitArgs, TaskCommand, TaskIdArgs,
+    CancelArgs, Connection, ListArgs, RetryArgs, SignalArgs, SubmitArgs, TaskCommand, TaskIdArgs,
 };
 
 /// The environment variable naming the daemon's URL.
@@ -416,10 +416,11 @@ async fn cancel(args: CancelArgs) -> Result<ExitCode, TaskError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn retry(args: TaskIdArgs) -> Result<ExitCode, TaskError> {
+async fn retry(retry: RetryArgs) -> Result<ExitCode, TaskError> {
+    let args = retry.task;
     let (client, token_env) = connect(&args.connection)?;
     let task = client
-        .retry(&args.id)
+        .retry(&args.id, retry.fresh)
         .await
         .map_err(|e| explain(&client, &token_env, e))?;
     if args.json {

@@ -16,7 +16,7 @@ use utoipa_axum::routes;
 pub use super::extract::ApiJson;
 use super::extract::{ApiQuery, OptionalJson, TaskId};
 use super::views::{
-    CancelRequest, ErrorBody, EventPage, EventView, NewTask, SignalAnswer, SignalJson,
+    CancelRequest, ErrorBody, EventPage, EventView, NewTask, RetryRequest, SignalAnswer, SignalJson,
     SignalRequest, TaskList, TaskStatusName, TaskView,
 };
 use super::{ApiError, AppState};
@@ -235,13 +235,15 @@ async fn cancel(
 
 /// Retry a failed task
 ///
-/// Puts a `failed` task back in the queue (a `retry` signal). Without an `Idempotency-Key`,
-/// every call is a new retry.
+/// Puts a `failed` task back in the queue (a `retry` signal). The retry resumes the last
+/// agent session on its host when the failure was outside the session; `{"fresh": true}`
+/// starts a fresh one. Without an `Idempotency-Key`, every call is a new retry.
 #[utoipa::path(post, path = "/tasks/{id}/retry", tag = TAG, operation_id = "retry_task",
     params(TaskId,
         ("Idempotency-Key" = Option<String>, Header,
             description = "A repeated key is the same retry (1 to 256 bytes of visible ASCII)"),
     ),
+    request_body(content = Option<RetryRequest>, content_type = "application/json"),
     responses(
         (status = 202, description = "The retry is recorded", body = TaskView),
         (status = 400, description = "The `Idempotency-Key` is not visible ASCII", body = ErrorBody),
@@ -254,6 +256,7 @@ async fn retry(
     State(app): State<AppState>,
     TaskId(id): TaskId,
     headers: HeaderMap,
+    OptionalJson(req): OptionalJson<RetryRequest>,
 ) -> Result<(StatusCode, Json<TaskView>), ApiError> {
     let key = match headers.get("idempotency-key") {
         Some(v) => v
@@ -262,7 +265,9 @@ async fn retry(
             .to_string(),
         None => format!("retry-{}", crate::workflow::Timestamp::now().0),
     };
-    let task = Tasks::new(app.engine()?).retry(id, &key).await?;
+    let task = Tasks::new(app.engine()?)
+        .retry(id, &key, req.fresh)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(TaskView::from(&task))))
 }
 

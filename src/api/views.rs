@@ -187,6 +187,15 @@ pub struct SignalAnswer {
     pub duplicate: bool,
 }
 
+/// `POST /api/v1/tasks/{id}/retry` (the body is optional).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    /// Start from a fresh agent session instead of resuming the last one.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
 /// `POST /api/v1/tasks/{id}/cancel`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

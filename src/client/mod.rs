@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::api::views::{
-    CancelRequest, EventPage, HostList, NewTask, SignalAnswer, SignalRequest, TaskList, TaskView,
+    CancelRequest, EventPage, HostList, NewTask, RetryRequest, SignalAnswer, SignalRequest, TaskList, TaskView,
 };
 
 /// Where the daemon listens when nothing else says so.
@@ -236,10 +236,12 @@ impl Client {
         Ok(self.call(Method::POST, url, Some(request)).await?.1)
     }
 
-    /// `POST /tasks/{id}/retry`: a 409 when the task is not failed.
-    pub async fn retry(&self, id: &str) -> Result<TaskView, ClientError> {
+    /// `POST /tasks/{id}/retry`: a 409 when the task is not failed. `fresh`: from a fresh
+    /// agent session.
+    pub async fn retry(&self, id: &str, fresh: bool) -> Result<TaskView, ClientError> {
         let url = self.url(&["tasks", id, "retry"]);
-        Ok(self.call::<(), _>(Method::POST, url, None).await?.1)
+        let body = RetryRequest { fresh };
+        Ok(self.call(Method::POST, url, Some(&body)).await?.1)
     }
 
     /// `POST /tasks/{id}/signals`.

@@ -83,9 +83,29 @@ pub async fn write_file(shell: &dyn Shell, path: &str, bytes: &[u8]) -> Result<(
 
 /// Launches `run_dir/command.sh` in `work_dir`, detached, unless this run directory was
 /// launched before. `prompt.md` and `command.sh` must already be in `run_dir`.
-pub async fn start(shell: &dyn Shell, run_dir: &str, work_dir: &str) -> Result<Started, RunError> {
+///
+/// `env` is set for the run only. It travels on the script's stdin and is exported in memory
+/// by the shell that starts the run, so its values (API keys) are never written to a file on
+/// the host nor shown on a command line (`ps`).
+pub async fn start(
+    shell: &dyn Shell,
+    run_dir: &str,
+    work_dir: &str,
+    env: &[(String, String)],
+) -> Result<Started, RunError> {
     let rd = quote(run_dir)?;
     let wd = quote(work_dir)?;
+    let mut exports = String::new();
+    for (name, value) in env {
+        if !crate::config::is_env_name(name) {
+            return Err(RunError::Script {
+                what: "launching the run",
+                host: shell.host().to_string(),
+                detail: format!("`{name}` is not an environment variable name"),
+            });
+        }
+        exports.push_str(&format!("export {name}={}\n", quote(value)?));
+    }
     // The session leader writes its own pid (setsid makes it the process group id), runs the
     // command, then publishes the exit code with a rename so a reader never sees half of it.
     let script = format!(
@@ -97,6 +117,7 @@ if ! mkdir "$rd/started" 2>/dev/null; then
   exit 0
 fi
 cd {wd}
+eval "$(cat)"
 setsid sh -c 'echo $$ > "$1/pid.tmp" && mv "$1/pid.tmp" "$1/pid"
 sh "$1/command.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
 echo $? > "$1/exit.tmp" && mv "$1/exit.tmp" "$1/exit"' agent-run "$rd" < /dev/null > /dev/null 2>&1 &
@@ -108,7 +129,7 @@ done
 echo "launched $(cat "$rd/pid") $(date +%s)"
 "#
     );
-    let out = shell.run(&script, b"", SCRIPT_TIMEOUT).await?;
+    let out = shell.run(&script, exports.as_bytes(), SCRIPT_TIMEOUT).await?;
     if !out.success() {
         return Err(script_error("launching the run", shell.host(), &out));
     }
@@ -256,7 +277,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_records_its_output_and_exit_code() {
         let (dir, rd) = prepared("echo out; echo err >&2; exit 7").await;
-        let started = start(&shell(), &rd, &dir.path().display().to_string())
+        let started = start(&shell(), &rd, &dir.path().display().to_string(), &[])
             .await
             .unwrap();
         assert!(matches!(started, Started::Launched { .. }), "{started:?}");
@@ -274,8 +295,8 @@ mod tests {
         let wd = dir.path().join("wd");
         std::fs::create_dir(&wd).unwrap();
         let wd = wd.display().to_string();
-        start(&shell(), &rd, &wd).await.unwrap();
-        let again = start(&shell(), &rd, &wd).await.unwrap();
+        start(&shell(), &rd, &wd, &[]).await.unwrap();
+        let again = start(&shell(), &rd, &wd, &[]).await.unwrap();
         assert!(
             matches!(again, Started::AlreadyLaunched { .. }),
             "{again:?}"
@@ -288,7 +309,7 @@ mod tests {
     #[tokio::test]
     async fn kill_stops_the_whole_process_group() {
         let (dir, rd) = prepared("sleep 30 & echo $! > child; sleep 30").await;
-        start(&shell(), &rd, &rd).await.unwrap();
+        start(&shell(), &rd, &rd, &[]).await.unwrap();
         for _ in 0..100 {
             if std::path::Path::new(&format!("{rd}/child")).exists() {
                 break;
@@ -323,5 +344,24 @@ mod tests {
     async fn an_unlaunched_run_directory_says_so() {
         let (_dir, rd) = prepared("true").await;
         assert_eq!(status(&shell(), &rd).await.unwrap(), RunState::NotLaunched);
+    }
+
+    #[tokio::test]
+    async fn the_run_gets_its_environment_without_it_reaching_a_file_or_command_line() {
+        let (dir, rd) = prepared("printf '%s' \"$FLEET_TEST_KEY\" > got; ps -eo args > ps.txt").await;
+        let secret = "sk-very secret 'quoted' $(value)\nline2";
+        let env = vec![("FLEET_TEST_KEY".to_string(), secret.to_string())];
+        start(&shell(), &rd, &rd, &env).await.unwrap();
+        assert_eq!(wait_exit(&rd).await, RunState::Exited { code: 0 });
+        assert_eq!(std::fs::read_to_string(format!("{rd}/got")).unwrap(), secret);
+        for entry in std::fs::read_dir(&rd).unwrap() {
+            let path = entry.unwrap().path();
+            if path.ends_with("got") || path.is_dir() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(!text.contains("sk-very"), "{} holds the value", path.display());
+        }
+        drop(dir);
     }
 }

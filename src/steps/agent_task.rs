@@ -21,6 +21,7 @@ use crate::workflow::codec::{self, CodecError};
 use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
 
 use super::dispatch::{Health, Ticket};
+use super::failure::{self, Decision};
 use super::parse::{self, RunOutput, RunReport};
 use super::prompt::{self, PromptInput};
 use super::pull_mode::{AgentReport, Claim, FromAgent, Pin, offer_of};
@@ -29,6 +30,7 @@ use super::runtime::Runtime;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
 use super::task_v1::TaskStateV1;
 use super::task_v2::TaskStateV2;
+use super::task_v3::TaskStateV3;
 use super::template::Vars;
 use super::workspace::{self, BranchWork, Workspace, WorkspaceError};
 
@@ -67,6 +69,8 @@ pub enum TaskSignal {
     /// Something happened on the task's pull request or branch (a review, a merge, a close, a
     /// push): the review step looks at the forge again. `pushed` is set for a push.
     ForgeActivity { what: String, pushed: bool },
+    /// Run a failed task again from a fresh agent session (attempts start over).
+    RetryFresh,
 }
 
 /// Where the workflow stands; each variant is one step.
@@ -201,6 +205,8 @@ pub struct TaskState {
     pub agent_report: Option<AgentReport>,
     /// The issue and pull request of a task that came from the forge.
     pub forge: Option<ForgeTask>,
+    /// The next launch starts a fresh agent session (`task retry --fresh`).
+    pub fresh: bool,
 }
 
 impl TaskState {
@@ -227,6 +233,7 @@ impl TaskState {
             pin: None,
             agent_report: None,
             forge: None,
+            fresh: false,
         }
     }
 
@@ -280,18 +287,23 @@ impl Workflow for AgentTask {
     const NAME: &'static str = "agent-task";
     /// 2: pull mode (claim, epoch, pin, agent report in the state).
     /// 3: the forge (issue, pull request, review rounds in the state).
-    const VERSION: u32 = 3;
+    /// 4: failure kinds and usage-limit reset times in run reports; fresh retries.
+    const VERSION: u32 = 4;
     type State = TaskState;
     type Signal = TaskSignal;
-    const UPGRADES_FROM: &'static [u32] = &[1, 2];
+    const UPGRADES_FROM: &'static [u32] = &[1, 2, 3];
 
     fn upgrade(from: u32, state: &[u8]) -> Result<TaskState, CodecError> {
-        let v2: TaskStateV2 = if from == 1 {
-            codec::decode_value::<TaskStateV1>("agent-task state v1", state)?.into()
-        } else {
-            codec::decode_value("agent-task state v2", state)?
+        let v3: TaskStateV3 = match from {
+            1 => TaskStateV2::from(codec::decode_value::<TaskStateV1>(
+                "agent-task state v1",
+                state,
+            )?)
+            .into(),
+            2 => codec::decode_value::<TaskStateV2>("agent-task state v2", state)?.into(),
+            _ => codec::decode_value("agent-task state v3", state)?,
         };
-        Ok(v2.into())
+        Ok(v3.into())
     }
 
     async fn step(&self, ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
@@ -421,12 +433,14 @@ fn take_remarks(ctx: &mut StepCtx<TaskSignal>, s: &TaskState) -> Vec<String> {
     let mut remarks = Vec::new();
     while let Some(sig) = ctx.take(|sig| match sig {
         TaskSignal::Note { .. } => true,
-        TaskSignal::Retry => !settled,
+        TaskSignal::Retry | TaskSignal::RetryFresh => !settled,
         _ => false,
     }) {
         match sig {
             TaskSignal::Note { text } => remarks.push(format!("note: {text}")),
-            TaskSignal::Retry => remarks.push(format!("retry ignored: the task is {}", s.status)),
+            TaskSignal::Retry | TaskSignal::RetryFresh => {
+                remarks.push(format!("retry ignored: the task is {}", s.status))
+            }
             _ => {}
         }
     }
@@ -434,12 +448,21 @@ fn take_remarks(ctx: &mut StepCtx<TaskSignal>, s: &TaskState) -> Vec<String> {
 }
 
 fn settled(ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
-    if ctx.take(|sig| *sig == TaskSignal::Retry).is_some() {
+    let retry = ctx.take(|sig| matches!(sig, TaskSignal::Retry | TaskSignal::RetryFresh));
+    if let Some(sig) = retry {
         s.set_status(TaskStatus::Created)?;
         s.attempt = 1;
-        s.failure = None;
+        s.fresh = sig == TaskSignal::RetryFresh;
         s.phase = Phase::Route;
-        return Ok(Outcome::next(s).note("retry requested: back in the queue"));
+        let how = match (s.fresh, failure::resumable_session(&s)) {
+            (true, _) => "from a fresh agent session".to_string(),
+            (false, Some((host, session))) => {
+                format!("resuming session {session} on {host} where possible")
+            }
+            (false, None) => "from a fresh agent session (no session to resume)".to_string(),
+        };
+        // The failure stays in the state: the next prompt says what went wrong.
+        return Ok(Outcome::next(s).note(format!("retry requested: back in the queue, {how}")));
     }
     Ok(Outcome::wait(s))
 }
@@ -463,8 +486,10 @@ impl AgentTask {
             Some(Pin::Host(h)) => Some(h.clone()),
             _ => None,
         };
-        // A review round runs where the worktree and the agent's session are, if it can.
+        // A review round runs where the worktree and the agent's session are, if it can; so
+        // does a retry that can resume the last session.
         let review_round = s.forge.as_ref().is_some_and(|f| f.pr.is_some());
+        let resume_host = failure::resumable_session(&s).map(|(host, _)| host);
         if pinned_host.is_none()
             && !review_round
             && (s.mode == ExecutionMode::HttpPull || s.pin.is_some())
@@ -480,12 +505,17 @@ impl AgentTask {
             capabilities: s.spec.capabilities.clone(),
             host: pinned_host.clone(),
         };
-        if review_round
-            && ticket.host.is_none()
-            && let Some(ws) = &s.workspace
+        let previous_host = match (&s.workspace, resume_host) {
+            (Some(ws), _) if review_round => Some(ws.host.clone()),
+            (_, Some(host)) => Some(host),
+            _ => None,
+        };
+        if ticket.host.is_none()
+            && let Some(host) = previous_host
+            && !self.rt.fleet().pauses(&host).contains_key(&s.spec.agent)
         {
             let mut there = ticket.clone();
-            there.host = Some(ws.host.clone());
+            there.host = Some(host);
             if self.rt.fleet().can_serve(&there) {
                 ticket = there;
             }
@@ -655,15 +685,32 @@ impl AgentTask {
             .as_ref()
             .map(|f| f.feedback.clone())
             .unwrap_or_default();
-        // A review round resumes the agent's session on this host, when its kind can.
+        // A review round resumes the agent's session on this host, when its kind can; so
+        // does a retry after a failure outside the session (see `failure::resumable_session`).
         let session = match &agent.resume_template {
+            Some(_) if s.fresh => None,
             Some(_) if !feedback.is_empty() => s
                 .runs
                 .iter()
                 .rev()
                 .filter(|r| r.host == host && r.agent == agent.name)
                 .find_map(|r| r.report.as_ref()?.session_id.clone()),
-            _ => None,
+            Some(_) => failure::resumable_session(&s)
+                .filter(|(h, _)| *h == host)
+                .map(|(_, session)| session),
+            None => None,
+        };
+        let env = match agent.run_env(|name| std::env::var(name).ok()) {
+            Ok(env) => env,
+            Err(unset) => {
+                let reason = format!(
+                    "agent kind `{}` passes through {} (env_from), not set in the daemon's \
+                     environment: set it and retry",
+                    agent.name,
+                    unset.join(", ")
+                );
+                return Ok(self.give_up(ctx, s, reason));
+            }
         };
         let template = match (&agent.resume_template, &session) {
             (Some(t), Some(_)) => t.as_str(),
@@ -704,7 +751,7 @@ impl AgentTask {
                         pull: false,
                     });
                     let started = match self
-                        .start_run(shell.as_ref(), &dir, &ws.work_dir, &text, &command)
+                        .start_run(shell.as_ref(), &dir, &ws.work_dir, &text, &command, &env)
                         .await
                     {
                         Ok(started) => started,
@@ -739,6 +786,7 @@ impl AgentTask {
         run.attempt = s.attempt;
         run.deadline = started_at.after(timeout);
         s.runs.push(run);
+        s.fresh = false;
         s.set_status(TaskStatus::Running)?;
         s.last_activity_at = Some(started_at);
         s.phase = Phase::Await;
@@ -762,6 +810,7 @@ impl AgentTask {
         work_dir: &str,
         prompt_text: &str,
         command: &str,
+        env: &[(String, String)],
     ) -> Result<Started, RunError> {
         // Files first. After a crash they may exist already: rewriting them is harmless (the
         // same bytes, replaced by rename), and `start` launches nothing the second time.
@@ -772,7 +821,7 @@ impl AgentTask {
             format!("{command}\n").as_bytes(),
         )
         .await?;
-        run::start(shell, dir, work_dir).await
+        run::start(shell, dir, work_dir, env).await
     }
 
     async fn await_run(
@@ -964,8 +1013,25 @@ impl AgentTask {
                     .unwrap_or_else(|| format!("run {} failed", r.run_id)),
                 (None, o) => format!("run {} {}", r.run_id, o.as_str()),
             };
-            let limited = r.report.as_ref().is_some_and(|rep| rep.usage_limited);
-            return Ok(self.run_failed(ctx, s, reason, limited));
+            let pause = self.rt.config().dispatch.usage_limit_pause;
+            return Ok(match failure::decide(&r, reason, ctx.now(), pause) {
+                Decision::GiveUp(reason) => self.give_up(ctx, s, reason),
+                Decision::Retry(reason) => self.run_failed(ctx, s, reason, false),
+                Decision::Pause { until, reason } => {
+                    self.rt.fleet().pause(&r.host, &r.agent, until, &reason);
+                    // Kept with the run: recovery pauses the kind again until then.
+                    if let Some(rep) = s.runs.last_mut().and_then(|r| r.report.as_mut()) {
+                        rep.retry_at_ms = Some(until.0);
+                    }
+                    let reason = format!(
+                        "{reason}; agent kind `{}` paused on {} until {}",
+                        r.agent,
+                        r.host,
+                        humantime::format_rfc3339_seconds(until.system_time())
+                    );
+                    self.run_failed(ctx, s, reason, true)
+                }
+            });
         }
         let ws = s
             .workspace
@@ -1096,16 +1162,14 @@ impl AgentTask {
         }
         self.rt.fleet().release(ctx.instance());
         let delay = if usage_limited {
-            d.retry_backoff
+            // The paused host is skipped by routing: another host may take the task now.
+            Duration::ZERO
         } else {
             let doublings = (s.attempt - 1).min(16);
             d.retry_backoff.saturating_mul(1 << doublings)
         };
         let note = if usage_limited {
-            format!(
-                "{reason}; the agent hit a usage limit: retrying in {} without spending an attempt",
-                humantime::format_duration(delay)
-            )
+            format!("{reason}; the task waits for a host without spending an attempt")
         } else {
             s.attempt += 1;
             format!(

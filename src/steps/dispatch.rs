@@ -76,6 +76,15 @@ struct Host {
     running: HashSet<u64>,
     health: Health,
     missing: HashSet<String>,
+    /// Agent kinds paused here by a usage limit, until the reset (Unix ms).
+    paused: BTreeMap<String, Pause>,
+}
+
+/// An agent kind paused on a host by a usage limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub until: Timestamp,
+    pub reason: String,
 }
 
 impl Host {
@@ -87,8 +96,11 @@ impl Host {
     }
 
     /// Now: whether the host is healthy and has the task's agent CLI.
-    fn can_take(&self, t: &Ticket) -> bool {
-        self.offers(t) && self.health == Health::Online && !self.missing.contains(&t.agent)
+    fn can_take(&self, t: &Ticket, now: Timestamp) -> bool {
+        self.offers(t)
+            && self.health == Health::Online
+            && !self.missing.contains(&t.agent)
+            && self.paused.get(&t.agent).is_none_or(|p| p.until <= now)
     }
 }
 
@@ -137,6 +149,7 @@ impl Fleet {
                 running: HashSet::new(),
                 health: Health::Unchecked,
                 missing: HashSet::new(),
+                paused: BTreeMap::new(),
             })
             .collect();
         Fleet {
@@ -210,6 +223,31 @@ impl Fleet {
             .collect()
     }
 
+    /// Pauses agent kind `agent` on `host` until `until` (a usage limit): no task of that kind
+    /// is given the host before then. A later pause replaces an earlier one only if it ends
+    /// later.
+    pub fn pause(&self, host: &str, agent: &str, until: Timestamp, reason: &str) {
+        if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
+            let keep = h.paused.get(agent).is_some_and(|p| p.until >= until);
+            if !keep {
+                let reason = reason.to_string();
+                h.paused.insert(agent.to_string(), Pause { until, reason });
+            }
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// The pauses in force on `host` (ended ones are dropped), by agent kind.
+    pub fn pauses(&self, host: &str) -> BTreeMap<String, Pause> {
+        let now = Timestamp::now();
+        let mut slots = self.slots();
+        let Some(h) = slots.hosts.iter_mut().find(|h| h.id == host) else {
+            return BTreeMap::new();
+        };
+        h.paused.retain(|_, p| p.until > now);
+        h.paused.clone()
+    }
+
     /// Records that `task_id` holds a slot on `host` (recovery). Unknown hosts are ignored.
     pub fn hold(&self, host: &str, task_id: u64) {
         if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
@@ -256,8 +294,30 @@ impl Fleet {
             if let Some(host) = self.try_grant(t.task_id) {
                 return host;
             }
-            changed.await;
+            // A pause that ends frees its host without anyone saying so.
+            match self.next_pause_end(t) {
+                Some(end) => {
+                    let wait = end.until(Timestamp::now());
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                None => changed.await,
+            }
         }
+    }
+
+    /// When the first pause that keeps `t` off a host it could run on ends.
+    fn next_pause_end(&self, t: &Ticket) -> Option<Timestamp> {
+        let now = Timestamp::now();
+        self.slots()
+            .hosts
+            .iter()
+            .filter(|h| h.offers(t))
+            .filter_map(|h| h.paused.get(&t.agent).map(|p| p.until))
+            .filter(|until| *until > now)
+            .min()
     }
 
     /// Walks the queue in order, reserving for each ticket the least loaded free host that
@@ -267,6 +327,7 @@ impl Fleet {
         if let Some(h) = slots.hosts.iter().find(|h| h.running.contains(&task_id)) {
             return Some(h.id.clone());
         }
+        let now = Timestamp::now();
         let mut reserved: Vec<usize> = slots.hosts.iter().map(|h| h.running.len()).collect();
         let mut grant = None;
         for ticket in slots.waiting.values() {
@@ -274,7 +335,7 @@ impl Fleet {
                 .hosts
                 .iter()
                 .enumerate()
-                .filter(|(i, h)| h.can_take(ticket) && reserved[*i] < h.max_concurrent)
+                .filter(|(i, h)| h.can_take(ticket, now) && reserved[*i] < h.max_concurrent)
                 .min_by(|(i, a), (j, b)| {
                     // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
                     (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))

@@ -37,18 +37,7 @@ pub enum HostsError {
 
 /// Environment variables holding the daemon's secrets: never passed to local agents.
 pub fn secret_env(c: &Config) -> Vec<String> {
-    let mut names = vec![c.server.admin_token_env.clone()];
-    if let Some(f) = &c.forgejo {
-        names.push(f.token_env.clone());
-        names.push(f.webhook_secret_env.clone());
-    }
-    if let Some(m) = &c.matrix {
-        names.extend(m.password_env.clone());
-        names.extend(m.access_token_env.clone());
-    }
-    names.extend(c.server.registration_token_env.clone());
-    names.extend(c.hosts.iter().filter_map(|h| h.key_passphrase_env.clone()));
-    names
+    c.secret_env()
 }
 
 /// One shell per configured host: local subprocesses for `localhost`, a pooled SSH connection
@@ -567,6 +556,9 @@ mod tests {
             timeout: None,
             resume_template: None,
             version_command: version.map(str::to_string),
+            tested_versions: None,
+            env: Default::default(),
+            env_from: Vec::new(),
         };
         let sh = mk(
             "sh",

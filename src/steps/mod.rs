@@ -10,6 +10,7 @@
 pub mod agent_task;
 pub mod agents;
 pub mod dispatch;
+pub mod failure;
 pub mod forge;
 pub mod forge_sync;
 pub mod hosts;
@@ -22,6 +23,7 @@ pub mod runtime;
 pub mod task;
 pub mod task_v1;
 pub mod task_v2;
+pub mod task_v3;
 pub mod tasks;
 pub mod template;
 pub mod workspace;
@@ -109,6 +111,16 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
             && let Some(host) = &state.assigned_host
         {
             rt.fleet().hold(host, info.id);
+        }
+        // Usage limits still in force pause their agent kind on their host again.
+        for run in &state.runs {
+            if let Some(report) = &run.report
+                && report.kind == Some(parse::FailureKind::UsageLimit)
+                && let Some(until) = report.retry_at_ms.map(Timestamp).filter(|t| *t > now)
+            {
+                let reason = report.failure.clone().unwrap_or_default();
+                rt.fleet().pause(&run.host, &run.agent, until, &reason);
+            }
         }
         let open = match state.phase {
             Phase::Pull => true,

@@ -86,7 +86,7 @@ pub fn build(input: &PromptInput<'_>) -> String {
     } else {
         let _ = writeln!(
             out,
-            "- Work only in the current directory. It is a git worktree on branch {branch}, \
+            "- Work only in the current directory. It is a git repository on branch {branch}, \
              started from {base}."
         );
         out.push_str("- Commit your work on this branch, with clear commit messages.\n");
@@ -111,15 +111,12 @@ pub fn build(input: &PromptInput<'_>) -> String {
         fenced(&mut out, "sh", &input.validation.join("\n"));
     }
 
-    if input.attempt > 1
-        && let Some(failure) = input.previous_failure
-    {
+    if let Some(failure) = input.previous_failure {
         section(&mut out, "Previous attempt");
-        let _ = writeln!(
-            out,
-            "This is attempt {}. The previous attempt failed:\n",
-            input.attempt
-        );
+        if input.attempt > 1 {
+            let _ = write!(out, "This is attempt {}. ", input.attempt);
+        }
+        out.push_str("The previous attempt failed:\n\n");
         fenced(&mut out, "text", failure);
     }
 
@@ -241,12 +238,15 @@ mod tests {
     }
 
     #[test]
-    fn previous_attempt_needs_a_later_attempt_and_a_failure() {
-        let first = build(&PromptInput {
+    fn previous_attempt_needs_a_failure_and_names_a_later_attempt() {
+        // A manual retry starts attempts over but still says what failed.
+        let retried = build(&PromptInput {
             previous_failure: Some("boom"),
             ..input()
         });
-        assert!(!first.contains("## Previous attempt"));
+        assert!(retried.contains("## Previous attempt"));
+        assert!(retried.contains("The previous attempt failed:"));
+        assert!(!retried.contains("This is attempt"));
         let no_failure = build(&PromptInput {
             attempt: 3,
             ..input()

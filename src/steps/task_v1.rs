@@ -1,13 +1,14 @@
 //! The agent-task state as version 1 of the workflow stored it, frozen: instances pinned to
 //! version 1 are read through it and upgraded (see `Workflow::upgrade` on
-//! [`AgentTask`](super::agent_task::AgentTask)) into version 2, then 3. Never change this struct; the types it
+//! [`AgentTask`](super::agent_task::AgentTask)) into version 2, then 3, then 4. Never change this struct; the types it
 //! embeds have only grown at their ends (new enum variants), which postcard still reads.
 
 use serde::{Deserialize, Serialize};
 
 use crate::workflow::Timestamp;
 
-use super::agent_task::{Phase, Receipt, Run};
+use super::agent_task::{Phase, Receipt};
+use super::task_v3::RunV3;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
 use super::task_v2::TaskStateV2;
 use super::workspace::Workspace;
@@ -24,7 +25,7 @@ pub struct TaskStateV1 {
     pub attempt: u32,
     pub review_count: u32,
     pub workspace: Option<Workspace>,
-    pub runs: Vec<Run>,
+    pub runs: Vec<RunV3>,
     pub receipt: Option<Receipt>,
     pub failure: Option<String>,
     pub undecided_since: Option<Timestamp>,

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::workflow::Timestamp;
 
-use super::agent_task::{Phase, Receipt, Run, TaskState};
+use super::agent_task::{Phase, Receipt};
+use super::task_v3::{RunV3, TaskStateV3};
 use super::pull_mode::{AgentReport, Claim, Pin};
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
 use super::workspace::Workspace;
@@ -25,7 +26,7 @@ pub struct TaskStateV2 {
     pub attempt: u32,
     pub review_count: u32,
     pub workspace: Option<Workspace>,
-    pub runs: Vec<Run>,
+    pub runs: Vec<RunV3>,
     pub receipt: Option<Receipt>,
     pub failure: Option<String>,
     pub undecided_since: Option<Timestamp>,
@@ -38,9 +39,9 @@ pub struct TaskStateV2 {
     pub agent_report: Option<AgentReport>,
 }
 
-impl From<TaskStateV2> for TaskState {
+impl From<TaskStateV2> for TaskStateV3 {
     fn from(v2: TaskStateV2) -> Self {
-        TaskState {
+        TaskStateV3 {
             spec: v2.spec,
             status: v2.status,
             mode: v2.mode,

@@ -183,8 +183,13 @@ impl<'a> Tasks<'a> {
         self.get(id, false)
     }
 
-    /// Puts a failed task back in the queue.
-    pub async fn retry(&self, id: InstanceId, key: &str) -> Result<TaskRecord, TaskError> {
+    /// Puts a failed task back in the queue; `fresh`: from a fresh agent session.
+    pub async fn retry(
+        &self,
+        id: InstanceId,
+        key: &str,
+        fresh: bool,
+    ) -> Result<TaskRecord, TaskError> {
         let task = self.get(id, false)?;
         let status = task.status();
         if status != TaskStatus::Failed || task.info.status.is_terminal() {
@@ -197,7 +202,12 @@ impl<'a> Tasks<'a> {
                 "task {id} is {status}: it cannot be retried{hint}"
             )));
         }
-        self.signal(id, &TaskSignal::Retry, key).await?;
+        let signal = if fresh {
+            TaskSignal::RetryFresh
+        } else {
+            TaskSignal::Retry
+        };
+        self.signal(id, &signal, key).await?;
         self.get(id, false)
     }
 

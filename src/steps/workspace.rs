@@ -1,8 +1,10 @@
 //! A task's workspace on its host (SPEC §4 Prepare workspace) and the receipt read back from it
 //! (Verify receipt): one bare mirror of the repository per host and repository, and one git
-//! worktree per task at `<work_root>/<task_id>` on branch `task/<task_id>`. Preparing is
-//! idempotent: a re-run after a crash finds the worktree and reuses it. Everything is a shell
-//! script run through [`Shell`], so local and SSH hosts share it.
+//! clone per task at `<work_root>/<task_id>` on branch `task/<task_id>` that borrows the
+//! mirror's objects (alternates), so that everything git writes for the task lives inside its
+//! work directory (sandboxed agents can commit). Preparing is idempotent: a re-run after a crash
+//! finds the clone and reuses it (a worktree made by an earlier version too). Everything is a
+//! shell script run through [`Shell`], so local and SSH hosts share it.
 
 use std::time::Duration;
 
@@ -192,28 +194,37 @@ pub async fn prepare(
     let branch = crate::steps::task::branch_name(task_id);
     // The mirror is shared by the host's tasks: a lock serialises clone and fetch. Remote
     // branches are fetched to refs/remotes/origin/*, so a fetch never touches task branches.
+    // The task's work directory is a clone of its own that borrows the mirror's objects
+    // (alternates): everything git writes for the task (index, refs, new objects) stays inside
+    // it, where a sandboxed agent may write. A work directory made by an earlier version (a
+    // worktree whose git metadata lives in the mirror) is reused as it is.
     let script = format!(
         r#"set -eu
 repo={repo}; mirror={mirror}; wt={wt}; branch={branch}; base={base}
 {MIRROR_SCRIPT}
-if git -C "$mirror" rev-parse --verify --quiet "refs/heads/$branch" > /dev/null; then
-  if [ ! -e "$wt/.git" ]; then
-    git -C "$mirror" worktree prune
-    git -C "$mirror" worktree add --quiet "$wt" "$branch" >&2
+git -C "$mirror" config gc.pruneExpire never
+if [ -d "$wt/.git" ]; then
+  # A clone: bring its view of the repository's branches up to date.
+  git -C "$wt" fetch --quiet --prune "$mirror" '+refs/remotes/origin/*:refs/remotes/origin/*' >&2
+elif [ ! -f "$wt/.git" ]; then
+  rm -rf "$wt"
+  mkdir -p "$wt"
+  git -C "$wt" init --quiet
+  echo "$mirror/objects" > "$wt/.git/objects/info/alternates"
+  git -C "$wt" remote add origin "$repo"
+  git -C "$wt" fetch --quiet "$mirror" '+refs/remotes/origin/*:refs/remotes/origin/*' >&2
+  if git -C "$mirror" rev-parse --verify --quiet "refs/heads/$branch" > /dev/null; then
+    # Left by an earlier version in the mirror (its worktree is gone): go on from there.
+    git -C "$wt" fetch --quiet "$mirror" "+refs/heads/$branch:refs/heads/$branch" >&2
+  elif git -C "$wt" rev-parse --verify --quiet "refs/remotes/origin/$branch" > /dev/null; then
+    # The branch was pushed from another host (an earlier round): go on from there.
+    git -C "$wt" branch --quiet --no-track "$branch" "refs/remotes/origin/$branch"
+  else
+    git -C "$wt" branch --quiet --no-track "$branch" "refs/remotes/origin/$base^{{commit}}"
   fi
-  base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "refs/heads/$branch")
-elif git -C "$mirror" rev-parse --verify --quiet "refs/remotes/origin/$branch" > /dev/null; then
-  # The branch was pushed from another host (an earlier round): go on from there.
-  rm -rf "$wt"
-  git -C "$mirror" worktree prune
-  git -C "$mirror" worktree add --quiet -b "$branch" "$wt" "refs/remotes/origin/$branch" >&2
-  base_sha=$(git -C "$mirror" merge-base "refs/remotes/origin/$base" "refs/heads/$branch")
-else
-  rm -rf "$wt"
-  git -C "$mirror" worktree prune
-  base_sha=$(git -C "$mirror" rev-parse "refs/remotes/origin/$base^{{commit}}")
-  git -C "$mirror" worktree add --quiet -b "$branch" "$wt" "$base_sha" >&2
+  git -C "$wt" checkout --quiet "$branch" >&2
 fi
+base_sha=$(git -C "$wt" merge-base "refs/remotes/origin/$base" "refs/heads/$branch")
 printf 'base=%s\nbase_sha=%s\n' "$base" "$base_sha"
 "#,
         repo = quote(repo)?,
@@ -257,9 +268,9 @@ printf 'base=%s\nbase_sha=%s\n' "$base" "$base_sha"
 pub async fn branch_work(shell: &dyn Shell, ws: &Workspace) -> Result<BranchWork, WorkspaceError> {
     let script = format!(
         r#"set -eu
-mirror={mirror}; head="refs/heads/"{branch}; base_sha={base_sha}
+mirror={work_dir}; head="refs/heads/"{branch}; base_sha={base_sha}
 {WORK_SCRIPT}"#,
-        mirror = quote(&ws.mirror)?,
+        work_dir = quote(&ws.work_dir)?,
         branch = quote(&ws.branch)?,
         base_sha = quote(&ws.base_sha)?,
     );
@@ -349,6 +360,80 @@ mod tests {
         assert_eq!(work.commits.len(), 1);
         assert_eq!(work.commits[0].1, "add new");
         assert_eq!(work.files_changed, vec!["new.txt".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn everything_git_writes_for_the_task_stays_inside_its_work_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = origin(dir.path());
+        let root = dir.path().join("work").display().to_string();
+        let shell = LocalShell::new("localhost", vec![]);
+        let ws = prepare(&shell, &root, &repo, None, 3).await.unwrap();
+        let wt = std::path::Path::new(&ws.work_dir);
+        assert!(wt.join(".git").is_dir(), "a clone of its own, not a worktree");
+        let mirror_before = tree_listing(std::path::Path::new(&ws.mirror));
+        std::fs::write(wt.join("new.txt"), "x").unwrap();
+        git(wt, &["add", "new.txt"]);
+        git(wt, &["commit", "-q", "-m", "add new"]);
+        assert_eq!(
+            tree_listing(std::path::Path::new(&ws.mirror)),
+            mirror_before,
+            "a commit in the work dir wrote into the mirror"
+        );
+        let work = branch_work(&shell, &ws).await.unwrap();
+        assert_eq!(work.commits.len(), 1);
+        let again = prepare(&shell, &root, &repo, None, 3).await.unwrap();
+        assert_eq!(again, ws);
+    }
+
+    #[tokio::test]
+    async fn a_worktree_made_by_the_previous_version_is_reused_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = origin(dir.path());
+        let root = dir.path().join("work");
+        let shell = LocalShell::new("localhost", vec![]);
+        // What the previous version made: the task branch in the mirror, a worktree on it.
+        let mirror = root.join(".mirrors").join(mirror_name(&repo));
+        std::fs::create_dir_all(root.join(".mirrors")).unwrap();
+        git(dir.path(), &["clone", "-q", "--bare", &repo, &mirror.display().to_string()]);
+        git(
+            &mirror,
+            &["config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"],
+        );
+        git(&mirror, &["fetch", "-q", "origin"]);
+        let wt = root.join("5");
+        git(
+            &mirror,
+            &["worktree", "add", "-q", "-b", "task/5", &wt.display().to_string(), "refs/remotes/origin/main"],
+        );
+        std::fs::write(wt.join("old.txt"), "x").unwrap();
+        git(&wt, &["add", "old.txt"]);
+        git(&wt, &["commit", "-q", "-m", "before the upgrade"]);
+        let root = root.display().to_string();
+        let ws = prepare(&shell, &root, &repo, None, 5).await.unwrap();
+        assert!(wt.join(".git").is_file(), "the worktree was replaced");
+        let work = branch_work(&shell, &ws).await.unwrap();
+        assert_eq!(work.commits.len(), 1);
+        assert_eq!(work.commits[0].1, "before the upgrade");
+    }
+
+    /// Every file under `dir` with its size and modification time.
+    fn tree_listing(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    out.push((e.path().display().to_string(), m.len(), m.modified().unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     #[tokio::test]

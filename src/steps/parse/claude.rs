@@ -522,6 +522,8 @@ fn read_result(result: &Object) -> (Parsed, HashSet<String>, Option<String>) {
         parsed.cache_write_tokens = u64_of(usage, "cache_creation_input_tokens");
     }
     parsed.http_429 = api_status == Some(429);
+    parsed.api_status = api_status;
+    parsed.permission_denied = !denied_tools.is_empty();
     parsed.notes = notes;
     parsed.error_texts = error_texts;
     (parsed, denied_ids, text.map(str::to_owned))

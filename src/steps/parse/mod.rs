@@ -9,6 +9,7 @@
 //! format are all failures. Nothing here panics or errors, whatever the bytes: unreadable output
 //! is a failure with a reason and a note, and its text is kept as the summary.
 
+mod classify;
 mod claude;
 mod codex;
 mod raw;
@@ -19,6 +20,8 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::OutputFormat;
+
+pub use classify::FailureKind;
 
 use text::{find_pr_url, mentions_usage_limit, one_line, stderr_hint, tail_text, truncate_head};
 
@@ -82,6 +85,10 @@ pub struct RunReport {
     /// Honest remarks: unreadable output, permission denials, failed tool commands, CLI
     /// warnings and retries.
     pub notes: Vec<String>,
+    /// What kind of failure this was (what to do about it); `None` on success.
+    pub kind: Option<FailureKind>,
+    /// A usage limit's reset time as the CLI reported it (Unix milliseconds), when it did.
+    pub retry_at_ms: Option<u64>,
 }
 
 /// Reads a finished run's output in `format` and judges it (see the module doc).
@@ -129,6 +136,10 @@ pub(crate) struct Parsed {
     pub error_texts: Vec<String>,
     /// The API answered HTTP 429.
     pub http_429: bool,
+    /// The HTTP status of the API error the CLI ended on (Claude's `api_error_status`).
+    pub api_status: Option<u64>,
+    /// The CLI refused the agent a tool it asked for (Claude's `permission_denials`).
+    pub permission_denied: bool,
 }
 
 impl Parsed {
@@ -147,6 +158,8 @@ impl Parsed {
             notes: Vec::new(),
             error_texts: Vec::new(),
             http_429: false,
+            api_status: None,
+            permission_denied: false,
         }
     }
 }
@@ -196,8 +209,19 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
             ));
         }
     }
-    notes.extend(parsed.notes);
     let success = reasons.is_empty();
+    let usage_limited = !success
+        && (parsed.http_429
+            || parsed.error_texts.iter().any(|t| mentions_usage_limit(t))
+            || mentions_usage_limit(&tail_text(out.stderr, STDERR_SCAN_BYTES))
+            || (raw_like && mentions_usage_limit(&tail_text(out.stdout, SUMMARY_MAX_BYTES))));
+    let (kind, retry_at_ms) = if success {
+        (None, None)
+    } else {
+        let (kind, at) = classify::classify(&parsed, out, usage_limited);
+        (Some(kind), at)
+    };
+    notes.extend(parsed.notes);
 
     let raw_text = || {
         let text = tail_text(out.stdout, SUMMARY_MAX_BYTES);
@@ -222,11 +246,6 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
         }
     };
 
-    let usage_limited = !success
-        && (parsed.http_429
-            || parsed.error_texts.iter().any(|t| mentions_usage_limit(t))
-            || mentions_usage_limit(&tail_text(out.stderr, STDERR_SCAN_BYTES))
-            || (raw_like && mentions_usage_limit(&tail_text(out.stdout, SUMMARY_MAX_BYTES))));
 
     let mut session_id = parsed.session_id;
     if session_id
@@ -257,8 +276,10 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
         cost_usd: parsed.cost_usd,
         files_changed,
         pr_url,
-        usage_limited,
+        usage_limited: kind == Some(FailureKind::UsageLimit),
         notes: bound_notes(notes),
+        kind,
+        retry_at_ms,
     }
 }
 
@@ -559,6 +580,8 @@ mod tests {
             pr_url: None,
             usage_limited: true,
             notes: vec!["n".into()],
+            kind: Some(FailureKind::UsageLimit),
+            retry_at_ms: Some(1_796_239_800_000),
         };
         let bytes = postcard::to_allocvec(&report).expect("encode");
         let back: RunReport = postcard::from_bytes(&bytes).expect("decode");
