@@ -329,7 +329,7 @@ impl OutputFormat {
 /// key it leaves out from the built-in (so `[[agents]] name = "claude"` with only `env_from`
 /// keeps the built-in command lines).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(try_from = "RawAgentConfig")]
+#[serde(from = "RawAgentConfig")]
 pub struct AgentConfig {
     pub name: String,
     /// Command line run in the task's work directory; see [`TEMPLATE_PLACEHOLDERS`].
@@ -349,6 +349,8 @@ pub struct AgentConfig {
     /// Names of the daemon's environment variables passed through to the agent (API keys):
     /// read when a run starts, handed over without ever being written to a file on the host.
     pub env_from: Vec<String>,
+    /// Required keys the entry left out (and no built-in kind supplies): validation errors.
+    pub missing_keys: Vec<&'static str>,
 }
 
 /// `[[agents]]` as written: keys left out of an entry named like a built-in come from it.
@@ -369,30 +371,27 @@ struct RawAgentConfig {
     env_from: Vec<String>,
 }
 
-impl TryFrom<RawAgentConfig> for AgentConfig {
-    type Error = String;
-
-    fn try_from(raw: RawAgentConfig) -> Result<Self, String> {
+impl From<RawAgentConfig> for AgentConfig {
+    fn from(raw: RawAgentConfig) -> Self {
         let builtin = builtin_agents().iter().find(|b| b.name == raw.name);
-        let required = |key: &str| {
-            let names: Vec<&str> = builtin_agents().iter().map(|b| b.name.as_str()).collect();
-            format!(
-                "agent kind `{}` needs `{key}` (only the built-in kinds {} may leave it out)",
-                raw.name,
-                names.join(", ")
-            )
-        };
+        let mut missing_keys = Vec::new();
         let cli_template = match (raw.cli_template, builtin) {
             (Some(t), _) => t,
             (None, Some(b)) => b.cli_template.clone(),
-            (None, None) => return Err(required("cli_template")),
+            (None, None) => {
+                missing_keys.push("cli_template");
+                String::new()
+            }
         };
         let output_format = match (raw.output_format, builtin) {
             (Some(f), _) => f,
             (None, Some(b)) => b.output_format,
-            (None, None) => return Err(required("output_format")),
+            (None, None) => {
+                missing_keys.push("output_format");
+                OutputFormat::Raw
+            }
         };
-        Ok(AgentConfig {
+        AgentConfig {
             cli_template,
             output_format,
             timeout: raw.timeout.or(builtin.and_then(|b| b.timeout)),
@@ -407,8 +406,9 @@ impl TryFrom<RawAgentConfig> for AgentConfig {
                 .or_else(|| builtin.and_then(|b| b.tested_versions.clone())),
             env: raw.env,
             env_from: raw.env_from,
+            missing_keys,
             name: raw.name,
-        })
+        }
     }
 }
 
@@ -423,6 +423,17 @@ impl AgentConfig {
     pub fn version_tested(&self, version: &str) -> Option<bool> {
         let req = semver::VersionReq::parse(self.tested_versions.as_deref()?).ok()?;
         Some(req.matches(&version_number(version)?))
+    }
+
+    /// The warning for a CLI `version` outside [`AgentConfig::tested_versions`], if it is.
+    pub fn version_warning(&self, version: &str) -> Option<String> {
+        (self.version_tested(version) == Some(false)).then(|| {
+            format!(
+                "{version} is outside the versions agent kind `{}` is tested with ({})",
+                self.name,
+                self.tested_versions.as_deref().unwrap_or_default()
+            )
+        })
     }
 
     /// The environment of this kind's runs: `env`, then each `env_from` variable read from
@@ -485,6 +496,7 @@ pub fn builtin_agents() -> &'static [AgentConfig] {
                 tested_versions: None,
                 env: BTreeMap::new(),
                 env_from: Vec::new(),
+                missing_keys: Vec::new(),
             }
         };
         vec![
@@ -1247,6 +1259,21 @@ impl Validator {
         for (i, a) in agents.iter().enumerate() {
             let p = KeyPath::root("agents").index(i);
             self.unique_identifier(&mut seen, p.key("name"), "agent name", &a.name, i);
+            if !a.missing_keys.is_empty() {
+                let builtin: Vec<&str> = builtin_agents().iter().map(|b| b.name.as_str()).collect();
+                for key in &a.missing_keys {
+                    self.report(
+                        p.key(key),
+                        format!(
+                            "missing field `{key}`: agent kind `{}` needs it (only the built-in \
+                             kinds {} may leave it out)",
+                            a.name,
+                            builtin.join(", ")
+                        ),
+                    );
+                }
+                continue;
+            }
             self.template(p.key("cli_template"), &a.cli_template, true);
             if let Some(t) = &a.resume_template {
                 self.template(p.key("resume_template"), t, true);

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_fleet::api::views::{HostAgentView, HostList, rfc3339};
+use agent_fleet::api::views::{HostAgentView, HostList, HostView, rfc3339};
 use agent_fleet::client::Client;
 use agent_fleet::client::render::{self, LIST_WIDTH, Table};
 use agent_fleet::config::{Config, HostConfig};
@@ -157,11 +157,9 @@ fn statuses(config: &Config, checks: &[HostCheck], daemon: Option<&HostList>) ->
         .filter_map(|host| {
             let check = checks.iter().find(|c| c.host_id == host.host_id)?;
             let load = daemon.and_then(|d| d.hosts.iter().find(|h| h.host_id == host.host_id));
-            Some(status(
-                host,
-                check,
-                load.map(|h| (h.running, h.max_concurrent)),
-            ))
+            let mut status = status(host, check, load.map(|h| (h.running, h.max_concurrent)));
+            annotate(&mut status, config, load);
+            Some(status)
         })
         .collect()
 }
@@ -175,13 +173,8 @@ fn status(host: &HostConfig, check: &HostCheck, load: Option<(usize, usize)>) ->
         .iter()
         .map(|kind| {
             let probe = check.agents.iter().find(|a| &a.kind == kind);
-            HostAgentView {
-                kind: kind.clone(),
-                program: probe.map(|a| a.program.clone()),
-                found: probe.filter(|_| checked).map(|a| a.path.is_some()),
-                path: probe.and_then(|a| a.path.clone()),
-                version: probe.and_then(|a| a.version.clone()),
-            }
+            let found = probe.filter(|_| checked).map(|a| a.path.is_some());
+            HostAgentView::new(kind, probe, found, None, None)
         })
         .collect();
     let missing: Vec<String> = agents
@@ -216,6 +209,20 @@ fn status(host: &HostConfig, check: &HostCheck, load: Option<(usize, usize)>) ->
         running: load.map(|(running, _)| running),
         max_concurrent: load.map_or(host.max_concurrent as usize, |(_, max)| max),
         checked_at: rfc3339(check.checked_at),
+    }
+}
+
+/// Adds to each agent kind of `status` what the configuration and the daemon know: a version
+/// outside the kind's tested range, and a usage-limit pause in force.
+fn annotate(status: &mut HostStatus, config: &Config, daemon: Option<&HostView>) {
+    for agent in &mut status.agents {
+        if let (Some(kind), Some(version)) = (config.agent(&agent.kind), &agent.version) {
+            agent.version_warning = kind.version_warning(version);
+        }
+        if let Some(d) = daemon.and_then(|d| d.agents.iter().find(|a| a.kind == agent.kind)) {
+            agent.paused_until = d.paused_until.clone();
+            agent.pause_reason = d.pause_reason.clone();
+        }
     }
 }
 
@@ -282,6 +289,24 @@ fn report_text(statuses: &[HostStatus], note: Option<&str>) -> String {
     for s in errors {
         let error = s.error.as_deref().unwrap_or_default();
         let _ = writeln!(out, "{}", error_line(&s.host_id, error));
+    }
+    let mut remarks = Vec::new();
+    for s in statuses {
+        for a in &s.agents {
+            if let Some(w) = &a.version_warning {
+                remarks.push(format!("warning: {}: {w}", s.host_id));
+            }
+            if let Some(until) = &a.paused_until {
+                let why = a.pause_reason.as_deref().unwrap_or("a usage limit");
+                remarks.push(format!(
+                    "paused: {}: agent kind `{}` until {until} ({why})",
+                    s.host_id, a.kind
+                ));
+            }
+        }
+    }
+    if !remarks.is_empty() {
+        let _ = writeln!(out, "\n{}", remarks.join("\n"));
     }
     if let Some(note) = note {
         let _ = writeln!(out, "\n{note}");

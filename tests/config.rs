@@ -215,16 +215,55 @@ fn an_unknown_output_format_lists_the_known_ones() {
 
 #[test]
 fn a_missing_required_field_names_the_field_and_its_entry() {
-    let text = VALID.replace("output_format = \"codex-jsonl\"\n", "");
+    let text = VALID.replace("work_root = \"/srv/work\"", "");
     let e = the_error(&text);
     assert!(matches!(e, ConfigError::Schema { .. }), "{e:?}");
-    // The field is absent, so the position is the `[[agents]]` header of the entry lacking it.
+    assert!(e.message().contains("missing field `work_root`"), "{e}");
+    assert_eq!(e.key(), Some("hosts[1].work_root"));
+}
+
+#[test]
+fn an_agent_kind_that_is_not_built_in_needs_its_template_and_format() {
+    let text = format!("{VALID}\n[[agents]]\nname = \"mine\"\ncli_template = \"mine {{prompt_file}}\"\n");
+    let e = the_error(&text);
+    assert!(e.message().contains("missing field `output_format`"), "{e}");
     assert_names(
         &e,
-        "agents[1].output_format",
-        line_of_nth(&text, "[[agents]]", 1),
+        "agents[2].output_format",
+        line_of_nth(&text, "[[agents]]", 2),
     );
-    assert!(e.message().contains("missing field `output_format`"), "{e}");
+}
+
+#[test]
+fn an_entry_named_like_a_built_in_kind_keeps_what_it_leaves_out() {
+    let text = format!(
+        "{VALID}\n[[agents]]\nname = \"claude\"\nenv = {{ ANTHROPIC_BASE_URL = \"http://127.0.0.1:9\" }}\n\
+         env_from = [\"ANTHROPIC_API_KEY\"]\n"
+    );
+    let config = Config::from_toml_str(&text).unwrap();
+    let claude = config.agent("claude").unwrap();
+    let builtin = agent_fleet::config::builtin_agents()
+        .iter()
+        .find(|a| a.name == "claude")
+        .unwrap();
+    assert_eq!(claude.cli_template, builtin.cli_template);
+    assert_eq!(claude.resume_template, builtin.resume_template);
+    assert_eq!(claude.output_format, OutputFormat::ClaudeJson);
+    assert_eq!(claude.env_from, ["ANTHROPIC_API_KEY"]);
+    assert_eq!(claude.env["ANTHROPIC_BASE_URL"], "http://127.0.0.1:9");
+}
+
+#[test]
+fn an_agent_kind_cannot_pass_through_the_daemons_own_secrets() {
+    let text = format!(
+        "{VALID}\n[[agents]]\nname = \"claude\"\nenv_from = [\"OK_KEY\", \"FLEET_ADMIN_TOKEN\", \"bad name\"]\n"
+    );
+    let all = errors(&text);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all[0].key(), Some("agents[2].env_from[1]"));
+    assert!(all[0].message().contains("daemon's own secrets"), "{}", all[0]);
+    assert_eq!(all[1].key(), Some("agents[2].env_from[2]"));
+    assert!(all[1].message().contains("not an environment variable name"));
 }
 
 #[test]

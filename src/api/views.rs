@@ -241,6 +241,40 @@ pub struct HostAgentView {
     pub found: Option<bool>,
     pub path: Option<String>,
     pub version: Option<String>,
+    /// Set when the version found is outside the range the kind is tested with.
+    pub version_warning: Option<String>,
+    /// Until when a usage limit pauses this kind here (RFC 3339), if one does.
+    pub paused_until: Option<String>,
+    /// The usage limit's message.
+    pub pause_reason: Option<String>,
+}
+
+impl HostAgentView {
+    /// The view of agent kind `kind` on a host: what its check found (`found` is `None` when
+    /// the check did not run to its end), its configuration, and the pause in force.
+    pub fn new(
+        kind: &str,
+        probe: Option<&AgentCheck>,
+        found: Option<bool>,
+        config: Option<&AgentConfig>,
+        pause: Option<&Pause>,
+    ) -> Self {
+        let version = probe.and_then(|a| a.version.clone());
+        let version_warning = match (config, &version) {
+            (Some(c), Some(v)) => c.version_warning(v),
+            _ => None,
+        };
+        HostAgentView {
+            kind: kind.to_string(),
+            program: probe.map(|a| a.program.clone()),
+            found,
+            path: probe.and_then(|a| a.path.clone()),
+            version,
+            version_warning,
+            paused_until: pause.map(|p| rfc3339(p.until)),
+            pause_reason: pause.map(|p| p.reason.clone()),
+        }
+    }
 }
 
 /// Every error answer: `{"error": {"code", "message"}}` (what [`super::ApiError`] writes).
@@ -328,8 +362,9 @@ fn names<const N: usize>(names: [&'static str; N], description: &str) -> RefOr<S
 use std::time::{Duration, SystemTime};
 
 use crate::steps::agent_task::{Run, RunOutcome, TaskSignal};
-use crate::steps::dispatch::Health;
-use crate::steps::hosts::HostReport;
+use crate::config::AgentConfig;
+use crate::steps::dispatch::{Health, Pause};
+use crate::steps::hosts::{AgentCheck, HostReport};
 use crate::steps::task::{Priority, Source, TaskStatus};
 use crate::steps::tasks::TaskRecord;
 use crate::workflow::{Event, EventKind, RecoveryReport, Timestamp};
@@ -544,21 +579,17 @@ impl From<&HostReport> for HostView {
             .agents
             .iter()
             .map(|kind| {
-                let found = r
+                let probe = r
                     .check
                     .as_ref()
                     .and_then(|check| check.agents.iter().find(|a| &a.kind == kind));
-                HostAgentView {
-                    kind: kind.clone(),
-                    program: found.map(|a| a.program.clone()),
-                    found: r
-                        .check
-                        .as_ref()
-                        .filter(|check| check.reachable)
-                        .map(|_| found.is_some_and(|a| a.path.is_some())),
-                    path: found.and_then(|a| a.path.clone()),
-                    version: found.and_then(|a| a.version.clone()),
-                }
+                let found = r
+                    .check
+                    .as_ref()
+                    .filter(|check| check.reachable)
+                    .map(|_| probe.is_some_and(|a| a.path.is_some()));
+                let config = r.kinds.iter().find(|k| &k.name == kind);
+                HostAgentView::new(kind, probe, found, config, r.load.paused.get(kind))
             })
             .collect();
         HostView {

@@ -65,6 +65,8 @@ pub struct HostLoad {
     pub health: Health,
     /// Agent kinds this host lists whose CLI the last check did not find.
     pub missing_agents: Vec<String>,
+    /// Agent kinds paused here by a usage limit (pauses in force only).
+    pub paused: BTreeMap<String, Pause>,
 }
 
 #[derive(Debug)]
@@ -206,6 +208,7 @@ impl Fleet {
 
     /// Every host's load and health, in configuration order.
     pub fn loads(&self) -> Vec<HostLoad> {
+        let now = Timestamp::now();
         self.slots()
             .hosts
             .iter()
@@ -218,6 +221,12 @@ impl Fleet {
                     max_concurrent: h.max_concurrent,
                     health: h.health.clone(),
                     missing_agents: missing,
+                    paused: h
+                        .paused
+                        .iter()
+                        .filter(|(_, p)| p.until > now)
+                        .map(|(k, p)| (k.clone(), p.clone()))
+                        .collect(),
                 }
             })
             .collect()

@@ -428,6 +428,8 @@ const REPORT_EVENTS: usize = 20;
 #[derive(Debug, Clone)]
 pub struct HostReport {
     pub config: HostConfig,
+    /// The agent kinds the host lists, as configured.
+    pub kinds: Vec<AgentConfig>,
     pub load: HostLoad,
     pub check: Option<HostCheck>,
     /// The newest events of the host's history (health changes), oldest first.
@@ -455,8 +457,14 @@ pub fn reports(engine: &Engine, rt: &Runtime) -> Result<Vec<HostReport>, EngineE
             }
             None => Vec::new(),
         };
+        let kinds = config
+            .agents
+            .iter()
+            .filter_map(|k| rt.config().agent(k).cloned())
+            .collect();
         reports.push(HostReport {
             config: config.clone(),
+            kinds,
             check: checks.get(&config.host_id).cloned(),
             load,
             events,
@@ -559,6 +567,7 @@ mod tests {
             tested_versions: None,
             env: Default::default(),
             env_from: Vec::new(),
+            missing_keys: Vec::new(),
         };
         let sh = mk(
             "sh",
