@@ -442,8 +442,11 @@ impl AgentConfig {
         &self,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Vec<(String, String)>, Vec<String>> {
-        let mut vars: Vec<(String, String)> =
-            self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut vars: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut unset = Vec::new();
         for name in &self.env_from {
             match lookup(name) {
@@ -451,7 +454,11 @@ impl AgentConfig {
                 None => unset.push(name.clone()),
             }
         }
-        if unset.is_empty() { Ok(vars) } else { Err(unset) }
+        if unset.is_empty() {
+            Ok(vars)
+        } else {
+            Err(unset)
+        }
     }
 }
 
@@ -485,8 +492,8 @@ pub const CODEX_TESTED: &str = ">=0.169.0, <0.170";
 /// `scripts/`, which needs no API key). An `[[agents]]` entry with the same name replaces one.
 pub fn builtin_agents() -> &'static [AgentConfig] {
     static BUILTIN: LazyLock<Vec<AgentConfig>> = LazyLock::new(|| {
-        let kind = |name: &str, cli: &str, resume: &str, format, version: Option<&str>| {
-            AgentConfig {
+        let kind =
+            |name: &str, cli: &str, resume: &str, format, version: Option<&str>| AgentConfig {
                 name: name.to_string(),
                 cli_template: cli.to_string(),
                 output_format: format,
@@ -497,8 +504,7 @@ pub fn builtin_agents() -> &'static [AgentConfig] {
                 env: BTreeMap::new(),
                 env_from: Vec::new(),
                 missing_keys: Vec::new(),
-            }
-        };
+            };
         vec![
             AgentConfig {
                 tested_versions: Some(CLAUDE_TESTED.to_string()),
@@ -814,7 +820,11 @@ impl Config {
             names.extend(m.access_token_env.clone());
         }
         names.extend(self.server.registration_token_env.clone());
-        names.extend(self.hosts.iter().filter_map(|h| h.key_passphrase_env.clone()));
+        names.extend(
+            self.hosts
+                .iter()
+                .filter_map(|h| h.key_passphrase_env.clone()),
+        );
         names
     }
 

@@ -26,6 +26,8 @@ const SERVER_ENV: &str = "AGENT_FLEET_SERVER";
 const TOKEN_ENV: &str = "FLEET_ADMIN_TOKEN";
 /// How often `task watch` asks for new events.
 const POLL_EVERY: Duration = Duration::from_millis(300);
+/// How long `task watch` waits for a daemon that went away (a restart) before giving up.
+const RESTART_WAIT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Error)]
 pub(crate) enum TaskError {
@@ -365,8 +367,27 @@ async fn watch(args: TaskIdArgs) -> Result<ExitCode, TaskError> {
         print(event)?;
         last = last.max(Some(event.seq));
     }
+    // A daemon that restarts meanwhile is waited for (a recovering one is, by the client).
+    let mut unreachable_since: Option<std::time::Instant> = None;
     let status = loop {
-        let page = client.events(&args.id, last).await.map_err(explain)?;
+        let page = match client.events(&args.id, last).await {
+            Ok(page) => {
+                unreachable_since = None;
+                page
+            }
+            Err(e @ ClientError::Unreachable { .. }) => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    eprintln!("the daemon is unreachable ({e}); waiting for it");
+                    std::time::Instant::now()
+                });
+                if since.elapsed() > RESTART_WAIT {
+                    return Err(explain(e));
+                }
+                tokio::time::sleep(POLL_EVERY).await;
+                continue;
+            }
+            Err(e) => return Err(explain(e)),
+        };
         for event in &page.events {
             if last.is_none_or(|seen| event.seq > seen) {
                 print(event)?;

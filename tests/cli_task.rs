@@ -48,8 +48,25 @@ fn stub_router() -> Router {
         .route("/tasks/{id}/cancel", post(cancel))
         .route("/tasks/{id}/retry", post(retry))
         .route("/tasks/{id}/signals", post(signal))
+        .layer(middleware::from_fn(recovering_at_first))
         .layer(middleware::from_fn(require_token));
     Router::new().nest("/api/v1", api)
+}
+
+/// Task 9's first three requests find the daemon recovering (503 `recovering`), as right after
+/// a restart; then task 9 is task 7.
+async fn recovering_at_first(request: Request, next: Next) -> Response {
+    static ASKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if request.uri().path().starts_with("/tasks/9")
+        && ASKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3
+    {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recovering",
+            "the daemon is recovering its workflows; retry shortly",
+        );
+    }
+    next.run(request).await
 }
 
 fn api_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -139,7 +156,7 @@ fn event(seq: u64, kind: &str, text: &str) -> Value {
 
 fn known(id: &str) -> Option<Value> {
     match id {
-        "7" => Some(task_json("7", "Fix the parser", "running")),
+        "7" | "9" => Some(task_json(id, "Fix the parser", "running")),
         "8" => Some(task_json("8", "Speed up the build", "failed")),
         _ => None,
     }
@@ -214,11 +231,11 @@ struct After {
 /// Task 7: event 3 after 2 (still running), event 4 after 3 (completed). Task 8: failed.
 async fn events(Path(id): Path<String>, Query(q): Query<After>) -> Response {
     let page = match (id.as_str(), q.after) {
-        ("7", Some(2)) => json!({
+        ("7" | "9", Some(2)) => json!({
             "status": "running", "settled": false,
             "events": [event(3, "step", "agent finished; verifying")],
         }),
-        ("7", Some(3)) => json!({
+        ("7" | "9", Some(3)) => json!({
             "status": "completed", "settled": true,
             "events": [event(4, "completed", "receipt verified")],
         }),
@@ -519,6 +536,14 @@ fn watch_prints_new_events_until_the_task_completes_then_exits_0() {
          \x20  4  10:00:04  completed  receipt verified\n\
          task 7 completed\n"
     );
+}
+
+#[test]
+fn watch_waits_through_a_recovering_daemon_instead_of_failing() {
+    let stub = Stub::start();
+    let out = ok(fleet(&stub, &["watch", "9"]));
+    assert!(out.stdout.ends_with("task 9 completed\n"), "{}", out.stdout);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
 }
 
 #[test]

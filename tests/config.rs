@@ -224,7 +224,8 @@ fn a_missing_required_field_names_the_field_and_its_entry() {
 
 #[test]
 fn an_agent_kind_that_is_not_built_in_needs_its_template_and_format() {
-    let text = format!("{VALID}\n[[agents]]\nname = \"mine\"\ncli_template = \"mine {{prompt_file}}\"\n");
+    let text =
+        format!("{VALID}\n[[agents]]\nname = \"mine\"\ncli_template = \"mine {{prompt_file}}\"\n");
     let e = the_error(&text);
     assert!(e.message().contains("missing field `output_format`"), "{e}");
     assert_names(
@@ -261,9 +262,17 @@ fn an_agent_kind_cannot_pass_through_the_daemons_own_secrets() {
     let all = errors(&text);
     assert_eq!(all.len(), 2, "{all:#?}");
     assert_eq!(all[0].key(), Some("agents[2].env_from[1]"));
-    assert!(all[0].message().contains("daemon's own secrets"), "{}", all[0]);
+    assert!(
+        all[0].message().contains("daemon's own secrets"),
+        "{}",
+        all[0]
+    );
     assert_eq!(all[1].key(), Some("agents[2].env_from[2]"));
-    assert!(all[1].message().contains("not an environment variable name"));
+    assert!(
+        all[1]
+            .message()
+            .contains("not an environment variable name")
+    );
 }
 
 #[test]

@@ -16,8 +16,8 @@ use utoipa_axum::routes;
 pub use super::extract::ApiJson;
 use super::extract::{ApiQuery, OptionalJson, TaskId};
 use super::views::{
-    CancelRequest, ErrorBody, EventPage, EventView, NewTask, RetryRequest, SignalAnswer, SignalJson,
-    SignalRequest, TaskList, TaskStatusName, TaskView,
+    CancelRequest, ErrorBody, EventPage, EventView, NewTask, RetryRequest, SignalAnswer,
+    SignalJson, SignalRequest, TaskList, TaskStatusName, TaskView,
 };
 use super::{ApiError, AppState};
 use crate::config::Config;
@@ -265,9 +265,7 @@ async fn retry(
             .to_string(),
         None => format!("retry-{}", crate::workflow::Timestamp::now().0),
     };
-    let task = Tasks::new(app.engine()?)
-        .retry(id, &key, req.fresh)
-        .await?;
+    let task = Tasks::new(app.engine()?).retry(id, &key, req.fresh).await?;
     Ok((StatusCode::ACCEPTED, Json(TaskView::from(&task))))
 }
 

@@ -117,6 +117,13 @@ pub struct RunView {
     pub cost_usd: Option<f64>,
     pub files_changed: Vec<String>,
     pub notes: Vec<String>,
+    /// Why the run failed: `agent`, `auth`, `config`, `permission`, `transient` or
+    /// `usage_limit`; absent for a run that did not fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_kind: Option<String>,
+    /// For a usage limit: until when its agent kind is paused on its host (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<String>,
 }
 
 /// The verified evidence of a task's work.
@@ -361,10 +368,11 @@ fn names<const N: usize>(names: [&'static str; N], description: &str) -> RefOr<S
 
 use std::time::{Duration, SystemTime};
 
-use crate::steps::agent_task::{Run, RunOutcome, TaskSignal};
 use crate::config::AgentConfig;
+use crate::steps::agent_task::{Run, RunOutcome, TaskSignal};
 use crate::steps::dispatch::{Health, Pause};
 use crate::steps::hosts::{AgentCheck, HostReport};
+use crate::steps::parse::FailureKind;
 use crate::steps::task::{Priority, Source, TaskStatus};
 use crate::steps::tasks::TaskRecord;
 use crate::workflow::{Event, EventKind, RecoveryReport, Timestamp};
@@ -474,6 +482,11 @@ impl From<&Run> for RunView {
             cost_usd: rep.and_then(|x| x.cost_usd),
             files_changed: rep.map(|x| x.files_changed.clone()).unwrap_or_default(),
             notes: rep.map(|x| x.notes.clone()).unwrap_or_default(),
+            failure_kind: rep.and_then(|x| x.kind).map(|k| k.as_str().to_string()),
+            paused_until: rep
+                .filter(|x| x.kind == Some(FailureKind::UsageLimit))
+                .and_then(|x| x.retry_at_ms)
+                .map(|ms| rfc3339(Timestamp(ms))),
         }
     }
 }

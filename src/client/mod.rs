@@ -14,7 +14,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::api::views::{
-    CancelRequest, EventPage, HostList, NewTask, RetryRequest, SignalAnswer, SignalRequest, TaskList, TaskView,
+    CancelRequest, EventPage, HostList, NewTask, RetryRequest, SignalAnswer, SignalRequest,
+    TaskList, TaskView,
 };
 
 /// Where the daemon listens when nothing else says so.
@@ -22,6 +23,10 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8787";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a call waits through a recovering daemon (503 `recovering`) before it gives up.
+pub const RECOVERY_WAIT: Duration = Duration::from_secs(300);
+/// How often a call asks a recovering daemon again.
+const RECOVERY_POLL: Duration = Duration::from_millis(250);
 /// How much of a non-JSON error body is quoted in [`ClientError::Http`].
 const BODY_EXCERPT: usize = 200;
 
@@ -273,8 +278,29 @@ impl Client {
         Ok(self.call::<(), _>(Method::GET, url, None).await?.1)
     }
 
-    /// Sends one request; a success status decodes into `T`, anything else into an error.
+    /// Sends one request; a success status decodes into `T`, anything else into an error. A
+    /// daemon still recovering its workflows (503 `recovering`, which acts on nothing) is asked
+    /// again until it is ready, for up to [`RECOVERY_WAIT`].
     async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let began = std::time::Instant::now();
+        loop {
+            match self.call_once(method.clone(), url.clone(), body).await {
+                Err(ClientError::Api { code, .. })
+                    if code == "recovering" && began.elapsed() < RECOVERY_WAIT =>
+                {
+                    tokio::time::sleep(RECOVERY_POLL).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         url: Url,

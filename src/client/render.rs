@@ -368,6 +368,23 @@ pub fn task_story(task: &TaskView, now: SystemTime) -> String {
     if let Some(why) = &task.failure {
         field("failure", one_line(why));
     }
+    let paused = task
+        .runs
+        .last()
+        .and_then(|r| Some((r, r.paused_until.as_ref()?)));
+    if let Some((run, until)) = paused
+        && !matches!(task.status.as_str(), "completed" | "failed" | "cancelled")
+    {
+        field(
+            "paused",
+            format!(
+                "agent kind {} on {} until {} (usage limit)",
+                run.agent,
+                run.host,
+                fmt_time(until)
+            ),
+        );
+    }
     field("mode", task.execution_mode.clone());
     field(
         "host",
@@ -448,7 +465,10 @@ fn runs_table(runs: &[RunView], now: SystemTime) -> String {
         table.row([
             r.run_id.clone(),
             r.host.clone(),
-            r.outcome.clone(),
+            match &r.failure_kind {
+                Some(kind) if r.outcome != "succeeded" => format!("{} ({kind})", r.outcome),
+                _ => r.outcome.clone(),
+            },
             r.exit_code.map_or_else(dash, |c| c.to_string()),
             span(&r.started_at, r.ended_at.as_deref(), now).map_or_else(dash, fmt_duration),
             tokens,
@@ -702,6 +722,8 @@ mod tests {
             cost_usd: Some(0.42),
             files_changed: vec![],
             notes: vec![],
+            failure_kind: None,
+            paused_until: None,
         }];
         t.receipt = Some(ReceiptView {
             branch: "fleet/task-7".into(),

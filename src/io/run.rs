@@ -129,7 +129,9 @@ done
 echo "launched $(cat "$rd/pid") $(date +%s)"
 "#
     );
-    let out = shell.run(&script, exports.as_bytes(), SCRIPT_TIMEOUT).await?;
+    let out = shell
+        .run(&script, exports.as_bytes(), SCRIPT_TIMEOUT)
+        .await?;
     if !out.success() {
         return Err(script_error("launching the run", shell.host(), &out));
     }
@@ -348,19 +350,27 @@ mod tests {
 
     #[tokio::test]
     async fn the_run_gets_its_environment_without_it_reaching_a_file_or_command_line() {
-        let (dir, rd) = prepared("printf '%s' \"$FLEET_TEST_KEY\" > got; ps -eo args > ps.txt").await;
+        let (dir, rd) =
+            prepared("printf '%s' \"$FLEET_TEST_KEY\" > got; ps -eo args > ps.txt").await;
         let secret = "sk-very secret 'quoted' $(value)\nline2";
         let env = vec![("FLEET_TEST_KEY".to_string(), secret.to_string())];
         start(&shell(), &rd, &rd, &env).await.unwrap();
         assert_eq!(wait_exit(&rd).await, RunState::Exited { code: 0 });
-        assert_eq!(std::fs::read_to_string(format!("{rd}/got")).unwrap(), secret);
+        assert_eq!(
+            std::fs::read_to_string(format!("{rd}/got")).unwrap(),
+            secret
+        );
         for entry in std::fs::read_dir(&rd).unwrap() {
             let path = entry.unwrap().path();
             if path.ends_with("got") || path.is_dir() {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap_or_default();
-            assert!(!text.contains("sk-very"), "{} holds the value", path.display());
+            assert!(
+                !text.contains("sk-very"),
+                "{} holds the value",
+                path.display()
+            );
         }
         drop(dir);
     }

@@ -29,7 +29,9 @@ pub fn decide(run: &Run, reason: String, now: Timestamp, default_pause: Duration
         return Decision::Retry(reason);
     };
     let kind = match run.outcome {
-        RunOutcome::TimedOut | RunOutcome::Lost | RunOutcome::HostLost => return Decision::Retry(reason),
+        RunOutcome::TimedOut | RunOutcome::Lost | RunOutcome::HostLost => {
+            return Decision::Retry(reason);
+        }
         _ => report.kind.unwrap_or(FailureKind::Agent),
     };
     let (agent, host) = (&run.agent, &run.host);

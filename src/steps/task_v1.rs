@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::workflow::Timestamp;
 
 use super::agent_task::{Phase, Receipt};
-use super::task_v3::RunV3;
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
 use super::task_v2::TaskStateV2;
+use super::task_v3::RunV3;
 use super::workspace::Workspace;
 
 /// `TaskState` of definition version 1.

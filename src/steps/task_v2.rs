@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::workflow::Timestamp;
 
 use super::agent_task::{Phase, Receipt};
-use super::task_v3::{RunV3, TaskStateV3};
 use super::pull_mode::{AgentReport, Claim, Pin};
 use super::task::{ExecutionMode, TaskSpec, TaskStatus};
+use super::task_v3::{RunV3, TaskStateV3};
 use super::workspace::Workspace;
 
 /// `TaskState` of definition version 2.

@@ -150,3 +150,93 @@ impl From<TaskStateV3> for TaskState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::agent_task::AgentTask;
+    use crate::steps::task::Priority;
+    use crate::workflow::Workflow;
+    use crate::workflow::codec;
+
+    fn v3() -> TaskStateV3 {
+        let spec = TaskSpec {
+            title: "t".into(),
+            body: String::new(),
+            repo: "/r".into(),
+            base: None,
+            agent: "claude".into(),
+            capabilities: vec![],
+            priority: Priority::Normal,
+            kind: None,
+            labels: vec![],
+            file_scope: vec![],
+            validation: vec![],
+            source: crate::steps::task::Source::Api,
+        };
+        let report = RunReportV3 {
+            success: false,
+            failure: Some("API Error: 429".into()),
+            summary: String::new(),
+            session_id: Some("s-1".into()),
+            turns: None,
+            input_tokens: None,
+            output_tokens: None,
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            cost_usd: None,
+            files_changed: vec![],
+            pr_url: None,
+            usage_limited: true,
+            notes: vec![],
+        };
+        let run = RunV3 {
+            run_id: "1-1".into(),
+            host: "h".into(),
+            agent: "claude".into(),
+            attempt: 1,
+            run_dir: "/w/.runs/1-1".into(),
+            started_at: Timestamp(1),
+            deadline: Timestamp(2),
+            ended_at: Some(Timestamp(2)),
+            exit_code: Some(1),
+            outcome: RunOutcome::Failed,
+            report: Some(report),
+        };
+        TaskStateV3 {
+            spec,
+            status: TaskStatus::Created,
+            mode: ExecutionMode::SshCli,
+            phase: Phase::Route,
+            assigned_host: None,
+            assigned_agent: None,
+            attempt: 1,
+            review_count: 0,
+            workspace: None,
+            runs: vec![run],
+            receipt: None,
+            failure: Some("API Error: 429".into()),
+            undecided_since: None,
+            created_at: Timestamp(1),
+            updated_at: Timestamp(2),
+            last_activity_at: None,
+            claim: None,
+            epoch: 0,
+            pin: None,
+            agent_report: None,
+            forge: None,
+        }
+    }
+
+    #[test]
+    fn a_version_3_state_is_read_and_upgraded_with_its_runs_failure_kinds() {
+        let bytes = codec::encode_value(&v3()).unwrap();
+        let state = AgentTask::upgrade(3, &bytes).unwrap();
+        let report = state.runs[0].report.as_ref().unwrap();
+        assert_eq!(report.kind, Some(FailureKind::UsageLimit));
+        assert_eq!(report.retry_at_ms, None);
+        assert_eq!(report.session_id.as_deref(), Some("s-1"));
+        assert!(!state.fresh);
+        assert_eq!(state.failure.as_deref(), Some("API Error: 429"));
+    }
+}

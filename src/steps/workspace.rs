@@ -370,7 +370,10 @@ mod tests {
         let shell = LocalShell::new("localhost", vec![]);
         let ws = prepare(&shell, &root, &repo, None, 3).await.unwrap();
         let wt = std::path::Path::new(&ws.work_dir);
-        assert!(wt.join(".git").is_dir(), "a clone of its own, not a worktree");
+        assert!(
+            wt.join(".git").is_dir(),
+            "a clone of its own, not a worktree"
+        );
         let mirror_before = tree_listing(std::path::Path::new(&ws.mirror));
         std::fs::write(wt.join("new.txt"), "x").unwrap();
         git(wt, &["add", "new.txt"]);
@@ -395,16 +398,37 @@ mod tests {
         // What the previous version made: the task branch in the mirror, a worktree on it.
         let mirror = root.join(".mirrors").join(mirror_name(&repo));
         std::fs::create_dir_all(root.join(".mirrors")).unwrap();
-        git(dir.path(), &["clone", "-q", "--bare", &repo, &mirror.display().to_string()]);
+        git(
+            dir.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &repo,
+                &mirror.display().to_string(),
+            ],
+        );
         git(
             &mirror,
-            &["config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"],
+            &[
+                "config",
+                "remote.origin.fetch",
+                "+refs/heads/*:refs/remotes/origin/*",
+            ],
         );
         git(&mirror, &["fetch", "-q", "origin"]);
         let wt = root.join("5");
         git(
             &mirror,
-            &["worktree", "add", "-q", "-b", "task/5", &wt.display().to_string(), "refs/remotes/origin/main"],
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "-b",
+                "task/5",
+                &wt.display().to_string(),
+                "refs/remotes/origin/main",
+            ],
         );
         std::fs::write(wt.join("old.txt"), "x").unwrap();
         git(&wt, &["add", "old.txt"]);
@@ -428,7 +452,11 @@ mod tests {
                 if m.is_dir() {
                     stack.push(e.path());
                 } else {
-                    out.push((e.path().display().to_string(), m.len(), m.modified().unwrap()));
+                    out.push((
+                        e.path().display().to_string(),
+                        m.len(),
+                        m.modified().unwrap(),
+                    ));
                 }
             }
         }

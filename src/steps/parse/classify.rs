@@ -119,7 +119,11 @@ pub(crate) fn classify(
     out: &RunOutput<'_>,
     usage_limited: bool,
 ) -> (FailureKind, Option<u64>) {
-    let mut texts: Vec<String> = parsed.error_texts.iter().map(|t| t.to_lowercase()).collect();
+    let mut texts: Vec<String> = parsed
+        .error_texts
+        .iter()
+        .map(|t| t.to_lowercase())
+        .collect();
     if let super::Verdict::Failure(reasons) = &parsed.verdict {
         texts.extend(reasons.iter().map(|r| r.to_lowercase()));
     }
@@ -160,7 +164,12 @@ pub(crate) fn classify(
 /// An HTTP status in an error text: `API Error: 500 …`, `unexpected status 401 Unauthorized`,
 /// `status code 503`.
 fn http_status(text: &str) -> Option<u64> {
-    for marker in ["api error: ", "unexpected status ", "status code ", "status: "] {
+    for marker in [
+        "api error: ",
+        "unexpected status ",
+        "status code ",
+        "status: ",
+    ] {
         if let Some(i) = text.find(marker) {
             let digits: String = text[i + marker.len()..]
                 .chars()
@@ -188,7 +197,7 @@ pub(crate) fn reset_time(text: &str) -> Option<u64> {
     let epoch_after = |marker: &str| -> Option<u64> {
         let i = text.find(marker)?;
         let digits: String = text[i + marker.len()..]
-            .trim_start_matches(|c: char| c == '"' || c == ':' || c == ' ' || c == '=')
+            .trim_start_matches(['"', ':', ' ', '='])
             .chars()
             .take_while(char::is_ascii_digit)
             .collect();
@@ -200,9 +209,15 @@ pub(crate) fn reset_time(text: &str) -> Option<u64> {
             _ => None,
         }
     };
-    if let Some(at) = ["limit reached|", "resets_at", "reset_at", "resets at ", "reset\":"]
-        .iter()
-        .find_map(|m| epoch_after(m))
+    if let Some(at) = [
+        "limit reached|",
+        "resets_at",
+        "reset_at",
+        "resets at ",
+        "reset\":",
+    ]
+    .iter()
+    .find_map(|m| epoch_after(m))
     {
         return Some(at);
     }
@@ -251,7 +266,10 @@ mod tests {
 
     #[test]
     fn a_status_is_read_from_the_clis_error_texts() {
-        assert_eq!(http_status("api error: 500 {\"type\":\"error\"}"), Some(500));
+        assert_eq!(
+            http_status("api error: 500 {\"type\":\"error\"}"),
+            Some(500)
+        );
         assert_eq!(
             http_status("unexpected status 401 unauthorized: invalid key"),
             Some(401)

@@ -246,7 +246,6 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
         }
     };
 
-
     let mut session_id = parsed.session_id;
     if session_id
         .as_ref()
