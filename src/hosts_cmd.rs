@@ -16,7 +16,7 @@ use agent_fleet::api::views::{HostAgentView, HostList, HostView, rfc3339};
 use agent_fleet::client::Client;
 use agent_fleet::client::render::{self, LIST_WIDTH, Table};
 use agent_fleet::config::{Config, HostConfig};
-use agent_fleet::steps::hosts::HostCheck;
+use agent_fleet::steps::hosts::{HostCheck, TemplateProblems};
 use agent_fleet::steps::runtime::Runtime;
 use serde::Serialize;
 
@@ -45,6 +45,8 @@ enum Status {
     CheckFailed,
     /// Reachable, but at least one agent CLI it lists is not there.
     MissingCli,
+    /// Every CLI is there, but one refuses a flag its kind's templates pass.
+    BadTemplate,
 }
 
 impl Status {
@@ -54,6 +56,7 @@ impl Status {
             Status::Unreachable => "unreachable",
             Status::CheckFailed => "check failed",
             Status::MissingCli => "missing CLI",
+            Status::BadTemplate => "bad template",
         }
     }
 }
@@ -150,15 +153,19 @@ async fn daemon_hosts(
 }
 
 /// The report of every configured host, in configuration order.
-fn statuses(config: &Config, checks: &[HostCheck], daemon: Option<&HostList>) -> Vec<HostStatus> {
+fn statuses(
+    config: &Config,
+    checks: &[(HostCheck, TemplateProblems)],
+    daemon: Option<&HostList>,
+) -> Vec<HostStatus> {
     config
         .hosts
         .iter()
         .filter_map(|host| {
-            let check = checks.iter().find(|c| c.host_id == host.host_id)?;
+            let (check, problems) = checks.iter().find(|(c, _)| c.host_id == host.host_id)?;
             let load = daemon.and_then(|d| d.hosts.iter().find(|h| h.host_id == host.host_id));
             let mut status = status(host, check, load.map(|h| (h.running, h.max_concurrent)));
-            annotate(&mut status, config, load);
+            annotate(&mut status, config, problems, load);
             Some(status)
         })
         .collect()
@@ -214,8 +221,17 @@ fn status(host: &HostConfig, check: &HostCheck, load: Option<(usize, usize)>) ->
 
 /// Adds to each agent kind of `status` what the configuration and the daemon know: a version
 /// outside the kind's tested range, and a usage-limit pause in force.
-fn annotate(status: &mut HostStatus, config: &Config, daemon: Option<&HostView>) {
+fn annotate(
+    status: &mut HostStatus,
+    config: &Config,
+    problems: &TemplateProblems,
+    daemon: Option<&HostView>,
+) {
     for agent in &mut status.agents {
+        agent.problems = problems.get(&agent.kind).cloned().unwrap_or_default();
+        if !agent.problems.is_empty() && status.status == Status::Ok {
+            status.status = Status::BadTemplate;
+        }
         if let (Some(kind), Some(version)) = (config.agent(&agent.kind), &agent.version) {
             agent.version_warning = kind.version_warning(version);
         }
@@ -295,6 +311,9 @@ fn report_text(statuses: &[HostStatus], note: Option<&str>) -> String {
         for a in &s.agents {
             if let Some(w) = &a.version_warning {
                 remarks.push(format!("warning: {}: {w}", s.host_id));
+            }
+            for p in &a.problems {
+                remarks.push(format!("{}: agent kind `{}`: {p}", s.host_id, a.kind));
             }
             if let Some(until) = &a.paused_until {
                 let why = a.pause_reason.as_deref().unwrap_or("a usage limit");

@@ -254,6 +254,9 @@ pub struct HostAgentView {
     pub paused_until: Option<String>,
     /// The usage limit's message.
     pub pause_reason: Option<String>,
+    /// Flags of the kind's templates the CLI does not take (the kind is not routed here).
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 impl HostAgentView {
@@ -280,6 +283,7 @@ impl HostAgentView {
             version_warning,
             paused_until: pause.map(|p| rfc3339(p.until)),
             pause_reason: pause.map(|p| p.reason.clone()),
+            problems: Vec::new(),
         }
     }
 }
@@ -602,7 +606,10 @@ impl From<&HostReport> for HostView {
                     .filter(|check| check.reachable)
                     .map(|_| probe.is_some_and(|a| a.path.is_some()));
                 let config = r.kinds.iter().find(|k| &k.name == kind);
-                HostAgentView::new(kind, probe, found, config, r.load.paused.get(kind))
+                let mut view =
+                    HostAgentView::new(kind, probe, found, config, r.load.paused.get(kind));
+                view.problems = r.problems.get(kind).cloned().unwrap_or_default();
+                view
             })
             .collect();
         HostView {

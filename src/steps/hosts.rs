@@ -8,7 +8,7 @@
 //! chosen) and signals the host's workflow instance when its health changes, so the change is a
 //! durable event in that host's history.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,13 +222,61 @@ pub fn program_of(template: &str) -> Option<&str> {
         .filter(|w| !w.starts_with('{'))
 }
 
-/// Checks one host: reachability and latency, then every agent kind it lists.
+/// Problems found with agent kinds' command lines on a host, by kind: flags of a
+/// `cli_template` or `resume_template` that the installed CLI's `--help` does not list.
+pub type TemplateProblems = BTreeMap<String, Vec<String>>;
+
+/// The CLIs whose `--help` lists every flag they take, so a template flag missing from it is
+/// one the CLI would refuse (`claude`, `codex`). Other programs are never run with `--help`:
+/// for an unknown program that could start real work.
+const HELPFUL_CLIS: &[&str] = &["claude", "codex"];
+
+/// For a template of a [`HELPFUL_CLIS`] program: the command printing the help of the
+/// (sub)command it runs (`codex exec resume --help`) and the long flags it passes.
+pub fn template_flags(template: &str) -> Option<(String, Vec<String>)> {
+    let program = program_of(template)?;
+    if !HELPFUL_CLIS.contains(&program.rsplit('/').next().unwrap_or(program)) {
+        return None;
+    }
+    let words: Vec<&str> = template
+        .split_whitespace()
+        .skip_while(|w| *w != program)
+        .take_while(|w| !w.starts_with(['<', '>', '|', ';', '&']))
+        .collect();
+    let command: Vec<&str> = words
+        .iter()
+        .take_while(|w| !w.starts_with(['-', '{', '\'', '"']))
+        .copied()
+        .collect();
+    let flags = words
+        .iter()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.split('=').next().unwrap_or(w).to_string())
+        .collect();
+    Some((format!("{} --help", command.join(" ")), flags))
+}
+
+/// Checks one host: reachability and latency, then every agent kind it lists (its CLI, the
+/// CLI's version, and the flags its templates pass).
 pub async fn check_host(
     shell: &dyn Shell,
     host: &HostConfig,
     kinds: &[&AgentConfig],
     local_program: impl Fn(&str) -> Option<String>,
     timeout: Duration,
+) -> (HostCheck, TemplateProblems) {
+    let mut problems = TemplateProblems::new();
+    let check = check_agents(shell, host, kinds, local_program, timeout, &mut problems).await;
+    (check, problems)
+}
+
+async fn check_agents(
+    shell: &dyn Shell,
+    host: &HostConfig,
+    kinds: &[&AgentConfig],
+    local_program: impl Fn(&str) -> Option<String>,
+    timeout: Duration,
+    problems: &mut TemplateProblems,
 ) -> HostCheck {
     let mut check = HostCheck::blank(&host.host_id);
     match shell.run("echo ok", b"", timeout).await {
@@ -254,8 +302,29 @@ pub async fn check_host(
             return check;
         }
     }
+    // `probe <i> <program> <version command>`: found or missing, and the version (the first
+    // line of stdout with a version number in it; else the first line of all it printed).
+    // `flags <i> <template> <help command> <flag>…`: each flag the help does not list.
     let mut script = String::from(
-        "probe() {\n  if p=$(command -v \"$2\" 2>/dev/null); then\n    v=\n    [ -z \"$3\" ] || v=$(sh -c \"$3\" 2>&1 < /dev/null | head -n 1)\n    printf 'found\\t%s\\t%s\\t%s\\n' \"$1\" \"$p\" \"$v\"\n  else\n    printf 'missing\\t%s\\n' \"$1\"\n  fi\n}\n",
+        r#"probe() {
+  if p=$(command -v "$2" 2>/dev/null); then
+    v=
+    if [ -n "$3" ]; then
+      v=$(sh -c "$3" 2>/dev/null < /dev/null | grep -m 1 '[0-9][.][0-9]' || true)
+      [ -n "$v" ] || v=$(sh -c "$3" 2>&1 < /dev/null | head -n 1)
+    fi
+    printf 'found\t%s\t%s\t%s\n' "$1" "$p" "$v"
+  else
+    printf 'missing\t%s\n' "$1"
+  fi
+}
+flags() {
+  i=$1; t=$2; h=$(sh -c "$3" 2>&1 < /dev/null); shift 3
+  for f in "$@"; do
+    case "$h" in *"$f"*) ;; *) printf 'flag\t%s\t%s\t%s\n' "$i" "$t" "$f" ;; esac
+  done
+}
+"#,
     );
     let mut probes = Vec::new();
     for (i, kind) in kinds.iter().enumerate() {
@@ -278,6 +347,22 @@ pub async fn check_host(
             continue;
         };
         script.push_str(&format!("probe {i} {p} {v}\n"));
+        let templates = [
+            ("cli_template", Some(&kind.cli_template)),
+            ("resume_template", kind.resume_template.as_ref()),
+        ];
+        for (name, template) in templates {
+            let Some((help, flags)) = template.and_then(|t| template_flags(t)) else {
+                continue;
+            };
+            let quoted: Result<Vec<String>, _> = flags.iter().map(|f| quote(f)).collect();
+            if let (Ok(help), Ok(flags)) = (quote(&help), quoted) {
+                script.push_str(&format!(
+                    "command -v {p} > /dev/null 2>&1 && flags {i} {name} {help} {}\n",
+                    flags.join(" ")
+                ));
+            }
+        }
         probes.push((i, kind.name.clone(), bare));
     }
     check.agents = probes
@@ -305,6 +390,18 @@ pub async fn check_host(
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let fields: Vec<&str> = line.splitn(4, '\t').collect();
+        if let ["flag", i, template, flag] = fields.as_slice() {
+            let kind = i
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| probes.iter().find(|(j, _, _)| *j == i));
+            if let Some((_, kind, program)) = kind {
+                problems.entry(kind.clone()).or_default().push(format!(
+                    "{template} passes {flag}, which `{program}` does not take (not in its --help)"
+                ));
+            }
+            continue;
+        }
         let (found, index) = match fields.as_slice() {
             ["found", i, ..] => (true, i.parse::<usize>().ok()),
             ["missing", i] => (false, i.parse::<usize>().ok()),
@@ -327,7 +424,7 @@ pub async fn check_host(
 impl Runtime {
     /// Checks every host at once and returns the results in configuration order. Nothing is
     /// recorded.
-    pub async fn check_hosts(&self) -> Vec<HostCheck> {
+    pub async fn check_hosts(&self) -> Vec<(HostCheck, TemplateProblems)> {
         let config = self.config();
         let timeout = config.health.check_timeout;
         let checks = config.hosts.iter().map(|h| async move {
@@ -342,16 +439,17 @@ impl Runtime {
                     )
                     .await
                     .unwrap_or_else(|_| {
-                        HostCheck::failed(
-                            &h.host_id,
-                            format!(
-                                "the check did not finish within {}",
-                                humantime::format_duration(timeout)
-                            ),
+                        let error = format!(
+                            "the check did not finish within {}",
+                            humantime::format_duration(timeout)
+                        );
+                        (
+                            HostCheck::failed(&h.host_id, error),
+                            TemplateProblems::new(),
                         )
                     })
                 }
-                Err(e) => HostCheck::failed(&h.host_id, e.0),
+                Err(e) => (HostCheck::failed(&h.host_id, e.0), TemplateProblems::new()),
             }
         });
         futures::future::join_all(checks).await
@@ -361,11 +459,16 @@ impl Runtime {
     /// of health or agent CLIs. A host found healthy at its first check is no news, so its
     /// instance (and history) begins with its first trouble and a healthy fleet adds nothing to
     /// the store.
-    fn apply_check(&self, check: HostCheck) -> Option<HostCheck> {
+    /// A kind whose templates the CLI cannot run is not routed to the host, like one whose
+    /// CLI is missing.
+    fn apply_check(&self, check: HostCheck, problems: TemplateProblems) -> Option<HostCheck> {
         let online = |h: Option<Health>| h == Some(Health::Online);
         let was_online = online(self.fleet().health(&check.host_id));
+        let mut unusable = check.missing();
+        unusable.extend(problems.keys().cloned());
         self.fleet()
-            .set_health(&check.host_id, check.health(), check.missing());
+            .set_health(&check.host_id, check.health(), unusable);
+        self.record_problems(&check.host_id, problems);
         let healthy = check.health() == Health::Online && check.missing().is_empty();
         let news = match self.record_check(check.clone()) {
             None => !healthy,
@@ -380,9 +483,14 @@ impl Runtime {
 pub async fn monitor(engine: Engine, rt: Arc<Runtime>, stop: CancellationToken) {
     let mut ids: HashMap<String, u64> = HashMap::new();
     loop {
-        for check in rt.check_hosts().await {
+        for (check, problems) in rt.check_hosts().await {
             let host = check.host_id.clone();
-            let Some(changed) = rt.apply_check(check) else {
+            for (kind, found) in &problems {
+                for problem in found {
+                    tracing::warn!(host, kind, "{problem}");
+                }
+            }
+            let Some(changed) = rt.apply_check(check, problems) else {
                 continue;
             };
             match record(&engine, &mut ids, changed).await {
@@ -428,6 +536,8 @@ const REPORT_EVENTS: usize = 20;
 #[derive(Debug, Clone)]
 pub struct HostReport {
     pub config: HostConfig,
+    /// What the last check found wrong with the kinds' command lines.
+    pub problems: TemplateProblems,
     /// The agent kinds the host lists, as configured.
     pub kinds: Vec<AgentConfig>,
     pub load: HostLoad,
@@ -463,6 +573,7 @@ pub fn reports(engine: &Engine, rt: &Runtime) -> Result<Vec<HostReport>, EngineE
             .filter_map(|k| rt.config().agent(k).cloned())
             .collect();
         reports.push(HostReport {
+            problems: rt.problems(&config.host_id),
             config: config.clone(),
             kinds,
             check: checks.get(&config.host_id).cloned(),
@@ -576,7 +687,7 @@ mod tests {
         );
         let nope = mk("nope", "no-such-cli-xyz {prompt_file}", None);
         let shell = LocalShell::new("l", vec![]);
-        let check = check_host(
+        let (check, _) = check_host(
             &shell,
             &host,
             &[&sh, &nope],
@@ -590,5 +701,79 @@ mod tests {
         assert_eq!(check.agents[1].path, None);
         assert_eq!(check.missing(), HashSet::from(["nope".to_string()]));
         assert_eq!(check.health(), Health::Online);
+    }
+
+    #[test]
+    fn the_help_command_and_flags_of_a_template_are_read_for_known_clis_only() {
+        assert_eq!(
+            template_flags(
+                "codex exec resume --json -c sandbox_mode=x {session_id} - < {prompt_file}"
+            ),
+            Some((
+                "codex exec resume --help".to_string(),
+                vec!["--json".to_string()]
+            ))
+        );
+        assert_eq!(
+            template_flags(
+                "/opt/bin/claude -p --output-format=json --resume {session_id} < {prompt_file}"
+            ),
+            Some((
+                "/opt/bin/claude --help".to_string(),
+                vec!["--output-format".to_string(), "--resume".to_string()]
+            ))
+        );
+        assert_eq!(
+            template_flags("scripts/demo-agent --prompt-file {prompt_file}"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_template_flag_the_cli_does_not_take_is_a_problem_of_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let codex = dir.path().join("codex");
+        std::fs::write(
+            &codex,
+            "#!/bin/sh\ncase \"$*\" in *--version*) echo 'WARNING: odd CODEX_HOME' >&2; echo 'codex-cli 0.169.0';;\n*) echo 'Usage: codex exec [OPTIONS] --json -c --sandbox';; esac\n",
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("+x")
+            .arg(&codex)
+            .status()
+            .unwrap();
+        let host: HostConfig = toml::from_str(
+            "host_id = \"l\"\nhostname = \"localhost\"\nagents = [\"codex\"]\nwork_root = \"/tmp\"",
+        )
+        .unwrap();
+        let path = codex.display();
+        let kind = AgentConfig {
+            name: "codex".into(),
+            cli_template: format!("{path} exec --json --full-auto - < {{prompt_file}}"),
+            output_format: crate::config::OutputFormat::CodexJsonl,
+            timeout: None,
+            resume_template: Some(format!(
+                "{path} exec resume --json {{session_id}} - < {{prompt_file}}"
+            )),
+            version_command: Some(format!("{path} --version")),
+            tested_versions: None,
+            env: Default::default(),
+            env_from: Vec::new(),
+            missing_keys: Vec::new(),
+        };
+        let shell = LocalShell::new("l", vec![]);
+        let (check, problems) =
+            check_host(&shell, &host, &[&kind], |_| None, Duration::from_secs(10)).await;
+        assert_eq!(
+            check.agents[0].version.as_deref(),
+            Some("codex-cli 0.169.0")
+        );
+        assert_eq!(
+            problems["codex"],
+            [format!(
+                "cli_template passes --full-auto, which `{path}` does not take (not in its --help)"
+            )]
+        );
     }
 }

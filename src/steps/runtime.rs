@@ -13,7 +13,7 @@ use crate::workflow::StepError;
 
 use super::dispatch::Fleet;
 use super::forge::Forge;
-use super::hosts::{self, HostCheck, HostsError};
+use super::hosts::{self, HostCheck, HostsError, TemplateProblems};
 use super::pull::Board;
 use super::template::{self, Vars};
 
@@ -30,6 +30,8 @@ pub struct Runtime {
     pub(super) poll: Duration,
     /// The last health check of each host.
     checks: Mutex<HashMap<String, HostCheck>>,
+    /// What the last check of each host found wrong with its agent kinds' command lines.
+    problems: Mutex<HashMap<String, TemplateProblems>>,
     /// The forge, when `[forgejo]` is configured.
     forge: Option<Arc<Forge>>,
 }
@@ -51,6 +53,7 @@ impl Runtime {
             base_dir,
             poll: Duration::from_millis(250),
             checks: Mutex::new(HashMap::new()),
+            problems: Mutex::new(HashMap::new()),
             forge: None,
         })
     }
@@ -113,6 +116,19 @@ impl Runtime {
     /// Keeps `check` as its host's latest; returns the one it replaces.
     pub fn record_check(&self, check: HostCheck) -> Option<HostCheck> {
         self.checks_lock().insert(check.host_id.clone(), check)
+    }
+
+    /// Keeps what the last check of `host` found wrong with its kinds' command lines.
+    pub fn record_problems(&self, host: &str, problems: TemplateProblems) {
+        // A plain map replaced entry by entry: never left half-written by a panic.
+        let mut all = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(host.to_string(), problems);
+    }
+
+    /// What the last check of `host` found wrong with its kinds' command lines.
+    pub fn problems(&self, host: &str) -> TemplateProblems {
+        let all = self.problems.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(host).cloned().unwrap_or_default()
     }
 
     fn checks_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HostCheck>> {
