@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+#[allow(unused_imports)] // each includer uses a part of it
 pub use hooks::{DeliveryMode, DeliveryRecord, Outcome};
 
 /// The token's user: everything the daemon does through the API is done by it.
