@@ -6,12 +6,15 @@
 //!
 //! The phrases are those the real CLIs print (Claude Code 2.1 and Codex 0.169, captured in
 //! `tests/fixtures/agents/captured/`): Claude's `api_error_status` and result text, Codex's
-//! `error` / `turn.failed` messages, and the shell's own words for a missing program.
+//! `error` / `turn.failed` messages, and the shell's own words for a missing program. A usage
+//! limit's reset time is read by `reset.rs`; [`explain`] words the failure for the user: what
+//! happened, in the CLI's words, and what to fix.
 
 use serde::{Deserialize, Serialize};
 
-use super::text::tail_text;
-use super::{Parsed, RunOutput};
+use super::reset::reset_time;
+use super::text::{one_line, tail_text};
+use super::{Parsed, RunClock, RunOutput, Verdict};
 
 /// How much of stderr is searched.
 const STDERR_BYTES: usize = 16 * 1024;
@@ -85,6 +88,9 @@ const CONFIG: &[&str] = &[
     "command not found",
     ": not found",
     "permission denied: ", // `sh: 1: claude: Permission denied` (not executable)
+    // Claude Code as root: `--dangerously-skip-permissions cannot be used with root/sudo
+    // privileges for security reasons`.
+    "cannot be used with root",
     "is no longer supported",
     "error loading config",
     "not_found_error",
@@ -113,151 +119,227 @@ const TRANSIENT: &[&str] = &[
     "network error",
 ];
 
-/// The kind of a failed run and, for a usage limit, the reset time the CLI reported (Unix ms).
+/// A program that is not there (the shell's words, exit 126/127).
+const MISSING: &[&str] = &[
+    ": not found",
+    "command not found",
+    "no such file or directory",
+    "exit code 127",
+    "exit code 126",
+];
+
+/// A command line the CLI rejected.
+const BAD_ARGUMENT: &[&str] = &[
+    "unexpected argument",
+    "unknown option",
+    "unrecognized option",
+    "unknown argument",
+    "invalid value '",
+    "error: unknown command",
+];
+
+/// Longest piece of the CLI's own words in an [`explain`]ed reason, in bytes.
+const DETAIL_MAX_BYTES: usize = 160;
+
+/// What the CLI printed about its failure, gathered once for the phrase checks.
+struct Evidence {
+    /// The CLI's error texts and the reader's reasons, as printed.
+    texts: Vec<String>,
+    /// The same, lowercased, and the tail of stderr last.
+    lower: Vec<String>,
+    /// The API's HTTP status: Claude's `api_error_status`, else one named in a text.
+    status: Option<u64>,
+}
+
+impl Evidence {
+    fn gather(parsed: &Parsed, out: &RunOutput<'_>) -> Self {
+        let mut texts = parsed.error_texts.clone();
+        if let Verdict::Failure(reasons) = &parsed.verdict {
+            texts.extend(reasons.iter().cloned());
+        }
+        let stderr = tail_text(out.stderr, STDERR_BYTES);
+        let lower: Vec<String> = texts
+            .iter()
+            .chain(std::iter::once(&stderr))
+            .map(|t| t.to_lowercase())
+            .collect();
+        texts.push(stderr);
+        let status = parsed
+            .api_status
+            .or_else(|| lower.iter().find_map(|t| http_status(t)));
+        Evidence {
+            texts,
+            lower,
+            status,
+        }
+    }
+
+    /// Whether any text holds one of `phrases` (lowercase).
+    fn has(&self, phrases: &[&str]) -> bool {
+        phrases
+            .iter()
+            .any(|p| self.lower.iter().any(|t| t.contains(p)))
+    }
+}
+
+/// The kind of a failed run and, for a usage limit, the reset time the CLI reported (Unix ms):
+/// the exact epoch a reader found (Claude's stream `rate_limit_event.resetsAt`), else one
+/// printed in an error text, resolved against `clock`.
 pub(crate) fn classify(
     parsed: &Parsed,
     out: &RunOutput<'_>,
     usage_limited: bool,
+    clock: &RunClock,
 ) -> (FailureKind, Option<u64>) {
-    let mut texts: Vec<String> = parsed
-        .error_texts
-        .iter()
-        .map(|t| t.to_lowercase())
-        .collect();
-    if let super::Verdict::Failure(reasons) = &parsed.verdict {
-        texts.extend(reasons.iter().map(|r| r.to_lowercase()));
-    }
-    let stderr = tail_text(out.stderr, STDERR_BYTES).to_lowercase();
-    let has = |phrases: &[&str]| {
-        phrases
-            .iter()
-            .any(|p| stderr.contains(p) || texts.iter().any(|t| t.contains(p)))
-    };
-    let status = parsed.api_status.or_else(|| {
-        texts
-            .iter()
-            .chain(std::iter::once(&stderr))
-            .find_map(|t| http_status(t))
-    });
-    if usage_limited || status == Some(429) {
-        let at = texts
-            .iter()
-            .chain(std::iter::once(&stderr))
-            .find_map(|t| reset_time(t));
-        return (FailureKind::UsageLimit, at);
-    }
-    if matches!(status, Some(401 | 403)) || has(AUTH) {
-        return (FailureKind::Auth, None);
-    }
-    if matches!(out.exit_code, Some(126 | 127)) || status == Some(404) || has(CONFIG) {
-        return (FailureKind::Config, None);
-    }
-    if parsed.permission_denied {
-        return (FailureKind::Permission, None);
-    }
-    if status.is_some_and(|s| s >= 500 || s == 408) || has(TRANSIENT) {
-        return (FailureKind::Transient, None);
-    }
-    (FailureKind::Agent, None)
+    let evidence = Evidence::gather(parsed, out);
+    let kind = kind_of(&evidence, parsed, out, usage_limited);
+    let reset = (kind == FailureKind::UsageLimit)
+        .then(|| {
+            parsed
+                .reset_at_ms
+                .or_else(|| evidence.texts.iter().find_map(|t| reset_time(t, clock)))
+        })
+        .flatten();
+    (kind, reset)
 }
 
-/// An HTTP status in an error text: `API Error: 500 …`, `unexpected status 401 Unauthorized`,
-/// `status code 503`.
+/// The first kind whose evidence is there, most specific first: a usage limit (HTTP 429 or
+/// its words), refused credentials, a CLI that cannot run, a refused tool, a failed API.
+fn kind_of(
+    evidence: &Evidence,
+    parsed: &Parsed,
+    out: &RunOutput<'_>,
+    usage_limited: bool,
+) -> FailureKind {
+    let status = evidence.status;
+    if usage_limited || status == Some(429) {
+        FailureKind::UsageLimit
+    } else if matches!(status, Some(401 | 403)) || evidence.has(AUTH) {
+        FailureKind::Auth
+    } else if matches!(out.exit_code, Some(126 | 127))
+        || status == Some(404)
+        || evidence.has(CONFIG)
+    {
+        FailureKind::Config
+    } else if parsed.permission_denied {
+        FailureKind::Permission
+    } else if status.is_some_and(|s| s >= 500 || s == 408) || evidence.has(TRANSIENT) {
+        FailureKind::Transient
+    } else {
+        FailureKind::Agent
+    }
+}
+
+/// An HTTP status in a lowercased error text: `api error: 500 …`, `unexpected status 401
+/// unauthorized`, `status code 503`, `request rejected (429)`.
 fn http_status(text: &str) -> Option<u64> {
-    for marker in [
+    [
         "api error: ",
         "unexpected status ",
         "status code ",
         "status: ",
-    ] {
-        if let Some(i) = text.find(marker) {
-            let digits: String = text[i + marker.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            if digits.len() == 3
-                && let Ok(n) = digits.parse::<u64>()
-                && (400..600).contains(&n)
-            {
-                return Some(n);
-            }
-        }
-    }
-    None
-}
-
-/// A usage limit's reset time in a (lowercased) error text, as Unix milliseconds: Claude's
-/// `usage limit reached|<epoch seconds>`, an RFC 3339 time, `resets_at` / `reset` followed by
-/// epoch seconds, or `try again in N seconds|minutes|hours` (from now).
-pub(crate) fn reset_time(text: &str) -> Option<u64> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let epoch_after = |marker: &str| -> Option<u64> {
-        let i = text.find(marker)?;
-        let digits: String = text[i + marker.len()..]
-            .trim_start_matches(['"', ':', ' ', '='])
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        let n: u64 = digits.parse().ok()?;
-        // Seconds since 2001 .. 2286 (ten digits), or already milliseconds (thirteen).
-        match digits.len() {
-            10 => Some(n * 1000),
-            13 => Some(n),
-            _ => None,
-        }
-    };
-    if let Some(at) = [
-        "limit reached|",
-        "resets_at",
-        "reset_at",
-        "resets at ",
-        "reset\":",
+        "request rejected (",
     ]
     .iter()
-    .find_map(|m| epoch_after(m))
-    {
-        return Some(at);
-    }
-    for (i, _) in text.match_indices("try again in ") {
-        let rest = &text[i + "try again in ".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let Ok(n) = digits.parse::<u64>() else {
-            continue;
-        };
-        let unit = rest[digits.len()..].trim_start();
-        let secs = if unit.starts_with('h') {
-            n * 3600
-        } else if unit.starts_with('m') {
-            n * 60
-        } else {
-            n
-        };
-        return Some(now_ms + secs * 1000);
-    }
-    rfc3339_in(text)
+    .filter_map(|marker| text.find(marker).map(|i| &text[i + marker.len()..]))
+    .find_map(|rest| {
+        let digits = rest
+            .get(..3)
+            .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?;
+        let after_is_digit = rest[3..].starts_with(|c: char| c.is_ascii_digit());
+        let n: u64 = digits.parse().ok()?;
+        (!after_is_digit && (400..600).contains(&n)).then_some(n)
+    })
 }
 
-/// The first RFC 3339 time (`2026-12-02T19:30:00Z`) in a lowercased text, as Unix ms.
-fn rfc3339_in(text: &str) -> Option<u64> {
-    let bytes = text.as_bytes();
-    (0..bytes.len().saturating_sub(19)).find_map(|i| {
-        let b = &bytes[i..];
-        let shape = b[4] == b'-' && b[7] == b'-' && b[10] == b't' && b[13] == b':';
-        if !shape || !b[..4].iter().all(u8::is_ascii_digit) {
-            return None;
+/// A failed run's reason for the user: what happened, in the CLI's words (`failure`, without
+/// the exit code and format remarks that add nothing), and what to fix — e.g. `authentication
+/// failed (API error 401: Invalid API key · Fix external API key): check the agent kind's API
+/// key or login (its env / env_from, or the CLI's login on the host)`. An
+/// [`FailureKind::Agent`] failure is its `failure` line as it is. One line, at most
+/// [`super::FAILURE_MAX_BYTES`] bytes.
+pub(crate) fn explain(kind: FailureKind, failure: &str, retry_at_ms: Option<u64>) -> String {
+    let detail = one_line(&cli_words(failure), DETAIL_MAX_BYTES);
+    let line = match kind {
+        FailureKind::Agent => failure.to_owned(),
+        FailureKind::UsageLimit => {
+            let until = retry_at_ms.map_or_else(
+                || "for the configured pause (no reset time given)".to_owned(),
+                |ms| {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+                    format!("until {}", humantime::format_rfc3339_seconds(at))
+                },
+            );
+            format!("usage limit reached ({detail}): the agent kind pauses {until}")
         }
-        let end = text[i..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.' | '+')))
-            .map_or(text.len(), |e| i + e);
-        let ts: humantime::Timestamp = text[i..end].to_uppercase().parse().ok()?;
-        let t: std::time::SystemTime = ts.into();
-        t.duration_since(std::time::UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as u64)
-    })
+        _ => {
+            let (what, fix) = headline(kind, &failure.to_lowercase());
+            format!("{what} ({detail}): {fix}")
+        }
+    };
+    one_line(&line, super::FAILURE_MAX_BYTES)
+}
+
+/// What went wrong and what to fix, for the kinds that need somebody to change something
+/// (`lower`: the failure line, lowercased).
+fn headline(kind: FailureKind, lower: &str) -> (&'static str, &'static str) {
+    let has = |phrases: &[&str]| phrases.iter().any(|p| lower.contains(p));
+    match kind {
+        FailureKind::Auth => (
+            "authentication failed",
+            "check the agent kind's API key or login (its env / env_from, or the CLI's login \
+             on the host)",
+        ),
+        FailureKind::Config if has(MISSING) => (
+            "the agent CLI was not found",
+            "install it for the agent's user on the host, or fix the kind's command or PATH",
+        ),
+        FailureKind::Config if has(BAD_ARGUMENT) => (
+            "the agent CLI rejected its command line (unknown option or argument)",
+            "fix the kind's cli_template / resume_template for this CLI version",
+        ),
+        FailureKind::Config if lower.contains("with root") => (
+            "the agent CLI refused to run as root",
+            "run the agent as a non-root user, or drop --dangerously-skip-permissions",
+        ),
+        FailureKind::Config => (
+            "the agent CLI cannot run as configured",
+            "check the kind's cli_template and the CLI's configuration on the host",
+        ),
+        FailureKind::Permission => (
+            "the agent CLI denied the agent a tool",
+            "allow the tool in the kind's cli_template (permission mode, allowed tools or \
+             sandbox)",
+        ),
+        FailureKind::Transient => (
+            "the model API failed, probably for a while",
+            "retried with backoff",
+        ),
+        FailureKind::Agent | FailureKind::UsageLimit => ("the run failed", "see its output"),
+    }
+}
+
+/// The CLI's own words in a failure line: the parts that only say `exit code N` or that the
+/// output is not the expected format are left out (when anything else is left), and an
+/// `exit code N: ` before a stderr line is dropped.
+fn cli_words(failure: &str) -> String {
+    let is_exit_code = |part: &str| {
+        part.strip_prefix("exit code ")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+    };
+    let parts: Vec<&str> = failure
+        .split("; ")
+        .map(|part| match part.strip_prefix("exit code ") {
+            Some(rest) => rest.split_once(": ").map_or(part, |(_, line)| line),
+            None => part,
+        })
+        .filter(|part| !is_exit_code(part) && !part.starts_with("output is not valid "))
+        .collect();
+    if parts.is_empty() {
+        failure.to_owned()
+    } else {
+        parts.join("; ")
+    }
 }
 
 #[cfg(test)]
@@ -274,29 +356,70 @@ mod tests {
             http_status("unexpected status 401 unauthorized: invalid key"),
             Some(401)
         );
+        assert_eq!(
+            http_status("api error: request rejected (429) · this request would exceed"),
+            Some(429)
+        );
+        assert_eq!(http_status("status code 5000"), None);
         assert_eq!(http_status("no status here"), None);
     }
 
     #[test]
-    fn reset_times_are_read_in_each_form_the_clis_print() {
+    fn the_clis_words_are_kept_without_our_boilerplate() {
         assert_eq!(
-            reset_time("claude ai usage limit reached|1753441200"),
-            Some(1_753_441_200_000)
+            cli_words(
+                "exit code 127: sh: 1: claude: not found; output is not valid claude-json: empty output"
+            ),
+            "sh: 1: claude: not found"
         );
         assert_eq!(
-            reset_time(r#"{"resets_at": 1753441200}"#),
-            Some(1_753_441_200_000)
+            cli_words("API error 401: Invalid API key · Fix external API key; exit code 1"),
+            "API error 401: Invalid API key · Fix external API key"
         );
         assert_eq!(
-            reset_time("rate limited until 2026-12-02t19:30:00z, sorry"),
-            Some(1_796_239_800_000)
+            cli_words("exit code 101; output is not valid codex-jsonl: empty output"),
+            "exit code 101; output is not valid codex-jsonl: empty output"
         );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        let at = reset_time("please try again in 5 minutes").unwrap();
-        assert!(at >= now + 299_000 && at <= now + 301_000, "{at}");
-        assert_eq!(reset_time("no time at all"), None);
+    }
+
+    #[test]
+    fn each_kind_says_what_to_fix() {
+        let auth = explain(
+            FailureKind::Auth,
+            "API error 401: Invalid API key · Fix external API key; exit code 1",
+            None,
+        );
+        assert_eq!(
+            auth,
+            "authentication failed (API error 401: Invalid API key · Fix external API key): \
+             check the agent kind's API key or login (its env / env_from, or the CLI's login on \
+             the host)"
+        );
+        let missing = explain(
+            FailureKind::Config,
+            "exit code 127: sh: 1: codex: not found; output is not valid codex-jsonl: empty output",
+            None,
+        );
+        assert!(
+            missing.starts_with("the agent CLI was not found (sh: 1: codex: not found): install")
+        );
+        let limit = explain(
+            FailureKind::UsageLimit,
+            "You've hit your limit",
+            Some(1_796_249_520_000),
+        );
+        assert_eq!(
+            limit,
+            "usage limit reached (You've hit your limit): the agent kind pauses until \
+             2026-12-02T22:12:00Z"
+        );
+        assert_eq!(
+            explain(FailureKind::Agent, "exit code 3", None),
+            "exit code 3"
+        );
+        let long = "x".repeat(2000);
+        assert!(
+            explain(FailureKind::Transient, &long, None).len() <= super::super::FAILURE_MAX_BYTES
+        );
     }
 }

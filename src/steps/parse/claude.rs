@@ -194,6 +194,8 @@ struct Events {
     last_retry_status: Option<u64>,
     retried_on_429: bool,
     rate_limit_rejections: OrderedSet,
+    /// The last rejected limit's `resetsAt` (Unix ms).
+    rate_limit_reset_ms: Option<u64>,
     error_texts: Vec<String>,
 }
 
@@ -244,6 +246,9 @@ impl Events {
                         .and_then(|i| str_of(i, "rateLimitType"))
                         .unwrap_or("unknown");
                     self.rate_limit_rejections.insert(kind);
+                    if let Some(at) = info.and_then(|i| u64_of(i, "resetsAt")).and_then(epoch_ms) {
+                        self.rate_limit_reset_ms = Some(at);
+                    }
                 }
             }
             "stream_event" => self.known += 1,
@@ -400,6 +405,7 @@ impl Events {
             }
             parsed.notes.push(note);
         }
+        parsed.reset_at_ms = self.rate_limit_reset_ms;
         if !self.rate_limit_rejections.is_empty() {
             let kinds = self.rate_limit_rejections.as_slice().join(", ");
             parsed.notes.push(format!("rate limit rejected ({kinds})"));
@@ -529,14 +535,25 @@ fn read_result(result: &Object) -> (Parsed, HashSet<String>, Option<String>) {
     (parsed, denied_ids, text.map(str::to_owned))
 }
 
+/// Epoch seconds (Claude's `resetsAt`, ten digits) or milliseconds (thirteen) as Unix ms;
+/// `None` for anything else.
+fn epoch_ms(n: u64) -> Option<u64> {
+    match n {
+        1_000_000_000..=9_999_999_999 => Some(n * 1000),
+        1_000_000_000_000..=9_999_999_999_999 => Some(n),
+        _ => None,
+    }
+}
+
 /// A `result` text that is nothing but Claude's usage-limit notice ("Claude AI usage limit
-/// reached|1753441200", "You've hit your limit · resets 1pm (Europe/Lisbon)").
+/// reached|1753441200", "You've hit your limit · resets 1pm (Europe/Lisbon)", "You've hit your
+/// session limit · resets 10:11pm (UTC)").
 fn is_limit_notice(text: &str) -> bool {
     let text = text.trim();
     text.len() < 300
         && (text.starts_with("Claude AI usage limit reached")
-            || text.starts_with("You've hit your limit")
-            || text.starts_with("You’ve hit your limit"))
+            || text.starts_with("You've hit your ")
+            || text.starts_with("You’ve hit your "))
         && mentions_usage_limit(text)
 }
 
@@ -661,8 +678,8 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_rate_limit_event_is_an_error_text() {
-        let stdout = br#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","rateLimitType":"five_hour"}}
+    fn a_rejected_rate_limit_event_is_an_error_text_with_its_reset() {
+        let stdout = br#"{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1796249490,"rateLimitType":"five_hour"}}
 {"type":"rate_limit_event","rate_limit_info":{"status":"allowed","rateLimitType":"seven_day"}}"#;
         let parsed = parse_stream(stdout);
         assert!(
@@ -671,6 +688,10 @@ mod tests {
                 .contains(&"rate limit rejected (five_hour)".to_owned())
         );
         assert!(parsed.error_texts.iter().any(|t| mentions_usage_limit(t)));
+        assert_eq!(parsed.reset_at_ms, Some(1_796_249_490_000));
+
+        let allowed = br#"{"type":"rate_limit_event","rate_limit_info":{"status":"allowed","resetsAt":1796249490}}"#;
+        assert_eq!(parse_stream(allowed).reset_at_ms, None);
     }
 
     #[test]

@@ -168,8 +168,9 @@ impl Events {
                 self.failed_tool_calls += 1;
             }
             Some("error") => {
+                // A warning of the CLI's (`Model metadata for `x` not found`), not the run's
+                // error: a note only, never searched for the failure's kind.
                 let message = str_of(item, "message").unwrap_or("(no message)");
-                self.error_texts.push(message.to_owned());
                 self.warnings.push(message.to_owned());
             }
             _ => {}
@@ -286,6 +287,7 @@ mod tests {
         assert_eq!(parsed.cache_read_tokens, Some(4));
         assert_eq!(parsed.cache_write_tokens, None);
         assert_eq!(parsed.notes, ["codex warning: Model metadata not found"]);
+        assert!(parsed.error_texts.is_empty(), "{:?}", parsed.error_texts);
     }
 
     #[test]

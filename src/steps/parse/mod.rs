@@ -8,11 +8,17 @@
 //! exit, a kill, an error the CLI reported with exit 0 and output that is not the expected
 //! format are all failures. Nothing here panics or errors, whatever the bytes: unreadable output
 //! is a failure with a reason and a note, and its text is kept as the summary.
+//!
+//! A failed run is classified (`classify.rs`, [`FailureKind`]); a usage limit's reset time is
+//! read from what the CLI printed (`reset.rs`), local wall-clock times resolved against a
+//! [`RunClock`] (the run's end and the time zone, `zone.rs`). [`parse`] uses the daemon's clock
+//! and zone at the time of the call; [`parse_at`] takes the clock explicitly.
 
 mod classify;
 mod claude;
 mod codex;
 mod raw;
+mod reset;
 mod text;
 
 use std::collections::HashSet;
@@ -22,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::OutputFormat;
 
 pub use classify::FailureKind;
+pub use jiff::tz::TimeZone;
 
 use text::{find_pr_url, mentions_usage_limit, one_line, stderr_hint, tail_text, truncate_head};
 
@@ -47,6 +54,36 @@ pub struct RunOutput<'a> {
     pub stderr: &'a [u8],
     /// `None`: the process was killed or left no exit code.
     pub exit_code: Option<i32>,
+}
+
+/// When a run ended and the time zone of the times its CLI printed without one: the reference
+/// for reset times printed as local wall-clock times (`resets 10:11pm (UTC)` is the next 22:11
+/// UTC after the run's end; Codex's `Try again at 10:12 PM.` is 22:12 in `zone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunClock {
+    /// When the run ended (Unix milliseconds).
+    pub ended_at_ms: u64,
+    /// The zone of the agent's host, for times printed without a zone. The daemon cannot ask
+    /// the host: it assumes the host keeps the daemon's own zone ([`TimeZone::system`]).
+    pub zone: TimeZone,
+}
+
+impl RunClock {
+    /// A run that ended at `ended_at_ms`, on a host in the daemon's time zone.
+    pub fn ended_at(ended_at_ms: u64) -> Self {
+        RunClock {
+            ended_at_ms,
+            zone: TimeZone::system(),
+        }
+    }
+
+    /// A run that ended just now, on a host in the daemon's time zone.
+    pub fn now() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Self::ended_at(now)
+    }
 }
 
 /// What a run delivered, as far as its output shows. Stored in the (postcard-encoded) workflow
@@ -88,18 +125,42 @@ pub struct RunReport {
     /// What kind of failure this was (what to do about it); `None` on success.
     pub kind: Option<FailureKind>,
     /// A usage limit's reset time as the CLI reported it (Unix milliseconds), when it did.
+    /// Exact when the output carries the epoch (Claude's stream-json `rate_limit_event`); the
+    /// end of the printed minute when it prints a wall-clock time (see [`RunClock`]).
     pub retry_at_ms: Option<u64>,
 }
 
-/// Reads a finished run's output in `format` and judges it (see the module doc).
+impl RunReport {
+    /// Why the run failed and what to fix, one short line for the user; `None` on success.
+    /// [`RunReport::failure`] is what happened in the CLI's words; this adds the kind's
+    /// remedy: `authentication failed (API error 401: Invalid API key · …): check the agent
+    /// kind's API key or login (…)`, `the agent CLI was not found (sh: 1: claude: not found):
+    /// install it …`, `the agent CLI denied the agent a tool (permission denied for tool
+    /// Bash): allow the tool …`, `usage limit reached (…): the agent kind pauses until …`.
+    pub fn reason(&self) -> Option<String> {
+        let failure = self.failure.as_deref()?;
+        let kind = self.kind.unwrap_or(FailureKind::Agent);
+        Some(classify::explain(kind, failure, self.retry_at_ms))
+    }
+}
+
+/// Reads a finished run's output in `format` and judges it (see the module doc), as if the run
+/// had just ended on a host in the daemon's time zone ([`RunClock::now`]).
 pub fn parse(format: OutputFormat, out: &RunOutput<'_>) -> RunReport {
+    parse_at(format, out, &RunClock::now())
+}
+
+/// [`parse`] with the run's end time and zone given: reset times printed without a date
+/// (`resets 10:11pm (UTC)`, `Try again at 10:12 PM.`) are the next such time after
+/// `clock.ended_at_ms`, so reading the output later (after a restart) gives the same answer.
+pub fn parse_at(format: OutputFormat, out: &RunOutput<'_>, clock: &RunClock) -> RunReport {
     let parsed = match format {
         OutputFormat::ClaudeJson => claude::parse_json(out.stdout),
         OutputFormat::ClaudeStreamJson => claude::parse_stream(out.stdout),
         OutputFormat::CodexJsonl => codex::parse(out.stdout),
         OutputFormat::Raw => raw::parse(out.stdout),
     };
-    finish(format, parsed, out)
+    finish(format, parsed, out, clock)
 }
 
 /// What the output itself says about the run.
@@ -140,6 +201,9 @@ pub(crate) struct Parsed {
     pub api_status: Option<u64>,
     /// The CLI refused the agent a tool it asked for (Claude's `permission_denials`).
     pub permission_denied: bool,
+    /// A usage limit's exact reset time (Unix ms), when the output carries its epoch (Claude's
+    /// stream-json `rate_limit_event.rate_limit_info.resetsAt` of a rejected limit).
+    pub reset_at_ms: Option<u64>,
 }
 
 impl Parsed {
@@ -160,12 +224,18 @@ impl Parsed {
             http_429: false,
             api_status: None,
             permission_denied: false,
+            reset_at_ms: None,
         }
     }
 }
 
 /// Weighs a reader's findings against the exit code and bounds every field.
-fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunReport {
+fn finish(
+    format: OutputFormat,
+    parsed: Parsed,
+    out: &RunOutput<'_>,
+    clock: &RunClock,
+) -> RunReport {
     let exit_reason = match out.exit_code {
         Some(0) => None,
         Some(code) => Some(format!("exit code {code}")),
@@ -218,7 +288,7 @@ fn finish(format: OutputFormat, parsed: Parsed, out: &RunOutput<'_>) -> RunRepor
     let (kind, retry_at_ms) = if success {
         (None, None)
     } else {
-        let (kind, at) = classify::classify(&parsed, out, usage_limited);
+        let (kind, at) = classify::classify(&parsed, out, usage_limited, clock);
         (Some(kind), at)
     };
     notes.extend(parsed.notes);

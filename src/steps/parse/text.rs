@@ -125,16 +125,26 @@ fn pr_url_prefix(url: &str) -> Option<&str> {
 
 /// Whether an error text says the agent hit a usage or rate limit.
 pub(crate) fn mentions_usage_limit(text: &str) -> bool {
-    const PHRASES: [&str; 5] = [
+    const PHRASES: [&str; 4] = [
         "usage limit",
         "rate limit",
         "rate_limit",
         "429 too many requests",
-        // Claude Code's 2026 wording: "You've hit your limit · resets 1pm (Europe/Lisbon)".
-        "hit your limit",
     ];
     let lower = text.to_lowercase();
-    PHRASES.iter().any(|p| lower.contains(p))
+    PHRASES.iter().any(|p| lower.contains(p)) || hit_your_limit(&lower)
+}
+
+/// Claude Code's wording, `You've hit your limit · resets 1pm (Europe/Lisbon)` and (2.1)
+/// `You've hit your session limit`, `… weekly limit`, `… Opus limit`, `… Sonnet limit`: `hit
+/// your` and `limit` at most two words apart, in a lowercased text.
+fn hit_your_limit(lower: &str) -> bool {
+    lower.match_indices("hit your ").any(|(i, marker)| {
+        lower[i + marker.len()..]
+            .split_whitespace()
+            .take(2)
+            .any(|word| word.starts_with("limit"))
+    })
 }
 
 /// The most useful line of a CLI's stderr for a failure reason: the first line mentioning an
@@ -228,6 +238,13 @@ mod tests {
         assert!(mentions_usage_limit(
             "You've hit your limit · resets 1pm (Europe/Lisbon)"
         ));
+        assert!(mentions_usage_limit(
+            "You've hit your session limit · resets 10:11pm (UTC)"
+        ));
+        assert!(mentions_usage_limit(
+            "You've hit your weekly limit · resets Dec 4, 9:11pm (UTC)"
+        ));
+        assert!(!mentions_usage_limit("you hit your head on the limit"));
         assert!(!mentions_usage_limit(
             "API Error: 500 Fake internal server error"
         ));
