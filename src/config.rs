@@ -540,18 +540,23 @@ pub fn builtin_agents() -> &'static [AgentConfig] {
 
 /// Claude Code in print mode: file edits accepted, and the tools a coding task needs allowed
 /// by name (`--allowedTools`), which works as root too (where Claude refuses
-/// `--dangerously-skip-permissions` and `bypassPermissions`).
+/// `--dangerously-skip-permissions` and `bypassPermissions`). Run against Claude Code 2.1.197
+/// by `tests/agents_real.rs` and `tests/real_cli.rs`.
 const CLAUDE_TEMPLATE: &str = "claude -p --output-format json --permission-mode acceptEdits \
---allowedTools Bash,Edit,Write,MultiEdit,NotebookEdit,Read,Glob,Grep,LS,TodoWrite < {prompt_file}";
+--allowedTools Bash,Edit,Write,Read,Glob,Grep,NotebookEdit,TodoWrite < {prompt_file}";
 const CLAUDE_RESUME_TEMPLATE: &str = "claude -p --output-format json --permission-mode acceptEdits \
---allowedTools Bash,Edit,Write,MultiEdit,NotebookEdit,Read,Glob,Grep,LS,TodoWrite \
+--allowedTools Bash,Edit,Write,Read,Glob,Grep,NotebookEdit,TodoWrite \
 --resume {session_id} < {prompt_file}";
-/// Codex non-interactively, its commands sandboxed to the work directory (which holds
-/// everything git writes for the task). `-c sandbox_mode=…` because `codex exec resume` takes
-/// no `-s`/`--full-auto`.
-const CODEX_TEMPLATE: &str = "codex exec --json -c sandbox_mode=workspace-write - < {prompt_file}";
-const CODEX_RESUME_TEMPLATE: &str =
-    "codex exec resume --json -c sandbox_mode=workspace-write {session_id} - < {prompt_file}";
+/// Codex non-interactively, its commands in the `workspace-write` sandbox: they may write the
+/// work directory and, named as an extra writable root, its `.git` (which Codex otherwise keeps
+/// read-only, so no commit could be made); the rest of the host is read-only to them and they
+/// have no network. `-c` rather than `-s`/`--full-auto` because `codex exec resume` takes
+/// neither, and a resumed session does not keep the first run's sandbox. Run against Codex
+/// 0.169.0 by `tests/agents_real.rs` and `tests/real_cli.rs`.
+const CODEX_TEMPLATE: &str = "codex exec --json -c 'sandbox_mode=\"workspace-write\"' \
+-c 'sandbox_workspace_write.writable_roots=[\"'{work_dir}'/.git\"]' - < {prompt_file}";
+const CODEX_RESUME_TEMPLATE: &str = "codex exec resume --json -c 'sandbox_mode=\"workspace-write\"' \
+-c 'sandbox_workspace_write.writable_roots=[\"'{work_dir}'/.git\"]' {session_id} - < {prompt_file}";
 
 /// `[[hosts]]`: a machine reached by SSH, or `localhost` (local subprocesses).
 #[derive(Debug, Clone, Deserialize)]

@@ -944,13 +944,17 @@ impl AgentTask {
             .agent(&r.agent)
             .map(|a| a.output_format)
             .unwrap_or(crate::config::OutputFormat::Raw);
-        let report = parse::parse(
+        // Reset times printed without a date are read against the run's end, not the time
+        // this step runs (which may be after a restart).
+        let ended = r.ended_at.unwrap_or_else(Timestamp::now);
+        let report = parse::parse_at(
             format,
             &RunOutput {
                 stdout: &stdout,
                 stderr: &stderr,
                 exit_code: r.exit_code,
             },
+            &parse::RunClock::ended_at(ended.0),
         );
         if r.outcome == RunOutcome::Running {
             r.outcome = if report.success {
@@ -1044,8 +1048,9 @@ impl AgentTask {
                 last.outcome = RunOutcome::Failed;
             }
             let reason = format!(
-                "the agent reported success but made no commit on {} (receipt refused)",
-                ws.branch
+                "the agent reported success but made no commit on {} (receipt refused){}",
+                ws.branch,
+                failure::no_commit_hint(&r.agent)
             );
             return Ok(self.run_failed(ctx, s, reason, false));
         }

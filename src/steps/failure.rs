@@ -35,20 +35,14 @@ pub fn decide(run: &Run, reason: String, now: Timestamp, default_pause: Duration
         _ => report.kind.unwrap_or(FailureKind::Agent),
     };
     let (agent, host) = (&run.agent, &run.host);
+    // The CLI's words with what to fix (`RunReport::reason`), else the run's failure line.
+    let explained = report.reason().unwrap_or_else(|| reason.clone());
     match kind {
-        FailureKind::Auth => Decision::GiveUp(format!(
-            "authentication failed for agent kind `{agent}` on {host}: {reason}. Check its API \
-             key or login (the `env` / `env_from` of its [[agents]] entry, or the CLI's own \
-             login on the host), then retry; not retried automatically"
-        )),
-        FailureKind::Config => Decision::GiveUp(format!(
-            "the `{agent}` CLI cannot run as configured on {host}: {reason}. Check that the CLI \
-             is installed for the host's user (`agent-fleet hosts check`) and that its \
-             cli_template / resume_template are right for its version; not retried \
-             automatically"
+        FailureKind::Auth | FailureKind::Config => Decision::GiveUp(format!(
+            "`{agent}` on {host}: {explained}; not retried automatically"
         )),
         FailureKind::Permission => Decision::GiveUp(format!(
-            "the `{agent}` CLI refused the agent a tool on {host}: {reason}. {}; not retried \
+            "`{agent}` on {host}: the CLI refused the agent a tool ({reason}). {}; not retried \
              automatically",
             permission_hint(agent)
         )),
@@ -70,10 +64,25 @@ fn permission_hint(agent: &str) -> String {
         "claude" => "Allow the tools in the kind's cli_template (`--allowedTools Bash,Edit,…`, \
                      or `--permission-mode bypassPermissions` as a non-root agent user)"
             .to_string(),
-        "codex" => "Let the sandbox write the work directory in the kind's cli_template \
-                    (`-c sandbox_mode=workspace-write`)"
+        "codex" => "Let the sandbox write the work directory and its .git in the kind's \
+                    cli_template (`-c 'sandbox_mode=\"workspace-write\"' -c \
+                    'sandbox_workspace_write.writable_roots=[\"<work_dir>/.git\"]'`, \
+                    or `--dangerously-bypass-approvals-and-sandbox`)"
             .to_string(),
         _ => format!("Allow the tools in the cli_template of agent kind `{agent}`"),
+    }
+}
+
+/// What may explain a run that reported success without a commit, by agent kind: Codex's
+/// sandbox shows a refused write only to the model, never in its output.
+pub fn no_commit_hint(agent: &str) -> &'static str {
+    match agent {
+        "codex" => {
+            "; if the agent's commands could not write .git, Codex's sandbox refused them \
+             (the kind's cli_template must name <work_dir>/.git a writable root, or run \
+             without the sandbox)"
+        }
+        _ => "",
     }
 }
 
