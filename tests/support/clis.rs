@@ -272,9 +272,10 @@ pub fn claude_resume_args(session_id: &str) -> Vec<String> {
 }
 
 /// `codex exec --json --dangerously-bypass-approvals-and-sandbox -` (prompt on stdin): edits
-/// AND runs `git commit`, as root and as any other user. Codex's sandbox cannot be used for
-/// this: `workspace-write` keeps `.git` (and a worktree's git dir) read-only, so `git commit`
-/// fails with "Unable to create '…/index.lock': Read-only file system".
+/// AND runs `git commit`, as root and as any other user, without Codex's sandbox.
+/// `workspace-write` alone keeps `.git` (and a worktree's git dir) read-only, so `git commit`
+/// fails with "Unable to create '…/index.lock': Read-only file system"; naming the clone's
+/// `.git` in `sandbox_workspace_write.writable_roots` lets it commit (the built-in template).
 /// (`-c sandbox_mode="danger-full-access"` works the same, for `exec` and `exec resume`.)
 pub fn codex_exec_args() -> Vec<String> {
     [
