@@ -257,6 +257,11 @@ pub struct ForgejoConfig {
     /// together make one round.
     #[serde(default = "default_review_debounce", with = "humantime_serde")]
     pub review_debounce: Duration,
+    /// Forge users whose reviews are taken as feedback even without write access to the
+    /// repository. Reviews by users with write access (asked of the forge) and `official`
+    /// reviews are always taken; any other review is ignored (and noted in the task's history).
+    #[serde(default)]
+    pub trusted_reviewers: Vec<String>,
 }
 
 fn default_forgejo_token_env() -> String {
@@ -1184,6 +1189,17 @@ impl Validator {
                 self.report(
                     p.key("repos").index(i),
                     format!("`{r}` is not a repository like \"owner/name\""),
+                );
+            }
+        }
+        for (i, user) in f.trusted_reviewers.iter().enumerate() {
+            if user.trim().is_empty()
+                || user.contains(['/', '@'])
+                || user.contains(char::is_whitespace)
+            {
+                self.report(
+                    p.key("trusted_reviewers").index(i),
+                    format!("`{user}` is not a forge user name like \"alice\""),
                 );
             }
         }

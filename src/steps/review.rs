@@ -6,14 +6,22 @@
 //! by fingerprint, gathered for `forgejo.review_debounce`), too many rounds fail the task and
 //! escalate it.
 //!
+//! Only the task's own work counts: a pull request is the task's when its head branch is
+//! `task/<id>` IN THE TASK'S REPOSITORY (never a fork's branch of that name) at the commit the
+//! daemon verified and pushed; review feedback comes only from reviewers with write access to the
+//! repository (asked of the forge), `official` reviews and `forgejo.trusted_reviewers`; other
+//! reviews are ignored and noted in the task's history.
+//!
 //! Webhooks only wake these steps early: each run asks the forge itself, and the Review step
 //! also asks every `forgejo.reconcile_interval` on its own durable timer, so a task gets to
 //! the end with every webhook lost.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::io::forgejo::{CreatePull, ForgeError, RepoRef};
+use crate::io::forgejo::{CreatePull, ForgeError, PullRequest, PullReview, RepoRef};
 use crate::workflow::{Effect, Outcome, StepCtx, StepError, StepResult, Timestamp};
 
 use super::agent_task::{AgentTask, Phase, TaskSignal, TaskState};
@@ -284,6 +292,31 @@ impl AgentTask {
             .pull_by_head(&repo, &branch)
             .await
             .map_err(|e| trouble("looking up the pull request", e))?;
+        // Only a pull request at the commit verified and pushed for this task is the task's: a
+        // closed one at another commit is an older one of a branch of the same name.
+        let pushed = pushed_head(&s);
+        let existing = match existing {
+            Some(p) if p.state != "open" && pushed.is_some_and(|h| h != p.head.sha) => {
+                notes.push(format!(
+                    "pull request #{} of {branch} ({}) is at {}, not at the pushed {}: not this task's",
+                    p.number,
+                    p.state,
+                    short(&p.head.sha),
+                    short(pushed.unwrap_or_default())
+                ));
+                None
+            }
+            Some(p) if pushed.is_some_and(|h| h != p.head.sha) => {
+                return Err(Trouble::Fail(format!(
+                    "pull request #{} of {branch} is at {}, not at the commit pushed for this task \
+                     ({}): someone else moved the branch",
+                    p.number,
+                    short(&p.head.sha),
+                    short(pushed.unwrap_or_default())
+                )));
+            }
+            other => other,
+        };
         let pr = match existing {
             Some(p) if p.state == "closed" && !p.merged => {
                 let reason = format!(
@@ -380,6 +413,7 @@ impl AgentTask {
             .await
             .map_err(|e| trouble(&format!("reading the reviews of #{number}"), e))?;
         let mut notes = Vec::new();
+        let mut access = HashMap::new();
         for r in reviews {
             let f = s.forge.as_mut().expect("forge_parts checked it"); // a forge task
             if f.seen_reviews.contains(&r.id) || r.state == "PENDING" || r.dismissed {
@@ -390,6 +424,18 @@ impl AgentTask {
                 continue;
             }
             let who = r.user.as_ref().map(|u| u.login.clone()).unwrap_or_default();
+            if let Some(why) = untrusted(forge, &repo, &r, &who, &mut access).await? {
+                notes.push(format!(
+                    "ignored review {} {} on #{number}: {why}",
+                    r.state.to_lowercase(),
+                    if who.is_empty() {
+                        "without an author".to_string()
+                    } else {
+                        format!("by {who}")
+                    }
+                ));
+                continue;
+            }
             let mut items = Vec::new();
             if !r.body.trim().is_empty() {
                 let place = format!("review by {who}");
@@ -482,7 +528,7 @@ impl AgentTask {
         mut s: TaskState,
         forge: &Forge,
         repo: &RepoRef,
-        pr: crate::io::forgejo::PullRequest,
+        pr: PullRequest,
     ) -> Result<Outcome<TaskState>, Trouble> {
         let id = ctx.instance();
         let branch = branch_name(id);
@@ -491,6 +537,13 @@ impl AgentTask {
             return Err(Trouble::Fail(format!(
                 "receipt refused: pull request #{} has head {}, not {branch}",
                 pr.number, pr.head.ref_name
+            )));
+        }
+        if !pr.head_in_base_repo() {
+            return Err(Trouble::Fail(format!(
+                "receipt refused: the head of pull request #{} is not in {repo} (repository id {} \
+                 instead of {}): a fork's branch is not the task's work",
+                pr.number, pr.head.repo_id, pr.base.repo_id
             )));
         }
         let commits = forge
@@ -502,6 +555,20 @@ impl AgentTask {
             return Err(Trouble::Fail(format!(
                 "receipt refused: pull request #{} was merged without any commit",
                 pr.number
+            )));
+        }
+        // The merged head is the pushed commit, or one a person with write access added to on
+        // the task's branch: either way the pushed commit is among the merged ones.
+        if let Some(pushed) = pushed_head(&s)
+            && pr.head.sha != pushed
+            && !commits.iter().any(|c| c.sha == pushed)
+        {
+            return Err(Trouble::Fail(format!(
+                "receipt refused: pull request #{} was merged at {} without the commit pushed \
+                 for this task ({})",
+                pr.number,
+                short(&pr.head.sha),
+                short(pushed)
             )));
         }
         if let Some(link) = s.forge.as_mut().and_then(|f| f.pr.as_mut()) {
@@ -525,6 +592,66 @@ impl AgentTask {
         );
         Ok(Outcome::complete(s).note(note))
     }
+}
+
+/// The commit verified (and then pushed) for the task's latest round: its receipt's head.
+fn pushed_head(s: &TaskState) -> Option<&str> {
+    s.receipt
+        .as_ref()
+        .map(|r| r.work.head_sha.as_str())
+        .filter(|h| !h.is_empty())
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(7)]
+}
+
+/// Why a review is not taken as feedback, or `None` when it is: an `official` review, one by a
+/// user on `forgejo.trusted_reviewers`, or one by a user with write access to the repository
+/// (asked of the forge once per user and step; `access` keeps the answers). Anything the
+/// forge does not confirm is refused; only a transient failure retries the step.
+async fn untrusted(
+    forge: &Forge,
+    repo: &RepoRef,
+    r: &PullReview,
+    who: &str,
+    access: &mut HashMap<String, Option<String>>,
+) -> Result<Option<String>, Trouble> {
+    if r.official {
+        return Ok(None);
+    }
+    if who.trim().is_empty() {
+        return Ok(Some("a review without an author is not feedback".into()));
+    }
+    let allowed = &forge.config.trusted_reviewers;
+    if allowed.iter().any(|t| t.trim().eq_ignore_ascii_case(who)) {
+        return Ok(None);
+    }
+    if let Some(known) = access.get(who) {
+        return Ok(known.clone());
+    }
+    let why = match forge.client.permission(repo, who).await {
+        Ok(p) if p.can_write() => None,
+        Ok(p) => Some(format!(
+            "{who} has {} access to {repo}, not write access (see forgejo.trusted_reviewers)",
+            if p.permission.trim().is_empty() {
+                "no"
+            } else {
+                p.permission.trim()
+            }
+        )),
+        Err(e) if e.is_transient() => {
+            return Err(trouble(&format!("asking the forge for {who}'s access"), e));
+        }
+        Err(e) if e.status() == Some(403) => Some(format!(
+            "the forge would not say whether {who} has write access to {repo} (HTTP 403: the \
+             token's user must administer the repository)"
+        )),
+        Err(e) if e.is_not_found() => Some(format!("{who} has no write access to {repo} (404)")),
+        Err(e) => Some(format!("{who}'s write access to {repo} is unproven: {e}")),
+    };
+    access.insert(who.to_string(), why.clone());
+    Ok(why)
 }
 
 /// The task ends `cancelled` by its own step (see `Outcome::cancel`).

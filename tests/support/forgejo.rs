@@ -116,6 +116,8 @@ struct Review {
     commit_id: String,
     submitted_at: String,
     comments: Vec<ReviewComment>,
+    /// Forgejo's `official`: the reviewer may approve on a protected base branch.
+    official: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +131,9 @@ struct Pull {
     merge_commit: Option<String>,
     merged_by: Option<String>,
     reviews: Vec<Review>,
+    /// A pull request from a fork: the fork's full name and bare repository (`None`: the head
+    /// branch is in the base repository itself).
+    fork: Option<(String, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -156,11 +161,37 @@ struct Repo {
     created_at: String,
     labels: Vec<Label>,
     issues: BTreeMap<u64, Issue>,
+    /// The repository this one is a fork of.
+    fork_of: Option<String>,
+    /// Collaborators' access (`read`, `write`, `admin`); the owner is `owner`, anyone else
+    /// `read` (the fake's repositories are public).
+    collaborators: BTreeMap<String, String>,
+    /// Whether the base branches are protected with write access as the approvers, which makes
+    /// reviews by users with write access `official` (Forgejo's `IsOfficialReviewer`).
+    protected: bool,
 }
 
 impl Repo {
     fn full_name(&self) -> String {
         format!("{}/{}", self.owner, self.name)
+    }
+
+    /// `login`'s access mode, as Forgejo's `AccessMode.String()` names it.
+    fn permission(&self, login: &str) -> String {
+        if login.eq_ignore_ascii_case(&self.owner) {
+            return "owner".into();
+        }
+        if login == "admin" {
+            return "admin".into(); // the site administrator
+        }
+        self.collaborators
+            .get(login)
+            .cloned()
+            .unwrap_or_else(|| "read".into())
+    }
+
+    fn can_write(&self, login: &str) -> bool {
+        matches!(self.permission(login).as_str(), "write" | "admin" | "owner")
     }
 
     fn label_names(&self, ids: &[u64]) -> Vec<String> {
@@ -196,6 +227,8 @@ struct NewPull<'a> {
     body: &'a str,
     labels: Vec<u64>,
     author: &'a str,
+    /// The fork the head branch is in (full name), if not the base repository.
+    fork: Option<&'a str>,
 }
 
 /// The live git view of a pull request.
@@ -383,7 +416,59 @@ impl FakeForgejo {
         comments: Vec<(String, u64, String)>,
     ) -> u64 {
         let (repo, body) = (repo.to_string(), body.to_string());
-        self.run(move |i| i.review(&repo, pr, kind, &body, &comments))
+        self.run(move |i| i.review_by(&repo, pr, BOB, kind, &body, &comments))
+            .await
+    }
+
+    /// `reviewer` submits a review (any user: a stranger, a collaborator…); `official` as Forgejo
+    /// computes it (see [`FakeForgejo::protect_branches`]). Returns the review id.
+    pub async fn review_as(
+        &self,
+        repo: &str,
+        pr: u64,
+        reviewer: &str,
+        kind: ReviewKind,
+        body: &str,
+        comments: Vec<(String, u64, String)>,
+    ) -> u64 {
+        let (repo, body, reviewer) = (repo.to_string(), body.to_string(), reviewer.to_string());
+        self.run(move |i| i.review_by(&repo, pr, &reviewer, kind, &body, &comments))
+            .await
+    }
+
+    /// Gives `user` `permission` (`read`, `write`, `admin`) on the repository.
+    pub async fn set_permission(&self, repo: &str, user: &str, permission: &str) {
+        let (repo, user, permission) = (repo.to_string(), user.to_string(), permission.to_string());
+        self.run(move |i| {
+            let mut st = i.lock();
+            st.user_id(&user);
+            st.repo_mut(&repo)?.collaborators.insert(user, permission);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether the repository's base branches are protected (default: yes). Unprotected, no
+    /// review is `official`, as in Forgejo.
+    pub async fn protect_branches(&self, repo: &str, on: bool) {
+        let repo = repo.to_string();
+        self.run(move |i| {
+            i.lock().repo_mut(&repo)?.protected = on;
+            Ok(())
+        })
+        .await
+    }
+
+    /// `user` forks `repo` (once), commits a file on `branch` of the fork (from the fork's
+    /// `main`) and opens a pull request from it into `repo`'s `main`. Returns its number.
+    pub async fn fork_pull(&self, repo: &str, user: &str, branch: &str, title: &str) -> u64 {
+        let (repo, user, branch, title) = (
+            repo.to_string(),
+            user.to_string(),
+            branch.to_string(),
+            title.to_string(),
+        );
+        self.run(move |i| i.fork_pull(&repo, &user, &branch, &title))
             .await
     }
 
@@ -488,6 +573,7 @@ impl Inner {
         json::View {
             base: &self.base,
             users: &st.users,
+            repos: &st.repos,
             repo,
         }
     }
@@ -520,6 +606,12 @@ impl Inner {
             created_at: now(),
             labels: Vec::new(),
             issues: BTreeMap::new(),
+            fork_of: None,
+            collaborators: [(ALICE, "write"), (BOB, "write"), (BOT, "admin")]
+                .into_iter()
+                .map(|(u, p)| (u.to_string(), p.to_string()))
+                .collect(),
+            protected: true,
         };
         st.repos.insert(full.clone(), repo);
         Ok(RepoInfo {
@@ -663,7 +755,8 @@ impl Inner {
         let Some(pull) = &issue.pull else {
             return PullGit::default();
         };
-        let branch = git::branch_sha(&repo.path, &pull.head);
+        let head_path = pull.fork.as_ref().map_or(&repo.path, |(_, path)| path);
+        let branch = git::branch_sha(head_path, &pull.head);
         let head_branch_exists = branch.is_some();
         let pull_ref = format!("refs/pull/{}/head", issue.number);
         // An open pull request follows its branch; a closed one keeps the pull ref.
@@ -716,10 +809,22 @@ impl Inner {
             body,
             labels,
             author,
+            fork,
         } = new;
         let (id, pull_id) = (st.id(), st.id());
+        let fork = match fork {
+            Some(f) => Some((f.to_string(), st.repo(f)?.path.clone())),
+            None => None,
+        };
         let r = st.repo_mut(repo)?;
-        let head_sha = git::branch_sha(&r.path, head).ok_or("head branch vanished")?;
+        let head_path = fork.as_ref().map_or(&r.path, |(_, path)| path);
+        let head_sha = git::branch_sha(head_path, head).ok_or("head branch vanished")?;
+        if let Some((_, fork_path)) = &fork {
+            // Forgejo copies a fork's head into the base repository as the pull ref.
+            let number = r.next_index();
+            let pull_ref = format!("refs/pull/{number}/head");
+            git::fetch_into(&r.path, fork_path, &format!("refs/heads/{head}"), &pull_ref)?;
+        }
         let base_sha = git::branch_sha(&r.path, base).ok_or("base branch vanished")?;
         let merge_base = git::merge_base(&r.path, &base_sha, &head_sha).unwrap_or_default();
         let number = r.next_index();
@@ -735,6 +840,7 @@ impl Inner {
             merge_commit: None,
             merged_by: None,
             reviews: Vec::new(),
+            fork,
         };
         let issue = Issue {
             id,
@@ -755,15 +861,17 @@ impl Inner {
         Ok(number)
     }
 
-    fn review(
+    fn review_by(
         &self,
         repo: &str,
         number: u64,
+        reviewer: &str,
         kind: ReviewKind,
         body: &str,
         comments: &[(String, u64, String)],
     ) -> Result<u64, String> {
         let mut st = self.lock();
+        st.user_id(reviewer);
         let id = st.id();
         let comment_ids: Vec<u64> = comments.iter().map(|_| st.id()).collect();
         let r = st.repo(repo)?;
@@ -789,12 +897,13 @@ impl Inner {
             .collect();
         let review = Review {
             id,
-            reviewer: BOB.into(),
+            reviewer: reviewer.into(),
             kind,
             body: body.into(),
             commit_id: head,
             submitted_at: at,
             comments: review_comments,
+            official: r.protected && r.can_write(reviewer),
         };
         let pull = st
             .repo_mut(repo)?
@@ -805,6 +914,65 @@ impl Inner {
         pull.reviews.push(review);
         self.notify_review(&st, repo, number, id)?;
         Ok(id)
+    }
+
+    /// `user` forks `repo` as `user/<name>` (once), commits on `branch` there and opens a pull
+    /// request from it into `main` of `repo`.
+    fn fork_pull(&self, repo: &str, user: &str, branch: &str, title: &str) -> Result<u64, String> {
+        let (source, name) = {
+            let mut st = self.lock();
+            st.user_id(user);
+            let r = st.repo(repo)?;
+            (r.path.clone(), r.name.clone())
+        };
+        let full = format!("{user}/{name}");
+        let path = self
+            .dir
+            .join("forge")
+            .join(user)
+            .join(format!("{name}.git"));
+        if !self.lock().repos.contains_key(&full) {
+            git::fork(&source, &path, &full, &self.push_log)?;
+            let mut st = self.lock();
+            let id = st.id();
+            let fork = Repo {
+                id,
+                owner: user.into(),
+                name: name.clone(),
+                path: path.clone(),
+                created_at: now(),
+                labels: Vec::new(),
+                issues: BTreeMap::new(),
+                fork_of: Some(repo.to_string()),
+                collaborators: BTreeMap::new(),
+                protected: false,
+            };
+            st.repos.insert(full.clone(), fork);
+        }
+        let content = format!("{user} was here\n");
+        git::commit_file(
+            &path,
+            "refs/heads/main",
+            branch,
+            "FORK.md",
+            &content,
+            title,
+            user,
+        )?;
+        let mut st = self.lock();
+        self.create_pull(
+            &mut st,
+            repo,
+            NewPull {
+                head: branch,
+                base: "main",
+                title,
+                body: "",
+                labels: Vec::new(),
+                author: user,
+                fork: Some(&full),
+            },
+        )
     }
 
     fn merge(&self, repo: &str, number: u64) -> Result<(), String> {
@@ -935,7 +1103,12 @@ impl Inner {
         let synced: Vec<u64> = r
             .issues
             .values()
-            .filter(|i| !i.closed && i.pull.as_ref().is_some_and(|p| p.head == branch))
+            .filter(|i| {
+                !i.closed
+                    && i.pull
+                        .as_ref()
+                        .is_some_and(|p| p.head == branch && p.fork.is_none())
+            })
             .map(|i| i.number)
             .collect();
         for n in synced {

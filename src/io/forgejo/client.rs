@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use super::types::{
-    Comment, Commit, Compare, Issue, Label, PullRequest, PullReview, RepoRef, Repository,
-    ReviewComment,
+    Comment, Commit, Compare, Issue, Label, PullRequest, PullReview, RepoPermission, RepoRef,
+    Repository, ReviewComment,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -346,8 +346,10 @@ impl Forgejo {
             .await
     }
 
-    /// The pull request from branch `head`: the open one if there is one, else the newest
-    /// (highest number) closed one, else `None`.
+    /// The pull request from branch `head` OF THE REPOSITORY ITSELF: the open one if there is
+    /// one, else the newest (highest number) closed one, else `None`. A pull request from a fork
+    /// (or from a deleted repository) is never it, whatever its branch is called: anyone who can
+    /// fork can name a branch `task/12`.
     pub async fn pull_by_head(
         &self,
         repo: &RepoRef,
@@ -356,7 +358,7 @@ impl Forgejo {
         let pulls = self.pulls(repo, "all").await?;
         let mut matching: Vec<PullRequest> = pulls
             .into_iter()
-            .filter(|p| p.head.ref_name == head)
+            .filter(|p| p.head.ref_name == head && p.head_in_base_repo())
             .collect();
         if let Some(open) = matching.iter().position(|p| p.state == "open") {
             return Ok(Some(matching.swap_remove(open)));
@@ -420,6 +422,21 @@ impl Forgejo {
             ],
         );
         self.get(&path, &[]).await
+    }
+
+    /// `GET /repos/{owner}/{repo}/collaborators/{user}/permission`: `user`'s access to the
+    /// repository. The forge answers 403 unless the token's user administers the repository (or
+    /// is `user`), 404 for an unknown user.
+    pub async fn permission(
+        &self,
+        repo: &RepoRef,
+        user: &str,
+    ) -> Result<RepoPermission, ForgeError> {
+        self.get(
+            &repo_path(repo, &["collaborators", user, "permission"]),
+            &[],
+        )
+        .await
     }
 
     /// `GET /repos/{owner}/{repo}/compare/{base}...{head}`: the commits of `head` not in `base`.
@@ -1044,16 +1061,21 @@ mod tests {
 
     #[tokio::test]
     async fn pull_by_head_prefers_the_open_one_else_the_newest() {
-        let pull = |number: u64, head: &str, state: &str| {
+        let from = |repo_id: i64, number: u64, head: &str, state: &str| {
             serde_json::json!({"id": number, "number": number, "state": state, "merged": false,
-                "head": {"ref": head, "sha": "s", "label": head},
-                "base": {"ref": "main", "sha": "b", "label": "main"}})
+                "head": {"ref": head, "sha": "s", "label": head, "repo_id": repo_id},
+                "base": {"ref": "main", "sha": "b", "label": "main", "repo_id": 3}})
         };
+        let pull = |number: u64, head: &str, state: &str| from(3, number, head, state);
         let all = serde_json::json!([
             pull(5, "task/12", "closed"),
             pull(9, "task/12", "closed"),
             pull(7, "task/12", "open"),
             pull(8, "task/13", "closed"),
+            // From forks (or a deleted head repository): never the task's.
+            from(44, 10, "task/13", "open"),
+            from(44, 11, "task/14", "closed"),
+            from(-1, 12, "task/14", "open"),
         ]);
         let forge = fake(move |_, _| (200, all.to_string())).await;
         let client = forge.client();
@@ -1062,6 +1084,7 @@ mod tests {
         let found = client.pull_by_head(&repo(), "task/13").await.unwrap();
         assert_eq!(found.map(|p| p.number), Some(8));
         assert_eq!(client.pull_by_head(&repo(), "nope").await.unwrap(), None);
+        assert_eq!(client.pull_by_head(&repo(), "task/14").await.unwrap(), None);
         assert_eq!(
             forge.seen()[0].uri,
             "/api/v1/repos/acme/widgets/pulls?state=all&page=1&limit=50"
@@ -1129,6 +1152,25 @@ mod tests {
         );
         assert_eq!(seen[1].uri, "/api/v1/repos/acme/widgets/issues/3/comments");
         assert_eq!(seen[1].body, r#"{"body":"hi"}"#);
+    }
+
+    #[tokio::test]
+    async fn permission_asks_for_the_collaborators_access() {
+        let forge = fake(|_, _| {
+            (
+                200,
+                r#"{"permission":"write","role_name":"write","user":{"id":4,"login":"bob"}}"#
+                    .into(),
+            )
+        })
+        .await;
+        let p = forge.client().permission(&repo(), "bob").await.unwrap();
+        assert!(p.can_write());
+        assert_eq!(p.user.login, "bob");
+        assert_eq!(
+            forge.seen()[0].uri,
+            "/api/v1/repos/acme/widgets/collaborators/bob/permission"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod webhook;
 
 pub use client::{CreatePull, ForgeError, Forgejo};
 pub use types::{
-    BadRepoRef, Branch, Comment, Commit, Compare, Issue, Label, PullRequest, PullReview, RepoRef,
-    Repository, ReviewComment, User,
+    BadRepoRef, Branch, Comment, Commit, Compare, Issue, Label, PullRequest, PullReview,
+    RepoPermission, RepoRef, Repository, ReviewComment, User,
 };
 pub use webhook::{ForgeEvent, IssueInfo, PullInfo, RepoInfo, ReviewVerdict, WebhookError};

@@ -1,6 +1,6 @@
 //! The Forgejo REST answers the daemon reads (swagger definitions `Issue`, `Label`, `Comment`,
 //! `PullRequest`, `PRBranchInfo`, `Commit`, `PullReview`, `PullReviewComment`, `Compare`,
-//! `Repository`), reduced to the fields it uses, and [`RepoRef`], the `owner/name` of a
+//! `Repository`, `RepoCollaboratorPermission`), reduced to the fields it uses, and [`RepoRef`], the `owner/name` of a
 //! repository.
 //!
 //! Unknown fields are ignored. Forgejo (Go) sends `null` for a nil slice or pointer and may leave
@@ -164,6 +164,18 @@ pub struct Branch {
     pub sha: String,
     #[serde(default, deserialize_with = "null_default")]
     pub label: String,
+    /// The repository the branch is in: for the head, the base repository's id unless the pull
+    /// request comes from a fork (`-1` once the head repository was deleted; `0` if absent).
+    #[serde(default, deserialize_with = "null_default")]
+    pub repo_id: i64,
+}
+
+impl PullRequest {
+    /// True when the head branch is in the base repository itself (not a fork, not a deleted
+    /// repository): only then is a branch named `task/<id>` one the daemon could have pushed.
+    pub fn head_in_base_repo(&self) -> bool {
+        self.head.repo_id > 0 && self.head.repo_id == self.base.repo_id
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -231,6 +243,32 @@ pub struct PullReview {
     pub stale: bool,
     #[serde(default, deserialize_with = "null_default")]
     pub dismissed: bool,
+    /// The reviewer may approve on the (protected) base branch, as the forge decided.
+    #[serde(default, deserialize_with = "null_default")]
+    pub official: bool,
+}
+
+/// `GET /repos/{owner}/{repo}/collaborators/{collaborator}/permission` (swagger
+/// `RepoCollaboratorPermission`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+pub struct RepoPermission {
+    /// The user's access mode: `none`, `read`, `write`, `admin` or `owner`.
+    #[serde(default, deserialize_with = "null_default")]
+    pub permission: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub role_name: String,
+    #[serde(default, deserialize_with = "null_default")]
+    pub user: User,
+}
+
+impl RepoPermission {
+    /// Write access or more (`write`, `admin`, `owner`).
+    pub fn can_write(&self) -> bool {
+        matches!(
+            self.permission.trim().to_ascii_lowercase().as_str(),
+            "write" | "admin" | "owner"
+        )
+    }
 }
 
 /// An inline comment of a review (swagger `PullReviewComment`).
@@ -305,5 +343,35 @@ mod tests {
         .unwrap();
         assert_eq!(pr.head.ref_name, "task/1");
         assert!(pr.merged && pr.merged_at.is_none() && pr.base.ref_name.is_empty());
+        assert!(
+            !pr.head_in_base_repo(),
+            "no repository ids: not known to be the base's"
+        );
+        let pr: PullRequest = serde_json::from_str(
+            r#"{"id":1,"number":2,"head":{"ref":"task/1","repo_id":7},"base":{"ref":"main","repo_id":7}}"#,
+        )
+        .unwrap();
+        assert!(pr.head_in_base_repo());
+        let fork: PullRequest = serde_json::from_str(
+            r#"{"id":1,"number":2,"head":{"ref":"task/1","repo_id":9},"base":{"ref":"main","repo_id":7}}"#,
+        )
+        .unwrap();
+        assert!(!fork.head_in_base_repo());
+        let review: PullReview =
+            serde_json::from_str(r#"{"id":3,"state":"COMMENT","official":null}"#).unwrap();
+        assert!(!review.official);
+        for (mode, write) in [
+            ("read", false),
+            ("none", false),
+            ("write", true),
+            ("admin", true),
+            ("owner", true),
+        ] {
+            let p: RepoPermission = serde_json::from_str(&format!(
+                r#"{{"permission":"{mode}","role_name":"{mode}","user":null}}"#
+            ))
+            .unwrap();
+            assert_eq!(p.can_write(), write, "{mode}");
+        }
     }
 }

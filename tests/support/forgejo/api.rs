@@ -289,6 +289,7 @@ impl Call<'_> {
             ("GET", "/pulls/{index}/reviews", true) => self.list_reviews(),
             ("GET", "/pulls/{index}/reviews/{id}/comments", true) => self.review_comments(),
             ("GET", "/compare/{basehead}", true) => self.compare(),
+            ("GET", "/collaborators/{collaborator}/permission", true) => self.permission(),
             ("GET", "/hooks", true) => Ok(Answer::json(200, json!([]))),
             ("POST", "/hooks", true) => self.create_hook(),
             _ => {
@@ -722,9 +723,9 @@ impl Call<'_> {
         };
         let existing = r.issues.values().find(|i| {
             !i.closed
-                && i.pull
-                    .as_ref()
-                    .is_some_and(|p| p.head == head && p.base == base && !p.merged)
+                && i.pull.as_ref().is_some_and(|p| {
+                    p.head == head && p.base == base && !p.merged && p.fork.is_none()
+                })
         });
         if let Some(i) = existing {
             let p = i.pull.as_ref().map_or(0, |p| p.id);
@@ -759,6 +760,7 @@ impl Call<'_> {
                     body: &body,
                     labels,
                     author: BOT,
+                    fork: None,
                 },
             )
             .map_err(|e| self.inner.error(500, &e))?;
@@ -856,6 +858,39 @@ impl Call<'_> {
         Ok(Answer::json(
             200,
             json!({"total_commits": list.len(), "commits": list}),
+        ))
+    }
+
+    /// GetRepoPermissions: only a site admin, a repository admin or the user themself may ask
+    /// (403 otherwise); an unknown user is 404; else `{permission, role_name, user}`.
+    fn permission(&self) -> Handled {
+        let st = self.inner.lock();
+        let key = self.repo_key(&st)?;
+        let r = &st.repos[&key];
+        let who = self.params.get("collaborator").cloned().unwrap_or_default();
+        let doer = r.permission(BOT);
+        if !matches!(doer.as_str(), "admin" | "owner") && !who.eq_ignore_ascii_case(BOT) {
+            return Err(self.inner.error(
+                403,
+                "Only admins can query all permissions, repo admins can query all repo permissions, collaborators can query only their own",
+            ));
+        }
+        let Some(login) = st
+            .users
+            .keys()
+            .find(|u| u.eq_ignore_ascii_case(&who))
+            .cloned()
+        else {
+            return Err(self.not_found());
+        };
+        let permission = r.permission(&login);
+        Ok(Answer::json(
+            200,
+            json!({
+                "permission": permission,
+                "role_name": permission,
+                "user": shapes::user(&self.inner.base, &st.users, &login),
+            }),
         ))
     }
 

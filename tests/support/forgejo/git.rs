@@ -291,3 +291,92 @@ fn hunk_new_start(rest: &str) -> Option<u64> {
     let plus = rest.split_whitespace().find(|p| p.starts_with('+'))?;
     plus[1..].split(',').next()?.parse().ok()
 }
+
+/// A fork: `git clone --bare` of `source` at `path`, with the push-logging hook.
+pub fn fork(source: &Path, path: &Path, full_name: &str, push_log: &Path) -> Result<(), String> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let out = Command::new("git")
+        .args(["clone", "--quiet", "--bare", "--"])
+        .arg(source)
+        .arg(path)
+        .output()
+        .map_err(|e| format!("git clone: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git clone {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    install_hook(path, full_name, push_log)
+}
+
+/// A commit on top of `parent` that writes `content` to `file` (through a throw-away index),
+/// by `identity`; `branch` is set to it. Returns the commit.
+pub fn commit_file(
+    repo: &Path,
+    parent: &str,
+    branch: &str,
+    file: &str,
+    content: &str,
+    message: &str,
+    identity: &str,
+) -> Result<String, String> {
+    let index = repo.join(format!("fake-index-{}", std::process::id()));
+    let with_index = |args: &[&str], input: Option<&str>| -> Result<String, String> {
+        let mut cmd = command(repo, args, identity);
+        cmd.env("GIT_INDEX_FILE", &index)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("git {args:?}: {e}"))?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| format!("git {args:?} stdin: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("git {args:?}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let result = (|| {
+        with_index(&["read-tree", parent], None)?;
+        let blob = with_index(&["hash-object", "-w", "--stdin"], Some(content))?;
+        let info = format!("100644,{blob},{file}");
+        with_index(&["update-index", "--add", "--cacheinfo", &info], None)?;
+        let tree = with_index(&["write-tree"], None)?;
+        let commit = with_index(&["commit-tree", &tree, "-p", parent, "-m", message], None)?;
+        with_index(
+            &["update-ref", &format!("refs/heads/{branch}"), &commit],
+            None,
+        )?;
+        Ok(commit)
+    })();
+    let _ = std::fs::remove_file(&index);
+    result
+}
+
+/// Copies `source_ref` of `source` (and its history) into `repo` as `refname`.
+pub fn fetch_into(
+    repo: &Path,
+    source: &Path,
+    source_ref: &str,
+    refname: &str,
+) -> Result<(), String> {
+    let source = source.display().to_string();
+    let spec = format!("+{source_ref}:{refname}");
+    git(repo, &["fetch", "--quiet", &source, &spec]).map(|_| ())
+}

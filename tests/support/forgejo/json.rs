@@ -80,6 +80,8 @@ pub fn user(base: &str, users: &BTreeMap<String, u64>, login: &str) -> Value {
 pub struct View<'a> {
     pub base: &'a str,
     pub users: &'a BTreeMap<String, u64>,
+    /// Every repository (a fork's pull request shows the fork).
+    pub repos: &'a BTreeMap<String, Repo>,
     pub repo: &'a Repo,
 }
 
@@ -135,6 +137,7 @@ impl View<'_> {
                 ("open_pr_counter", json!(open(true))),
                 ("created_at", json!(r.created_at)),
                 ("updated_at", json!(r.created_at)),
+                ("fork", json!(r.fork_of.is_some())),
             ],
         )
     }
@@ -200,14 +203,31 @@ impl View<'_> {
     }
 
     fn branch(&self, template: &Value, name: &str, sha: &str) -> Value {
+        self.branch_in(template, name, sha, None)
+    }
+
+    /// A `PRBranchInfo`; `fork` names the repository of a head branch outside this one.
+    fn branch_in(&self, template: &Value, name: &str, sha: &str, fork: Option<&str>) -> Value {
+        let (repo_id, repo) = match fork.and_then(|f| self.repos.get(f)) {
+            Some(r) => {
+                let view = View {
+                    base: self.base,
+                    users: self.users,
+                    repos: self.repos,
+                    repo: r,
+                };
+                (r.id, view.repository())
+            }
+            None => (self.repo.id, self.repository()),
+        };
         patch(
             template.clone(),
             [
                 ("label", json!(name)),
                 ("ref", json!(name)),
                 ("sha", json!(sha)),
-                ("repo_id", json!(self.repo.id)),
-                ("repo", self.repository()),
+                ("repo_id", json!(repo_id)),
+                ("repo", repo),
             ],
         )
     }
@@ -254,7 +274,15 @@ impl View<'_> {
                     p.merged_by.as_deref().map_or(Value::Null, |u| self.user(u)),
                 ),
                 ("base", self.branch(&t["base"], &p.base, &git.base_sha)),
-                ("head", self.branch(&t["head"], &head_ref, &git.head_sha)),
+                (
+                    "head",
+                    self.branch_in(
+                        &t["head"],
+                        &head_ref,
+                        &git.head_sha,
+                        p.fork.as_ref().map(|(f, _)| f.as_str()),
+                    ),
+                ),
                 ("merge_base", json!(p.merge_base)),
                 ("created_at", json!(issue.created_at)),
                 ("updated_at", json!(issue.updated_at)),
@@ -294,7 +322,7 @@ impl View<'_> {
         };
         json!({
             "id": r.id, "user": self.user(&r.reviewer), "team": null, "state": state, "body": r.body,
-            "commit_id": r.commit_id, "stale": false, "official": true, "dismissed": false,
+            "commit_id": r.commit_id, "stale": false, "official": r.official, "dismissed": false,
             "comments_count": r.comments.len(), "submitted_at": r.submitted_at, "updated_at": r.submitted_at,
             "html_url": format!("{html}#issuecomment-{}", r.id), "pull_request_url": html,
         })
