@@ -22,7 +22,7 @@ use super::views::{
 use super::{ApiError, AppState};
 use crate::config::Config;
 use crate::steps::pull_mode::Refusal;
-use crate::steps::task::{Priority, Source, TaskSpec, TaskStatus};
+use crate::steps::task::{Priority, Source, TaskSpec, TaskStatus, check_title};
 use crate::steps::tasks::{TaskError, Tasks};
 use crate::workflow::{EngineError, InstanceId, MAX_KEY_LEN};
 
@@ -307,13 +307,7 @@ async fn signal(
 
 /// Checks a submission against the config and fills in its defaults.
 pub fn task_spec(req: &NewTask, config: &Config, base_dir: &Path) -> Result<TaskSpec, ApiError> {
-    let title = req.title.trim();
-    if title.is_empty() {
-        return Err(ApiError::unprocessable("`title` must not be empty"));
-    }
-    if title.len() > 1024 {
-        return Err(ApiError::unprocessable("`title` is longer than 1024 bytes"));
-    }
+    let title = check_title(&req.title).map_err(ApiError::unprocessable)?;
     if let Some(k) = &req.idempotency_key
         && (k.is_empty() || k.len() > MAX_KEY_LEN - 5)
     {

@@ -50,10 +50,11 @@ pub struct WebhookAnswer {
     ),
     responses(
         (status = 200, description = "Committed (or ignored, or a redelivery)", body = WebhookAnswer),
-        (status = 400, description = "No event type or delivery id, or a payload that cannot be read", body = ErrorBody),
+        (status = 400, description = "No event type, no delivery id or one that is not 1 to 200 printable ASCII characters, or a payload that cannot be read", body = ErrorBody),
         (status = 401, description = "Missing or wrong signature", body = ErrorBody),
         (status = 404, description = "No forge is configured", body = ErrorBody),
         (status = 413, description = "The body is larger than server.body_limit", body = ErrorBody),
+        (status = 422, description = "The issue fails the checks of a task submission (title, issue number, repository)", body = ErrorBody),
         (status = 503, description = "The daemon is recovering or stopping", body = ErrorBody),
     ))]
 async fn forgejo(
@@ -76,8 +77,7 @@ async fn forgejo(
         .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "bad_signature", e.to_string()))?;
     let event_type = webhook::event_type(&headers)
         .ok_or_else(|| ApiError::bad_request("no X-Forgejo-Event-Type (or X-Gitea-Event-Type)"))?;
-    let delivery = webhook::delivery_id(&headers)
-        .ok_or_else(|| ApiError::bad_request("no X-Forgejo-Delivery (or X-Gitea-Delivery)"))?;
+    let delivery = delivery_id(&headers)?;
     let event = webhook::parse(&event_type, &body)
         .map_err(|e| ApiError::bad_request(format!("{event_type}: {e}")))?;
     let handled = forge.deliver(&event, &delivery).await.map_err(flow_error)?;
@@ -89,8 +89,34 @@ async fn forgejo(
     }))
 }
 
+/// Longest delivery id accepted (Forgejo's are UUIDs): it becomes an idempotency key.
+const MAX_DELIVERY_LEN: usize = 200;
+
+/// The delivery's id (`X-Forgejo-Delivery`, else `X-Gitea-Delivery`: the first one present and
+/// not blank), trimmed: 1 to [`MAX_DELIVERY_LEN`] printable ASCII characters, no space, no
+/// control character, or a 400 saying so.
+fn delivery_id(headers: &HeaderMap) -> Result<String, ApiError> {
+    let names = ["x-forgejo-delivery", "x-gitea-delivery"];
+    let Some((name, raw)) = names.iter().find_map(|name| {
+        let raw = headers.get(*name)?.as_bytes().trim_ascii();
+        (!raw.is_empty()).then_some((name, raw))
+    }) else {
+        return Err(ApiError::bad_request(
+            "no X-Forgejo-Delivery (or X-Gitea-Delivery)",
+        ));
+    };
+    if raw.len() > MAX_DELIVERY_LEN || !raw.iter().all(u8::is_ascii_graphic) {
+        return Err(ApiError::bad_request(format!(
+            "{name} must be 1 to {MAX_DELIVERY_LEN} printable ASCII characters, without spaces or \
+             control characters"
+        )));
+    }
+    Ok(String::from_utf8_lossy(raw).into_owned())
+}
+
 fn flow_error(e: FlowError) -> ApiError {
     match e {
+        FlowError::Invalid(why) => ApiError::unprocessable(why),
         FlowError::NotReady => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "recovering",

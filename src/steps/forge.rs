@@ -2,13 +2,17 @@
 //! secret and an index from issues and pull requests to tasks (rebuilt from the stored states
 //! by `recover`). It turns issues into tasks ([`Forge::ingest`]: the trigger label or an
 //! `agent:<kind>` label; `type:*`, `priority:*`), routes webhook events to the tasks they
-//! concern as durable signals ([`Forge::deliver`]), and delivers the two outbox effects that
+//! concern as durable signals ([`Forge::deliver`]: each delivery id acted on once, durably; an
+//! issue event checked like a task submission and decided on the issue as the forge shows it
+//! now, so a stale or replayed event can neither withdraw a task nor start one; a new task
+//! clones only from the configured forge), and delivers the two outbox effects that
 //! keep the forge in step: the status labels of an issue (read from the task's current state,
 //! so deliveries in any order converge) and one comment per receipt or failure, found again by
 //! its hidden marker `<!-- agent-fleet:task=<id>:effect=<key> -->` so that no replay posts twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -16,12 +20,13 @@ use thiserror::Error;
 
 use crate::config::{Config, ForgejoConfig};
 use crate::io::forgejo::webhook::{ForgeEvent, IssueInfo, PullInfo, RepoInfo};
-use crate::io::forgejo::{ForgeError, Forgejo, RepoRef};
+use crate::io::forgejo::{ForgeError, Forgejo, Issue, RepoRef};
 use crate::workflow::{Delivery, EffectError, EffectHandler, Engine, EngineError, Timestamp};
 
 use super::agent_task::{AgentTask, TaskSignal, TaskState};
+use super::forge_sync::{self, ForgeSync};
 use super::review::{ForgeTask, effect};
-use super::task::{Priority, Source, TaskSpec, TaskStatus};
+use super::task::{Priority, Source, TaskSpec, TaskStatus, check_title};
 
 /// Outbox kind: make the issue's status labels match the task's status.
 pub const LABELS_EFFECT: &str = "forge.labels";
@@ -59,6 +64,10 @@ pub enum FlowError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Forge(#[from] ForgeError),
+    /// The event or issue fails the checks a task submission gets (title, issue number,
+    /// repository): nothing was done.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// What became of an issue or an event.
@@ -68,6 +77,9 @@ pub enum Handled {
     Signalled(u64),
     Unchanged(u64),
     Ignored(String),
+    /// A webhook delivery whose id was handled before: nothing was done, whatever happened to
+    /// the issue since.
+    Duplicate,
 }
 
 impl std::fmt::Display for Handled {
@@ -77,9 +89,13 @@ impl std::fmt::Display for Handled {
             Handled::Signalled(id) => write!(f, "task {id} signalled"),
             Handled::Unchanged(id) => write!(f, "task {id} already up to date"),
             Handled::Ignored(why) => write!(f, "ignored: {why}"),
+            Handled::Duplicate => write!(f, "delivery handled before: nothing done"),
         }
     }
 }
+
+/// Taken while an issue's labels are read and written.
+type IssueLock = Arc<tokio::sync::Mutex<()>>;
 
 #[derive(Default)]
 struct Index {
@@ -94,6 +110,11 @@ struct Index {
 
 pub struct Forge {
     pub client: Forgejo,
+    /// The same forge tried once per call: what a webhook delivery asks it (Forgejo gives up
+    /// on a delivery after 5 s).
+    hook_client: Forgejo,
+    /// `forgejo.base_url`, parsed: a payload's clone URL must be on its scheme, host and port.
+    base: reqwest::Url,
     pub config: ForgejoConfig,
     /// Agent kinds an `agent:<kind>` label may name.
     kinds: Vec<String>,
@@ -102,6 +123,11 @@ pub struct Forge {
     secret: Vec<u8>,
     engine: OnceLock<Engine>,
     index: Mutex<Index>,
+    /// The forge-sync instance, which keeps the delivery ids seen (as its signal keys).
+    sync: Mutex<Option<u64>>,
+    /// One lock per issue for [`LabelsHandler`]: two deliveries of the labels effect (an old
+    /// status and the new one, after a restart say) must not interleave their reads and writes.
+    label_locks: Mutex<HashMap<(String, u64), IssueLock>>,
 }
 
 impl Forge {
@@ -115,6 +141,10 @@ impl Forge {
         let secret = env_secret(&f.webhook_secret_env)
             .ok_or(ForgeSetupError::NoSecret(f.webhook_secret_env.clone()))?;
         let client = Forgejo::new(&f.base_url, token)?;
+        let base = reqwest::Url::parse(f.base_url.trim()).map_err(|e| ForgeError::BadUrl {
+            url: f.base_url.trim().to_string(),
+            reason: e.to_string(),
+        })?;
         let kinds = config
             .agent_kinds()
             .iter()
@@ -126,13 +156,17 @@ impl Forge {
             .or_else(|| config.agents.first().map(|a| a.name.clone()))
             .or_else(|| config.hosts.first().and_then(|h| h.agents.first().cloned()));
         Ok(Some(Arc::new(Forge {
+            hook_client: client.clone().with_retries(1, Duration::ZERO),
             client,
+            base,
             config: f.clone(),
             kinds,
             default_agent,
             secret: secret.into_bytes(),
             engine: OnceLock::new(),
             index: Mutex::new(Index::default()),
+            sync: Mutex::new(None),
+            label_locks: Mutex::new(HashMap::new()),
         })))
     }
 
@@ -243,21 +277,30 @@ impl Forge {
             .collect()
     }
 
-    /// An issue, as a webhook or reconciliation shows it: a new task when it is triggered and
-    /// has none (or its last one was cancelled and the trigger came back); otherwise its
-    /// task is told about changed labels or state (which cancels a task that has not started
-    /// when the trigger label is gone). `key` makes a redelivery a no-op.
+    /// An issue as reconciliation lists it (read from the forge just now, in a repository the
+    /// forge described): a new task when it is triggered and has none (or its last one was
+    /// withdrawn and the trigger came back); otherwise its task is told about changed labels or
+    /// state (which withdraws a task that has not started when the trigger label is gone).
+    /// `key` makes a repeated signal a no-op. An issue that fails the checks of a task
+    /// submission is [`FlowError::Invalid`].
     pub async fn ingest(
         &self,
         repo: &RepoInfo,
         issue: &IssueInfo,
         key: &str,
     ) -> Result<Handled, FlowError> {
+        let plan = self.plan(repo, issue)?;
+        self.perform(plan, repo, issue, key, &repo.clone_url).await
+    }
+
+    /// What an issue calls for, decided from the index and the task's state alone (nothing is
+    /// changed).
+    fn plan(&self, repo: &RepoInfo, issue: &IssueInfo) -> Result<Plan, FlowError> {
         if issue.is_pull {
-            return Ok(Handled::Ignored("a pull request, not an issue".into()));
+            return Ok(Plan::ignore("a pull request, not an issue"));
         }
         if !self.serves(&repo.full_name) {
-            return Ok(Handled::Ignored(format!(
+            return Ok(Plan::ignore(format!(
                 "repository {} is not in forgejo.repos",
                 repo.full_name
             )));
@@ -278,28 +321,26 @@ impl Forge {
                 let same =
                     known.is_some_and(|f| f.labels == issue.labels && f.issue_state == issue.state);
                 if same {
-                    return Ok(Handled::Unchanged(last));
+                    return Ok(Plan::Unchanged(last));
                 }
-                let signal = TaskSignal::IssueChanged {
-                    labels: issue.labels.clone(),
-                    state: issue.state.clone(),
-                };
-                engine
-                    .signal::<AgentTask>(last, &signal, &format!("issue/{key}"))
-                    .await?;
-                return Ok(Handled::Signalled(last));
+                return Ok(Plan::Signal {
+                    task: last,
+                    withdraws: !triggered || issue.state != "open",
+                });
             }
             let withdrawn = state.status == TaskStatus::Cancelled
                 && known.is_some_and(|f| !self.triggers(&f.labels) || f.issue_state == "closed");
             if !triggered {
-                self.index().rearmed.insert(at);
-                return Ok(Handled::Ignored(format!(
-                    "issue #{} has no trigger label (its task {last} is {})",
-                    issue.number, state.status
-                )));
+                return Ok(Plan::Ignore {
+                    why: format!(
+                        "issue #{} has no trigger label (its task {last} is {})",
+                        issue.number, state.status
+                    ),
+                    rearm: true,
+                });
             }
             if !(withdrawn || rearmed) {
-                return Ok(Handled::Ignored(format!(
+                return Ok(Plan::ignore(format!(
                     "issue #{} already had task {last} ({}); remove and add the trigger label to \
                      start a new one",
                     issue.number, state.status
@@ -307,44 +348,95 @@ impl Forge {
             }
         }
         if !triggered {
-            return Ok(Handled::Ignored(format!(
+            return Ok(Plan::ignore(format!(
                 "issue #{} has neither `{}` nor an agent:<kind> label",
                 issue.number, self.config.trigger_label
             )));
         }
         if issue.state != "open" {
-            return Ok(Handled::Ignored(format!(
-                "issue #{} is closed",
-                issue.number
-            )));
+            return Ok(Plan::ignore(format!("issue #{} is closed", issue.number)));
         }
-        let spec = self.spec(repo, issue);
-        if spec.agent.is_empty() {
-            return Ok(Handled::Ignored(
-                "no agent kind is configured (forgejo.default_agent)".into(),
+        if self.spec(repo, issue).agent.is_empty() {
+            return Ok(Plan::ignore(
+                "no agent kind is configured (forgejo.default_agent)",
             ));
         }
-        let mut state = TaskState::new(spec, Timestamp::now());
-        state.forge = Some(ForgeTask::new(
-            &repo.full_name,
-            issue.number,
-            issue.labels.clone(),
-        ));
-        let key = format!("forge/{}#{}/{}", repo.full_name, issue.number, tasks.len());
-        let ack = engine.start_ack::<AgentTask>(&state, Some(&key)).await?;
-        self.note_task(&repo.full_name, issue.number, ack.id);
-        self.index().rearmed.remove(&at);
-        Ok(if ack.duplicate {
-            Handled::Unchanged(ack.id)
-        } else {
-            Handled::Started(ack.id)
+        check_issue(repo, issue)?;
+        Ok(Plan::Start {
+            generation: tasks.len(),
         })
     }
 
-    /// A verified webhook event (`delivery`: its id, the signal's idempotency key).
+    /// Carries out `plan` for `issue`; a new task clones `clone_url`.
+    async fn perform(
+        &self,
+        plan: Plan,
+        repo: &RepoInfo,
+        issue: &IssueInfo,
+        key: &str,
+        clone_url: &str,
+    ) -> Result<Handled, FlowError> {
+        let engine = self.engine()?;
+        let at = (repo.full_name.clone(), issue.number);
+        match plan {
+            Plan::Ignore { why, rearm } => {
+                if rearm {
+                    self.index().rearmed.insert(at);
+                }
+                Ok(Handled::Ignored(why))
+            }
+            Plan::Unchanged(id) => Ok(Handled::Unchanged(id)),
+            Plan::Signal { task, .. } => {
+                let signal = TaskSignal::IssueChanged {
+                    labels: issue.labels.clone(),
+                    state: issue.state.clone(),
+                };
+                match engine
+                    .signal::<AgentTask>(task, &signal, &format!("issue/{key}"))
+                    .await
+                {
+                    Ok(_) => Ok(Handled::Signalled(task)),
+                    // It ended meanwhile: there is nothing left to tell it.
+                    Err(EngineError::Finished { status, .. }) => Ok(Handled::Ignored(format!(
+                        "task {task} has ended ({})",
+                        status.as_str()
+                    ))),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            Plan::Start { generation } => {
+                let mut spec = self.spec(repo, issue);
+                spec.title = check_title(&issue.title)
+                    .map_err(FlowError::Invalid)?
+                    .to_string();
+                spec.repo = clone_url.to_string();
+                let mut state = TaskState::new(spec, Timestamp::now());
+                state.forge = Some(ForgeTask::new(
+                    &repo.full_name,
+                    issue.number,
+                    issue.labels.clone(),
+                ));
+                let key = format!("forge/{}#{}/{generation}", repo.full_name, issue.number);
+                let ack = engine.start_ack::<AgentTask>(&state, Some(&key)).await?;
+                self.note_task(&repo.full_name, issue.number, ack.id);
+                self.index().rearmed.remove(&at);
+                Ok(if ack.duplicate {
+                    Handled::Unchanged(ack.id)
+                } else {
+                    Handled::Started(ack.id)
+                })
+            }
+        }
+    }
+
+    /// A verified webhook event (`delivery`: its id). Each delivery id is acted on at most
+    /// once, durably (see `Forge::first_delivery`): a redelivery is [`Handled::Duplicate`]
+    /// whatever happened since.
     pub async fn deliver(&self, event: &ForgeEvent, delivery: &str) -> Result<Handled, FlowError> {
         match event {
-            ForgeEvent::Issue { repo, issue, .. } => self.ingest(repo, issue, delivery).await,
+            ForgeEvent::Issue { repo, issue, .. } => {
+                self.deliver_issue(repo, issue, delivery).await
+            }
             ForgeEvent::PullRequest { action, repo, pull } => {
                 let what = format!("pull request #{} {action}", pull.number);
                 self.poke(repo, pull, what, action == "synchronized", delivery)
@@ -381,6 +473,146 @@ impl Forge {
                 Ok(Handled::Ignored(format!("event type {event_type}")))
             }
         }
+    }
+
+    /// An issue event. The payload is checked like a task submission, then the forge is asked
+    /// for the issue as it is *now*: an event may be stale, reordered or replayed, so its labels
+    /// decide nothing the forge does not confirm. When the forge cannot be asked, the payload
+    /// may still start or update a task, but never withdraw one (503: Forgejo shows the delivery
+    /// failed; reconciliation catches up). Where a new task clones from is never the payload's
+    /// choice (see `Forge::clone_url`).
+    async fn deliver_issue(
+        &self,
+        repo: &RepoInfo,
+        issue: &IssueInfo,
+        delivery: &str,
+    ) -> Result<Handled, FlowError> {
+        if issue.is_pull {
+            return Ok(Handled::Ignored("a pull request, not an issue".into()));
+        }
+        if !self.serves(&repo.full_name) {
+            return Ok(Handled::Ignored(format!(
+                "repository {} is not in forgejo.repos",
+                repo.full_name
+            )));
+        }
+        let at = check_issue(repo, issue)?;
+        let (issue, unverified) = match self.hook_client.issue(&at, issue.number).await {
+            Ok(current) if current.is_pull() => {
+                return Ok(Handled::Ignored(format!(
+                    "#{} is a pull request on the forge",
+                    issue.number
+                )));
+            }
+            Ok(current) => (issue_info(&current), None),
+            Err(e) if e.is_not_found() => {
+                return Ok(Handled::Ignored(format!(
+                    "the forge has no issue {}#{}",
+                    repo.full_name, issue.number
+                )));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "webhook: issue {}#{} could not be read from the forge ({e}); using the payload",
+                    repo.full_name,
+                    issue.number
+                );
+                (issue.clone(), Some(e))
+            }
+        };
+        let plan = self.plan(repo, &issue)?;
+        if let (
+            Plan::Signal {
+                withdraws: true, ..
+            },
+            Some(e),
+        ) = (&plan, unverified)
+        {
+            return Err(FlowError::Forge(e));
+        }
+        let clone_url = match plan {
+            Plan::Start { .. } => self.clone_url(repo, &at).await?,
+            _ => String::new(),
+        };
+        if !self.first_delivery(delivery).await? {
+            return Ok(Handled::Duplicate);
+        }
+        self.perform(plan, repo, &issue, delivery, &clone_url).await
+    }
+
+    /// Where a task of `repo` clones from: the payload's `clone_url` when it is on the
+    /// configured forge (the scheme, host and port of `forgejo.base_url`); otherwise the clone
+    /// URL the forge itself gives for the repository; and when the forge cannot be asked now,
+    /// the repository's canonical URL under `base_url`. Never a place the payload alone named.
+    async fn clone_url(&self, repo: &RepoInfo, at: &RepoRef) -> Result<String, FlowError> {
+        if self.on_forge(&repo.clone_url) {
+            return Ok(repo.clone_url.clone());
+        }
+        match self.hook_client.repo(at).await {
+            Ok(r) if !r.clone_url.trim().is_empty() => Ok(r.clone_url),
+            Ok(_) => Ok(self.canonical_clone_url(at)),
+            Err(e) if e.is_not_found() => Err(FlowError::Invalid(format!(
+                "repository {at} is not on the forge"
+            ))),
+            Err(e) => {
+                tracing::warn!(
+                    "webhook: repository {at} could not be read from the forge ({e}); cloning \
+                     its canonical URL"
+                );
+                Ok(self.canonical_clone_url(at))
+            }
+        }
+    }
+
+    /// Whether `url` is on the configured forge: same scheme, host and port as `base_url`.
+    pub fn on_forge(&self, url: &str) -> bool {
+        let Ok(u) = reqwest::Url::parse(url.trim()) else {
+            return false;
+        };
+        matches!(u.scheme(), "http" | "https")
+            && u.scheme() == self.base.scheme()
+            && u.host_str().is_some()
+            && u.host_str() == self.base.host_str()
+            && u.port_or_known_default() == self.base.port_or_known_default()
+    }
+
+    /// `{base_url}/{owner}/{name}.git`: where Forgejo serves a repository over HTTP.
+    fn canonical_clone_url(&self, at: &RepoRef) -> String {
+        format!(
+            "{}/{}/{}.git",
+            self.base.as_str().trim_end_matches('/'),
+            at.owner,
+            at.name
+        )
+    }
+
+    /// Records `delivery` as seen and tells whether it is new. The record is durable: the
+    /// delivery id is the idempotency key of a signal to the forge-sync instance (which only
+    /// takes such signals away), so a redelivery finds it after any restart. Recorded just
+    /// before acting, once everything that may fail for a while (the forge's answers) is in.
+    async fn first_delivery(&self, delivery: &str) -> Result<bool, FlowError> {
+        let engine = self.engine()?;
+        let key = format!("delivery/{delivery}");
+        for _ in 0..2 {
+            let cached = *self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            let id = match cached {
+                Some(id) => id,
+                None => {
+                    let id = forge_sync::ensure_started(engine).await?;
+                    *self.sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+                    id
+                }
+            };
+            match engine.signal::<ForgeSync>(id, &(), &key).await {
+                Ok(ack) => return Ok(!ack.duplicate),
+                // That instance ended (a daemon ran without [forgejo]): find the live one.
+                Err(EngineError::Finished { .. }) => {
+                    *self.sync.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FlowError::NotReady)
     }
 
     async fn poke(
@@ -427,6 +659,9 @@ impl Forge {
             }
             Err(e) => return Err(e.into()),
         }
+        if !self.first_delivery(delivery).await? {
+            return Ok(Handled::Duplicate);
+        }
         match engine
             .signal::<AgentTask>(id, signal, &format!("hook/{delivery}"))
             .await
@@ -441,8 +676,68 @@ impl Forge {
     }
 }
 
+/// What an issue calls for (see [`Forge::ingest`]).
+#[derive(Debug)]
+enum Plan {
+    /// Nothing; `rearm`: the issue's last task ended and its trigger is gone, so adding the
+    /// trigger again will start a new task.
+    Ignore {
+        why: String,
+        rearm: bool,
+    },
+    Unchanged(u64),
+    /// Tell the live task; `withdraws`: the trigger is gone or the issue is closed.
+    Signal {
+        task: u64,
+        withdraws: bool,
+    },
+    /// A new task, the issue's `generation`-th.
+    Start {
+        generation: usize,
+    },
+}
+
+impl Plan {
+    fn ignore(why: impl Into<String>) -> Plan {
+        Plan::Ignore {
+            why: why.into(),
+            rearm: false,
+        }
+    }
+}
+
+/// The checks a task submission gets, applied to an issue (from a webhook's payload or the
+/// forge): a repository `owner/name`, an issue number (from 1), a title as `POST /tasks`
+/// accepts it ([`check_title`]).
+fn check_issue(repo: &RepoInfo, issue: &IssueInfo) -> Result<RepoRef, FlowError> {
+    let at: RepoRef = repo
+        .full_name
+        .parse()
+        .map_err(|e| FlowError::Invalid(format!("repository: {e}")))?;
+    if issue.number == 0 {
+        return Err(FlowError::Invalid(
+            "issue number 0: issues are numbered from 1".into(),
+        ));
+    }
+    check_title(&issue.title).map_err(FlowError::Invalid)?;
+    Ok(at)
+}
+
+/// An issue as the REST API answers it, in the shape webhooks give.
+pub fn issue_info(issue: &Issue) -> IssueInfo {
+    IssueInfo {
+        number: issue.number,
+        title: issue.title.clone(),
+        body: issue.body.clone(),
+        state: issue.state.clone(),
+        labels: issue.label_names(),
+        is_pull: issue.is_pull(),
+        author: issue.user.login.clone(),
+    }
+}
+
 fn env_secret(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    crate::secrets::var(name).filter(|v| !v.trim().is_empty())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,7 +825,8 @@ fn repo_ref(repo: &str) -> Result<RepoRef, EffectError> {
 }
 
 /// Delivers [`LABELS_EFFECT`]: the issue's status labels become those of the task's status
-/// *now*, so an old delivery arriving late cannot set an old status.
+/// *now*, so an old delivery arriving late cannot set an old status; deliveries for one issue
+/// take turns, so two of them cannot leave two status labels.
 pub struct LabelsHandler(pub Arc<Forge>);
 
 impl EffectHandler for LabelsHandler {
@@ -543,6 +839,16 @@ impl EffectHandler for LabelsHandler {
             let engine = forge
                 .engine()
                 .map_err(|e| EffectError::Transient(e.to_string()))?;
+            // The state is read under the issue's lock: the delivery that goes last reads the
+            // latest status, and its labels are what stays.
+            let lock = forge
+                .label_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry((p.repo.clone(), p.issue))
+                .or_default()
+                .clone();
+            let _serial = lock.lock().await;
             let state = engine
                 .state::<AgentTask>(p.task)
                 .map_err(|e| EffectError::Permanent(e.to_string()))?;

@@ -7,16 +7,20 @@
 //! each task in review asks the forge itself on the same interval.
 //!
 //! Webhooks only make things faster; this alone gets every issue to its task.
+//!
+//! The instance also keeps the ids of the webhook deliveries acted on: each is the idempotency
+//! key of a signal to it (`Forge::first_delivery`), a durable record a redelivery runs into.
+//! Those signals carry nothing else: a step woken by them takes them and waits on for its round.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::io::forgejo::{Issue, IssueInfo, RepoInfo, RepoRef, Repository};
+use crate::io::forgejo::{RepoInfo, RepoRef, Repository};
 use crate::workflow::{Engine, EngineError, Outcome, StepCtx, StepResult, Timestamp, Workflow};
 
-use super::forge::{Forge, Handled};
+use super::forge::{FlowError, Forge, Handled, issue_info};
 use super::runtime::Runtime;
 
 /// The state of the reconciler: counters for its history and `GET` views.
@@ -37,12 +41,21 @@ impl ForgeSync {
     }
 }
 
-/// Starts the reconciler once (the same key every time).
+/// Starts the reconciler once (the same key every time) and returns the live instance. One
+/// that ended (it completes when a daemon runs without `[forgejo]`) is followed by a new one,
+/// keyed by the id of the one it follows, so every start finds the same live instance.
 pub async fn ensure_started(engine: &Engine) -> Result<u64, EngineError> {
-    Ok(engine
-        .start_ack::<ForgeSync>(&SyncState::default(), Some("forge-sync"))
-        .await?
-        .id)
+    let mut key = "forge-sync".to_string();
+    loop {
+        let id = engine
+            .start_ack::<ForgeSync>(&SyncState::default(), Some(&key))
+            .await?
+            .id;
+        if !engine.info(id)?.status.is_terminal() {
+            return Ok(id);
+        }
+        key = format!("forge-sync/after/{id}");
+    }
 }
 
 fn repo_info(repo: &Repository) -> RepoInfo {
@@ -50,18 +63,6 @@ fn repo_info(repo: &Repository) -> RepoInfo {
         full_name: repo.full_name.clone(),
         clone_url: repo.clone_url.clone(),
         default_branch: repo.default_branch.clone(),
-    }
-}
-
-fn issue_info(issue: &Issue) -> IssueInfo {
-    IssueInfo {
-        number: issue.number,
-        title: issue.title.clone(),
-        body: issue.body.clone(),
-        state: issue.state.clone(),
-        labels: issue.label_names(),
-        is_pull: issue.is_pull(),
-        author: issue.user.login.clone(),
     }
 }
 
@@ -81,6 +82,15 @@ impl Workflow for ForgeSync {
         let Some(forge) = self.rt.forge() else {
             return Ok(Outcome::complete(s).note("no [forgejo] is configured: reconciliation ends"));
         };
+        // Signals are delivery ids recorded as seen: their keys are the record, nothing else
+        // is in them. Woken by them before the round is due, wait on.
+        let _seen = ctx.take_all();
+        if let Some(last) = s.last_at {
+            let due = last.after(forge.config.reconcile_interval);
+            if ctx.now() < due {
+                return Ok(Outcome::wait_until(s, due));
+            }
+        }
         s.rounds += 1;
         let mut notes = Vec::new();
         let mut errors = Vec::new();
@@ -111,6 +121,7 @@ async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String,
     labels.extend(forge.agent_labels());
     let mut seen = HashSet::new();
     let (mut started, mut signalled) = (0, 0);
+    let mut refused = Vec::new();
     for label in &labels {
         let issues = forge
             .client
@@ -126,6 +137,8 @@ async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String,
                 Ok(Handled::Started(_)) => started += 1,
                 Ok(Handled::Signalled(_)) => signalled += 1,
                 Ok(_) => {}
+                // This issue cannot be a task (e.g. its title); the others still can.
+                Err(FlowError::Invalid(why)) => refused.push(format!("#{}: {why}", issue.number)),
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -144,8 +157,12 @@ async fn reconcile_repo(forge: &Forge, repo: &str, round: u64) -> Result<String,
             signalled += 1;
         }
     }
-    Ok(format!(
+    let mut summary = format!(
         "{} labelled issue(s), {started} task(s) created, {signalled} signalled",
         seen.len()
-    ))
+    );
+    if !refused.is_empty() {
+        summary.push_str(&format!(", refused {}", refused.join(", ")));
+    }
+    Ok(summary)
 }

@@ -226,6 +226,22 @@ pub fn branch_name(task_id: u64) -> String {
     format!("task/{task_id}")
 }
 
+/// Longest task title, in bytes (once trimmed).
+pub const MAX_TITLE_LEN: usize = 1024;
+
+/// A task's title as every way in checks it (`POST /tasks`, a forge issue): trimmed, not
+/// empty, at most [`MAX_TITLE_LEN`] bytes. The error says what is wrong with `title`.
+pub fn check_title(title: &str) -> Result<&str, String> {
+    let title = title.trim();
+    if title.is_empty() {
+        return Err("`title` must not be empty".into());
+    }
+    if title.len() > MAX_TITLE_LEN {
+        return Err(format!("`title` is longer than {MAX_TITLE_LEN} bytes"));
+    }
+    Ok(title)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
