@@ -9,5 +9,6 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod io;
+pub mod secrets;
 pub mod steps;
 pub mod workflow;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use agent_fleet::api::{self, AppState};
 use agent_fleet::config::{Config, ConfigError, ConfigErrors};
+use agent_fleet::secrets;
 use agent_fleet::steps;
 use agent_fleet::steps::runtime::Runtime;
 use agent_fleet::workflow::{Engine, EngineConfig};
@@ -25,15 +26,16 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::{CheckArgs, Cli, Command, ConfigCommand, ServeArgs};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
-        Command::Task(command) => task_cmd::run(command).await,
-        Command::Hosts(command) => hosts_cmd::run(command).await,
-        Command::Serve(args) => match serve(args).await {
+        Command::Task(command) => runtime().block_on(task_cmd::run(command)),
+        Command::Hosts(command) => runtime().block_on(hosts_cmd::run(command)),
+        // The secrets leave the environment before the runtime starts its threads.
+        Command::Serve(args) => match load_sealed(&args).and_then(|c| runtime().block_on(serve(c)))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 // Shown even when RUST_LOG silences the logs: it is why the daemon stopped.
@@ -46,6 +48,14 @@ async fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The multi-threaded tokio runtime (what `#[tokio::main]` builds).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
 }
 
 /// Logs go to stderr; `RUST_LOG` filters them (default `info`).
@@ -114,8 +124,10 @@ fn error_json(e: &ConfigError) -> serde_json::Value {
     })
 }
 
-/// `agent-fleet serve`.
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// The daemon's configuration, with its secrets taken out of the process environment (kept in
+/// memory by [`secrets`]) and the process made non-dumpable, so that agents running as the same
+/// user on this machine cannot read them (SECURITY.md). Runs before any thread is started.
+fn load_sealed(args: &ServeArgs) -> anyhow::Result<Config> {
     let path = &args.config.config;
     let config = Config::load(path).map_err(|errors| {
         let lines: Vec<String> = errors
@@ -125,6 +137,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .collect();
         anyhow!("invalid configuration:\n{}", lines.join("\n"))
     })?;
+    // SAFETY: `main` calls this before building the tokio runtime, and nothing before it starts
+    // a thread (clap, the tracing subscriber and the config loader do not; `withdraw` checks
+    // that this thread is alone). No code has kept a pointer from `getenv` for these names:
+    // nothing read them yet but `std::env::var`, which copies.
+    unsafe { secrets::withdraw(&secrets::names(&config)) }
+        .context("cannot take the secrets out of the environment")?;
+    secrets::make_undumpable().context("cannot make the daemon non-dumpable")?;
+    Ok(config)
+}
+
+/// `agent-fleet serve`.
+async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let admin_token = admin_token(&config)?;
     let base_dir = std::env::current_dir().context("cannot read the working directory")?;
@@ -228,8 +252,8 @@ async fn open_engine(config: Arc<Config>, rt: Arc<Runtime>) -> anyhow::Result<En
 /// The coordinator's bearer token, from the environment variable the config names.
 fn admin_token(config: &Config) -> anyhow::Result<String> {
     let name = &config.server.admin_token_env;
-    match std::env::var(name) {
-        Ok(token) if !token.trim().is_empty() => Ok(token),
+    match secrets::var(name) {
+        Some(token) if !token.trim().is_empty() => Ok(token),
         _ => Err(anyhow!(
             "the API needs an admin token: set the environment variable {name} \
              (named by server.admin_token_env), e.g. {name}=$(openssl rand -hex 16)"

@@ -141,7 +141,7 @@ pub async fn require_registrar(
         .server
         .registration_token_env
         .as_ref()
-        .and_then(|var| std::env::var(var).ok())
+        .and_then(|var| crate::secrets::var(var))
         .filter(|t| !t.is_empty());
     let admin_ok = app.admin_token().is_some_and(|t| same(given, t));
     let registration_ok = registration.is_some_and(|t| same(given, &t));

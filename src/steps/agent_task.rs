@@ -700,7 +700,7 @@ impl AgentTask {
                 .map(|(_, session)| session),
             None => None,
         };
-        let env = match agent.run_env(|name| std::env::var(name).ok()) {
+        let env = match agent.run_env(crate::secrets::var) {
             Ok(env) => env,
             Err(unset) => {
                 let reason = format!(

@@ -84,10 +84,12 @@ fn ssh_shell(
     };
     let key_passphrase = match &h.key_passphrase_env {
         None => None,
-        Some(var) => Some(std::env::var(var).map_err(|_| HostsError::Passphrase {
-            host: h.host_id.clone(),
-            var: var.clone(),
-        })?),
+        Some(var) => Some(
+            crate::secrets::var(var).ok_or_else(|| HostsError::Passphrase {
+                host: h.host_id.clone(),
+                var: var.clone(),
+            })?,
+        ),
     };
     let host_key = if h.insecure_ignore_host_key {
         HostKeyCheck::Ignore
