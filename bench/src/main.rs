@@ -1,16 +1,26 @@
-//! Benchmarks of the agent-fleet workflow engine and of its SSH transport.
+//! Benchmarks of the agent-fleet workflow engine, of its SSH transport and of the daemon's own
+//! latency around an agent run.
 //!
 //! ```text
 //! cargo run --release --manifest-path bench/Cargo.toml -- engine [--quick]
 //! cargo run --release --manifest-path bench/Cargo.toml -- ssh [--quick]
+//! cargo run --release --manifest-path bench/Cargo.toml -- latency [--quick] [--only demo|claude|codex]
 //! ```
 //!
 //! Every figure goes to stdout as one `metric <name> <value>` line; notes go to stderr. See
 //! README.md beside Cargo.toml for what each metric means.
 
+// The integration tests' real-CLI helpers (environment and config of Claude Code and Codex
+// against the fake model), shared rather than copied.
+#[path = "../../tests/support/clis.rs"]
+mod clis;
 mod completions;
 mod duroxide_bench;
 mod engine_bench;
+mod latency;
+// The integration tests' fake model server (Anthropic and OpenAI Responses APIs).
+#[path = "../../tests/support/model.rs"]
+mod model;
 mod raw;
 mod recovery;
 mod report;
@@ -30,7 +40,8 @@ use crate::report::Report;
 
 const USAGE: &str =
     "usage: agent-fleet-bench engine [--quick] [--only raw|engine|duroxide|recovery]
-       agent-fleet-bench ssh [--quick]";
+       agent-fleet-bench ssh [--quick]
+       agent-fleet-bench latency [--quick] [--only demo|claude|codex]";
 
 /// Groups of the engine benchmark, in the order they run.
 const GROUPS: [&str; 4] = ["raw", "engine", "duroxide", "recovery"];
@@ -125,6 +136,13 @@ fn main() -> anyhow::Result<()> {
             };
             ssh_bench::run(plan, &mut Report::default())
         }
+        "latency" => {
+            let options = latency::LatencyOptions::parse(rest, USAGE)?;
+            latency::run(options, &mut Report::default())
+        }
+        // Hidden: the fake model server of `latency`, in a child process whose stderr (the
+        // server's request log) goes to a file.
+        latency::MODEL_SUBCOMMAND => latency::model_main(),
         // Hidden: the recovery half of the engine benchmark, run in a fresh child process so
         // its RSS holds nothing but the recovered engine.
         recovery::SUBCOMMAND => {

@@ -294,7 +294,7 @@ async fn detached_run(shell: &dyn Shell, run_dir: &str) -> anyhow::Result<RunCos
     )
     .await?;
     let written = t.elapsed();
-    let started = run::start(shell, run_dir, run_dir).await?;
+    let started = run::start(shell, run_dir, run_dir, &[]).await?;
     ensure!(
         matches!(started, run::Started::Launched { .. }),
         "{run_dir}: {started:?}"
@@ -333,14 +333,14 @@ async fn detached_run(shell: &dyn Shell, run_dir: &str) -> anyhow::Result<RunCos
 /// Clock ticks spent by all CPUs (first line of `/proc/stat`) and by this process (its
 /// `/proc/self/stat`).
 #[derive(Debug, Clone, Copy)]
-struct CpuTimes {
+pub(crate) struct CpuTimes {
     busy: u64,
     total: u64,
     this_process: u64,
 }
 
 impl CpuTimes {
-    fn now() -> Option<CpuTimes> {
+    pub(crate) fn now() -> Option<CpuTimes> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let fields: Vec<u64> = stat
             .lines()
@@ -365,7 +365,7 @@ impl CpuTimes {
 
     /// The share of all CPUs' time spent busy since `then`, and the part of it this process
     /// (the SSH client) took, e.g. "93% of 2 CPUs (this process 12%)".
-    fn busy_since(then: Option<CpuTimes>) -> String {
+    pub(crate) fn busy_since(then: Option<CpuTimes>) -> String {
         let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
         match (then, CpuTimes::now()) {
             (Some(a), Some(b)) if b.total > a.total => {
