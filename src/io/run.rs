@@ -123,8 +123,8 @@ sh "$1/command.sh" > "$1/stdout" 2> "$1/stderr" < /dev/null
 echo $? > "$1/exit.tmp" && mv "$1/exit.tmp" "$1/exit"' agent-run "$rd" < /dev/null > /dev/null 2>&1 &
 i=0
 while [ ! -s "$rd/pid" ]; do
-  i=$((i + 1)); [ "$i" -le 200 ] || {{ echo "the run did not start within 10s" >&2; exit 3; }}
-  sleep 0.05
+  i=$((i + 1)); [ "$i" -le 2000 ] || {{ echo "the run did not start within 10s" >&2; exit 3; }}
+  sleep 0.005
 done
 echo "launched $(cat "$rd/pid") $(date +%s)"
 "#

@@ -205,17 +205,20 @@ repo={repo}; mirror={mirror}; wt={wt}; branch={branch}; base={base}
 git -C "$mirror" config gc.pruneExpire never
 if [ -d "$wt/.git" ]; then
   # A clone: bring its view of the repository's branches up to date.
-  git -C "$wt" fetch --quiet --prune "$mirror" '+refs/remotes/origin/*:refs/remotes/origin/*' >&2
+  git -C "$wt" -c maintenance.auto=false fetch --quiet --prune "$mirror" \
+    '+refs/remotes/origin/*:refs/remotes/origin/*' >&2
 elif [ ! -f "$wt/.git" ]; then
   rm -rf "$wt"
   mkdir -p "$wt"
-  git -C "$wt" init --quiet
+  git -C "$wt" init --quiet --template=
   echo "$mirror/objects" > "$wt/.git/objects/info/alternates"
   git -C "$wt" remote add origin "$repo"
-  git -C "$wt" fetch --quiet "$mirror" '+refs/remotes/origin/*:refs/remotes/origin/*' >&2
+  git -C "$wt" -c maintenance.auto=false fetch --quiet "$mirror" \
+    '+refs/remotes/origin/*:refs/remotes/origin/*' >&2
   if git -C "$mirror" rev-parse --verify --quiet "refs/heads/$branch" > /dev/null; then
     # Left by an earlier version in the mirror (its worktree is gone): go on from there.
-    git -C "$wt" fetch --quiet "$mirror" "+refs/heads/$branch:refs/heads/$branch" >&2
+    git -C "$wt" -c maintenance.auto=false fetch --quiet "$mirror" \
+      "+refs/heads/$branch:refs/heads/$branch" >&2
   elif git -C "$wt" rev-parse --verify --quiet "refs/remotes/origin/$branch" > /dev/null; then
     # The branch was pushed from another host (an earlier round): go on from there.
     git -C "$wt" branch --quiet --no-track "$branch" "refs/remotes/origin/$branch"
