@@ -203,13 +203,17 @@ else echo "vanished"; fi
 }
 
 /// Stops the run's whole process group: SIGTERM, then SIGKILL after `grace`. Returns whether
-/// anything was still running.
+/// anything was still running. A run that has ended (its `exit` file is there) is left alone:
+/// its group id may have been recycled.
 pub async fn kill(shell: &dyn Shell, run_dir: &str, grace: Duration) -> Result<bool, RunError> {
     let rd = quote(run_dir)?;
     let tenths = grace.as_millis().div_ceil(100).max(1);
     // dash's `kill` takes no `--`: after the signal, a negative number is a process group.
+    // A run whose exit file exists has ended: its group id may belong to another process group
+    // by now (ids are recycled), so nothing is signalled.
     let script = format!(
         r#"rd={rd}
+[ ! -f "$rd/exit" ] || {{ echo none; exit 0; }}
 pid=$(cat "$rd/pid" 2>/dev/null || true)
 [ -n "$pid" ] || {{ echo none; exit 0; }}
 kill -TERM "-$pid" 2>/dev/null || {{ echo none; exit 0; }}
@@ -306,6 +310,39 @@ mod tests {
         wait_exit(&rd).await;
         let count = std::fs::read_to_string(dir.path().join("count")).unwrap();
         assert_eq!(count, "once\n");
+    }
+
+    #[tokio::test]
+    async fn kill_leaves_alone_the_group_of_a_run_that_has_ended() {
+        let (dir, rd) = prepared("true").await;
+        start(&shell(), &rd, &rd, &[]).await.unwrap();
+        assert_eq!(wait_exit(&rd).await, RunState::Exited { code: 0 });
+        // The run's process group id, recycled by an unrelated process group.
+        let mut other = std::process::Command::new("setsid")
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        let pid = other.id() as i32;
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let pgrp = stat.rsplit(") ").next().and_then(|r| r.split(' ').nth(2));
+            if pgrp == Some(pid.to_string().as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        std::fs::write(format!("{rd}/pid"), format!("{pid}\n")).unwrap();
+
+        let killed = kill(&shell(), &rd, Duration::from_millis(200))
+            .await
+            .unwrap();
+
+        let alive = other.try_wait().unwrap().is_none();
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(!killed, "a run that has ended was 'killed'");
+        assert!(alive, "an unrelated process group was signalled");
+        drop(dir);
     }
 
     #[tokio::test]
