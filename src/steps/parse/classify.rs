@@ -77,19 +77,12 @@ const AUTH: &[&str] = &[
     "oauth token has expired",
 ];
 
+/// A CLI that cannot run as configured, besides [`MISSING`] and [`BAD_ARGUMENT`]: not
+/// executable (`sh: 1: claude: Permission denied`), refusing root (Claude Code's
+/// `--dangerously-skip-permissions cannot be used with root/sudo privileges`), a bad config
+/// file, or a model that does not exist.
 const CONFIG: &[&str] = &[
-    "unexpected argument",
-    "unknown option",
-    "unrecognized option",
-    "unknown argument",
-    "invalid value '",
-    "error: unknown command",
-    "no such file or directory",
-    "command not found",
-    ": not found",
-    "permission denied: ", // `sh: 1: claude: Permission denied` (not executable)
-    // Claude Code as root: `--dangerously-skip-permissions cannot be used with root/sudo
-    // privileges for security reasons`.
+    "permission denied: ",
     "cannot be used with root",
     "is no longer supported",
     "error loading config",
@@ -218,6 +211,8 @@ fn kind_of(
         FailureKind::Auth
     } else if matches!(out.exit_code, Some(126 | 127))
         || status == Some(404)
+        || evidence.has(MISSING)
+        || evidence.has(BAD_ARGUMENT)
         || evidence.has(CONFIG)
     {
         FailureKind::Config

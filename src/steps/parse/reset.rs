@@ -46,13 +46,17 @@ pub(crate) fn reset_time(text: &str, clock: &RunClock) -> Option<u64> {
         .or_else(|| relative_reset(&lower, clock))
 }
 
+/// The ASCII digits `s` starts with (possibly none).
+fn leading_digits(s: &str) -> &str {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    &s[..end]
+}
+
 /// Epoch seconds (ten digits) or milliseconds (thirteen) after `marker`, as Unix ms.
 fn epoch_after(lower: &str, marker: &str) -> Option<u64> {
     let i = lower.find(marker)?;
     let rest = lower[i + marker.len()..].trim_start_matches(['"', ':', ' ', '=']);
-    let digits = &rest[..rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len())];
+    let digits = leading_digits(rest);
     let n: u64 = digits.parse().ok()?;
     match digits.len() {
         10 => n.checked_mul(1000),
@@ -86,9 +90,7 @@ fn relative_reset(lower: &str, clock: &RunClock) -> Option<u64> {
         .match_indices("try again in ")
         .find_map(|(i, marker)| {
             let rest = &lower[i + marker.len()..];
-            let digits = &rest[..rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len())];
+            let digits = leading_digits(rest);
             let n: u64 = digits.parse().ok()?;
             let unit = rest[digits.len()..].trim_start();
             let secs = if unit.starts_with('h') {
@@ -261,10 +263,7 @@ impl Cursor<'_> {
 
     /// Takes 1 to `max` digits.
     fn number(&mut self, max: usize) -> Option<u32> {
-        let end = self
-            .0
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(self.0.len());
+        let end = leading_digits(self.0).len();
         if end == 0 || end > max {
             return None;
         }
