@@ -14,12 +14,12 @@ mod daemon;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use daemon::{BIN, story};
+use daemon::{BIN, git, story};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
@@ -92,17 +92,6 @@ printf '"session_id":"00000000-0000-4000-8000-000000000001","total_cost_usd":0,'
 printf '"usage":{"input_tokens":1,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,'
 printf '"output_tokens":1},"modelUsage":{},"permission_denials":[],"terminal_reason":"completed"}\n'
 "#;
-
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git")
-        .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
-        .arg(dir)
-        .args(args)
-        .status()
-        .expect("git")
-        .success();
-    assert!(ok, "git {args:?}");
-}
 
 /// A daemon run as `run_as`, with a probe agent kind on its localhost host.
 struct Rig {

@@ -64,7 +64,8 @@ pub struct Fleet {
     env: Vec<(&'static str, String)>,
 }
 
-fn git(dir: &Path, args: &[&str]) {
+/// Runs `git -C dir args…` with a throw-away identity; panics when it fails.
+pub fn git(dir: &Path, args: &[&str]) {
     let ok = Command::new("git")
         .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
         .arg(dir)
