@@ -271,3 +271,50 @@ async fn a_jump_host_carries_the_connection_and_is_needed() {
     assert!(err.to_string().contains("jump host"), "{err}");
     drop(inner);
 }
+
+/// A server that accepts TCP connections and never says a word: an SSH connect to it can only
+/// time out. Counts the connections it was offered.
+fn silent_server() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn scripts_waiting_for_an_unanswered_connect_share_its_failure() {
+    let lab = lab("127.0.0.2");
+    let (addr, accepted) = silent_server();
+    let mut silent = target(&lab);
+    silent.host_id = "silent".into();
+    silent.hostname = addr.ip().to_string();
+    silent.port = addr.port();
+    let options = SshOptions {
+        connect_timeout: Duration::from_secs(1),
+        ..SshOptions::default()
+    };
+    let shell = SshShell::new(silent, options, None);
+    let results = futures::future::join_all((0..6).map(|_| shell.run("true", b"", T))).await;
+    for r in &results {
+        let err = r.as_ref().unwrap_err();
+        assert!(err.is_unreachable(), "{err}");
+        assert!(err.to_string().contains("no answer from"), "{err}");
+    }
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one attempt to connect, shared by the six scripts"
+    );
+    // The next script tries again.
+    let err = shell.run("true", b"", T).await.unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

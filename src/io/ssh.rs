@@ -7,6 +7,10 @@
 //!   most `max_sessions` at once (OpenSSH refuses more than its `MaxSessions`). A dropped
 //!   connection is reopened transparently by the next script, and a script whose channel could not
 //!   even open is sent again on the new connection (it had not started).
+//! - **One connection attempt at a time, shared**: the scripts that need a connection while one is
+//!   being opened wait for that attempt and share its result, failure included; no lock is held
+//!   while connecting, so an unreachable host costs its waiting scripts one connect timeout, not
+//!   one each.
 //! - **Jump hosts**: a host with `proxy_jump` is reached through a `direct-tcpip` channel of the
 //!   jump host's own pooled connection.
 //! - `TCP_NODELAY` and keepalives are on; scripts run under `sh -c`, so the login shell only
@@ -72,12 +76,31 @@ pub struct SshShell {
     options: SshOptions,
     /// The host to jump through, if any.
     jump: Option<Arc<SshShell>>,
-    /// The pooled connection; `None` until the first script or after a failure.
-    conn: Mutex<Option<Client>>,
+    /// The pooled connection and the outcome of the last attempt to open one.
+    pool: std::sync::Mutex<Pool>,
+    /// Held by the one attempt to connect under way (never while using a connection).
+    connecting: Mutex<()>,
     /// Channels open at once on the connection.
     sessions: Semaphore,
     /// Connections opened so far (1 while the first one lasts).
     connects: AtomicU64,
+}
+
+/// The pooled connection, guarded by a lock that is never held across an await.
+#[derive(Default)]
+struct Pool {
+    /// `None` until the first script, or after the connection dropped.
+    client: Option<Client>,
+    /// Attempts to connect finished so far.
+    attempts: u64,
+    /// Why the last attempt failed, if it did: shared with the scripts that waited for it.
+    failure: Option<ShellError>,
+}
+
+impl Pool {
+    fn open_client(&self) -> Option<Client> {
+        self.client.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
 }
 
 /// Why a script did not run to its end on a connection.
@@ -95,7 +118,8 @@ impl SshShell {
             target,
             options,
             jump,
-            conn: Mutex::new(None),
+            pool: std::sync::Mutex::new(Pool::default()),
+            connecting: Mutex::new(()),
             sessions,
             connects: AtomicU64::new(0),
         }
@@ -108,34 +132,72 @@ impl SshShell {
 
     /// Closes the pooled connection; the next script opens a new one.
     pub async fn disconnect(&self) {
-        if let Some(client) = self.conn.lock().await.take() {
+        let client = self.pool().client.take();
+        if let Some(client) = client {
             let _ = client.disconnect().await;
         }
     }
 
-    /// The pooled connection, opened (or reopened) if needed.
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // A panic while holding this lock cannot leave the pool half-changed (each critical
+        // section is one assignment or read), so a poisoned lock is still good to use.
+        self.pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The pooled connection, opened (or reopened) if needed. While one attempt to connect is
+    /// under way, other callers wait for it and share its result, failure included.
     pub fn client(&self) -> BoxFuture<'_, Result<Client, ShellError>> {
         // Boxed: a jump host's client is fetched recursively.
         Box::pin(async move {
-            let mut conn = self.conn.lock().await;
-            if let Some(c) = conn.as_ref().filter(|c| !c.is_closed()) {
-                return Ok(c.clone());
+            let seen = {
+                let pool = self.pool();
+                if let Some(c) = pool.open_client() {
+                    return Ok(c);
+                }
+                pool.attempts
+            };
+            let _attempt = self.connecting.lock().await;
+            {
+                let pool = self.pool();
+                if let Some(c) = pool.open_client() {
+                    return Ok(c);
+                }
+                // An attempt ended while this caller waited for it: its failure is the answer.
+                if pool.attempts != seen
+                    && let Some(failure) = &pool.failure
+                {
+                    return Err(shared_failure(failure, &self.target.host_id));
+                }
             }
-            *conn = None;
-            let client = tokio::time::timeout(self.options.connect_timeout, self.connect())
+            let result = tokio::time::timeout(self.options.connect_timeout, self.connect())
                 .await
-                .map_err(|_| ShellError::Connect {
-                    host: self.target.host_id.clone(),
-                    detail: format!(
-                        "no answer from {}:{} within {}",
-                        self.target.hostname,
-                        self.target.port,
-                        humantime::format_duration(self.options.connect_timeout)
-                    ),
-                })??;
-            self.connects.fetch_add(1, Ordering::Relaxed);
-            *conn = Some(client.clone());
-            Ok(client)
+                .unwrap_or_else(|_| {
+                    Err(ShellError::Connect {
+                        host: self.target.host_id.clone(),
+                        detail: format!(
+                            "no answer from {}:{} within {}",
+                            self.target.hostname,
+                            self.target.port,
+                            humantime::format_duration(self.options.connect_timeout)
+                        ),
+                    })
+                });
+            let mut pool = self.pool();
+            pool.attempts += 1;
+            match &result {
+                Ok(client) => {
+                    self.connects.fetch_add(1, Ordering::Relaxed);
+                    pool.client = Some(client.clone());
+                    pool.failure = None;
+                }
+                Err(e) => {
+                    pool.client = None;
+                    pool.failure = Some(shared_failure(e, &self.target.host_id));
+                }
+            }
+            result
         })
     }
 
@@ -315,6 +377,25 @@ impl SshShell {
             return Err(ExecError::Broken(why));
         }
         Ok(out)
+    }
+}
+
+/// A copy of a connection failure for the callers that waited for the same attempt (connecting
+/// fails only with `Connect` or `HostKey`; anything else is kept as its message).
+fn shared_failure(e: &ShellError, host_id: &str) -> ShellError {
+    match e {
+        ShellError::Connect { host, detail } => ShellError::Connect {
+            host: host.clone(),
+            detail: detail.clone(),
+        },
+        ShellError::HostKey { host, detail } => ShellError::HostKey {
+            host: host.clone(),
+            detail: detail.clone(),
+        },
+        other => ShellError::Connect {
+            host: host_id.to_string(),
+            detail: other.to_string(),
+        },
     }
 }
 
