@@ -172,11 +172,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Some(rt.clone()),
     );
     let stop_http = CancellationToken::new();
-    let mut http = tokio::spawn(
-        axum::serve(listener, api::router(state.clone()))
-            .with_graceful_shutdown(stop_http.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut http = tokio::spawn(api::serve::serve(
+        listener,
+        api::router(state.clone()),
+        stop_http.clone(),
+    ));
     let mut opening = tokio::spawn(open_engine(config.clone(), rt.clone()));
 
     let engine = tokio::select! {

@@ -399,14 +399,17 @@ async fn a_payloads_clone_url_off_the_forge_is_never_used() {
     assert!(tasks.iter().any(|t| t["repo"] == on_forge.as_str()));
 }
 
-/// A delivery id with a control character that reaches the daemon (a tab; bytes outside ASCII;
-/// one too long to be a key) is refused with the API's JSON error, never an empty 400.
+/// A delivery id with a control character (a tab, a C0 control, DEL; bytes outside ASCII; one too
+/// long to be a key) is refused with the API's JSON error, never an empty 400.
 #[tokio::test]
 async fn a_control_character_in_the_delivery_id_is_a_json_error() {
     let rig = Rig::start(1).await;
     let long = "d".repeat(300);
-    let bad: [&[u8]; 4] = [
+    let bad: [&[u8]; 7] = [
         b"abc\tdef",
+        b"abc\x01def",
+        b"abc\x1bdef",
+        b"abc\x7fdef",
         b"abc\x80def",
         "caf\u{e9}".as_bytes(),
         long.as_bytes(),

@@ -35,6 +35,7 @@ pub mod auth;
 pub mod extract;
 pub mod hosts;
 pub mod pull_views;
+pub mod serve;
 pub mod tasks;
 pub mod views;
 pub mod webhooks;

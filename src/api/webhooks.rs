@@ -102,7 +102,8 @@ fn delivery_id(headers: &HeaderMap) -> Result<String, ApiError> {
         (!raw.is_empty()).then_some((name, raw))
     }) else {
         return Err(ApiError::bad_request(
-            "no X-Forgejo-Delivery (or X-Gitea-Delivery)",
+            "no usable delivery id: X-Forgejo-Delivery (or X-Gitea-Delivery) is missing, or was \
+             dropped because it held a control character",
         ));
     };
     if raw.len() > MAX_DELIVERY_LEN || !raw.iter().all(u8::is_ascii_graphic) {
