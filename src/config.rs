@@ -812,6 +812,19 @@ impl Config {
                 KeyPath::root("forgejo").key("default_agent"),
                 format!("unknown agent kind `{agent}`; known: {}", known.join(", ")),
             );
+        } else if let Some(agent) = self.forgejo.as_ref().and_then(|f| f.default_agent.as_ref())
+            && !self.hosts.iter().any(|h| h.agents.contains(agent))
+            && self.server.registration_token_env.is_none()
+        {
+            v.report(
+                KeyPath::root("forgejo").key("default_agent"),
+                format!(
+                    "no host offers agent kind `{agent}` (no `agents` list of [[hosts]] names it) \
+                     and pull agents cannot register (server.registration_token_env is unset): \
+                     every issue's task would wait forever; add `{agent}` to a host, or set \
+                     server.registration_token_env for the pull agents that will serve it"
+                ),
+            );
         }
         v.problems
     }

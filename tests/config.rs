@@ -167,6 +167,34 @@ fn forgejo_default_agent_must_be_a_known_kind() {
 }
 
 #[test]
+fn forgejo_default_agent_no_host_offers_is_refused_without_pull_agents() {
+    let text = format!(
+        "{VALID}\n[forgejo]\nbase_url = \"https://forge.example.org\"\ndefault_agent = \"claude\"\n"
+    );
+    let e = the_error(&text);
+    assert_names(&e, "forgejo.default_agent", line_of(&text, "default_agent"));
+    assert!(
+        e.message().contains("no host offers agent kind `claude`"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.message().contains("registration_token_env"),
+        "{}",
+        e.message()
+    );
+}
+
+#[test]
+fn forgejo_default_agent_may_be_left_to_pull_agents_that_can_register() {
+    let text = format!(
+        "[server]\nregistration_token_env = \"FLEET_REGISTRATION_TOKEN\"\n{VALID}\n[forgejo]\n\
+         base_url = \"https://forge.example.org\"\ndefault_agent = \"claude\"\n"
+    );
+    Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
 fn a_bad_duration_names_the_key_and_line() {
     let text = VALID.replace(
         "[storage]",

@@ -34,6 +34,8 @@ output_format = "raw"
             ("E2E_FORGE_TOKEN", "unused".to_string()),
             ("E2E_FORGE_SECRET", "webhook-secret-for-tests".to_string()),
         ],
+        // Pull agents may register: the kind no host offers is theirs.
+        server: "registration_token_env = \"E2E_FLEET_REGISTRATION_TOKEN\"".into(),
         ..Setup::default()
     })
     .await
