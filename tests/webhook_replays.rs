@@ -85,6 +85,8 @@ output_format = "raw"
                     ("REPLAY_FORGE_TOKEN", FORGE_TOKEN.to_string()),
                     ("REPLAY_FORGE_SECRET", SECRET.to_string()),
                 ],
+                // Pull agents may register: the kind no host offers is theirs.
+                server: "registration_token_env = \"E2E_FLEET_REGISTRATION_TOKEN\"".into(),
                 ..Setup::default()
             },
         )
