@@ -47,8 +47,8 @@ use crate::ssh_bench::CpuTimes;
 pub const MODEL_SUBCOMMAND: &str = "latency-model";
 
 /// The bearer token the daemons get in [`TOKEN_ENV`].
-const TOKEN: &str = "bench-latency-admin-token";
-const TOKEN_ENV: &str = "BENCH_FLEET_TOKEN";
+pub(crate) const TOKEN: &str = "bench-latency-admin-token";
+pub(crate) const TOKEN_ENV: &str = "BENCH_FLEET_TOKEN";
 /// How long the bench sleeps between two reads of a task's status.
 const POLL: Duration = Duration::from_millis(2);
 /// How long a host health check is taken to last, from its `checked_at` (its start): `echo ok`
@@ -243,7 +243,7 @@ const METRICS: [&str; 4] = [
 ];
 
 /// The checkout this bench belongs to (the root package).
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("bench/ has a parent")
@@ -252,7 +252,7 @@ fn repo_root() -> PathBuf {
 
 /// `$BENCH_AGENT_FLEET_BIN`, or the root package's release binary, built now (a no-op when it
 /// is up to date). Cargo says where the executable is, whatever `CARGO_TARGET_DIR` is.
-fn daemon_binary(root: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn daemon_binary(root: &Path) -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os(BIN_VAR) {
         let bin = PathBuf::from(bin);
         ensure!(bin.is_file(), "{BIN_VAR}={} does not exist", bin.display());
@@ -649,7 +649,7 @@ work_root = {work}
 }
 
 /// A TOML basic string (JSON's escapes are TOML's).
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }
 
@@ -1085,15 +1085,25 @@ impl std::fmt::Display for Summary {
 /// A running `agent-fleet serve`, in a process group of its own (so a wrapper given as
 /// `BENCH_AGENT_FLEET_BIN`, e.g. `strace`, is stopped with it); its stderr goes to
 /// `<dir>/daemon.log`. Killed when dropped. (Agent runs are in sessions of their own.)
-struct Daemon {
+pub(crate) struct Daemon {
     child: Option<Child>,
-    url: String,
-    log: PathBuf,
+    pub(crate) url: String,
+    pub(crate) log: PathBuf,
 }
 
 impl Daemon {
     /// Starts the daemon in `dir` and waits until `/readyz` answers 200.
     fn start(bin: &Path, dir: &Path, config: &Path) -> anyhow::Result<Daemon> {
+        Daemon::start_with(bin, dir, config, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables (e.g. the forge's token and secret).
+    pub(crate) fn start_with(
+        bin: &Path,
+        dir: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Daemon> {
         let log = dir.join("daemon.log");
         let mut file = std::fs::File::create(&log)?;
         let rust_log = std::env::var(DAEMON_LOG_VAR).unwrap_or_else(|_| "info".into());
@@ -1104,6 +1114,7 @@ impl Daemon {
             .arg(config)
             .current_dir(dir)
             .env(TOKEN_ENV, TOKEN)
+            .envs(env.iter().copied())
             .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1140,15 +1151,20 @@ impl Daemon {
         Ok(daemon)
     }
 
+    /// The process id of the daemon (or of the wrapper named by `BENCH_AGENT_FLEET_BIN`).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The last `n` lines of its log.
-    fn log_tail(&self, n: usize) -> String {
+    pub(crate) fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// SIGTERM (a clean shutdown), SIGKILL after 10 s.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };

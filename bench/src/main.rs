@@ -5,6 +5,7 @@
 //! cargo run --release --manifest-path bench/Cargo.toml -- engine [--quick]
 //! cargo run --release --manifest-path bench/Cargo.toml -- ssh [--quick]
 //! cargo run --release --manifest-path bench/Cargo.toml -- latency [--quick] [--only demo|claude|codex]
+//! cargo run --release --manifest-path bench/Cargo.toml -- webhooks [--quick] [--rate R] [--seconds S] …
 //! ```
 //!
 //! Every figure goes to stdout as one `metric <name> <value>` line; notes go to stderr. See
@@ -17,6 +18,8 @@ mod clis;
 mod completions;
 mod duroxide_bench;
 mod engine_bench;
+mod fake_forge;
+mod http1;
 mod latency;
 // The integration tests' fake model server (Anthropic and OpenAI Responses APIs).
 #[path = "../../tests/support/model.rs"]
@@ -29,6 +32,7 @@ mod ssh_bench;
 // The integration tests' OpenSSH harness, shared rather than copied.
 #[path = "../../tests/support/sshd.rs"]
 mod sshd;
+mod webhooks;
 mod workload;
 
 use std::path::PathBuf;
@@ -41,7 +45,8 @@ use crate::report::Report;
 const USAGE: &str =
     "usage: agent-fleet-bench engine [--quick] [--only raw|engine|duroxide|recovery]
        agent-fleet-bench ssh [--quick]
-       agent-fleet-bench latency [--quick] [--only demo|claude|codex]";
+       agent-fleet-bench latency [--quick] [--only demo|claude|codex]
+       agent-fleet-bench webhooks [--quick] [--burst N] [--connections C] [--rate R] [--seconds S] [--forge-delay-ms D]";
 
 /// Groups of the engine benchmark, in the order they run.
 const GROUPS: [&str; 4] = ["raw", "engine", "duroxide", "recovery"];
@@ -139,6 +144,10 @@ fn main() -> anyhow::Result<()> {
         "latency" => {
             let options = latency::LatencyOptions::parse(rest, USAGE)?;
             latency::run(options, &mut Report::default())
+        }
+        "webhooks" => {
+            let options = webhooks::WebhookOptions::parse(rest, USAGE)?;
+            webhooks::run(options, &mut Report::default())
         }
         // Hidden: the fake model server of `latency`, in a child process whose stderr (the
         // server's request log) goes to a file.
