@@ -479,8 +479,13 @@ impl Workflow for LongRun {
         Ok(Outcome::wait(s))
     }
 
-    async fn cleanup(&self, _ctx: &mut StepCtx<()>, s: &u32, reason: &str) -> String {
-        format!("killed process group of run {s} ({reason})")
+    async fn cleanup(
+        &self,
+        _ctx: &mut StepCtx<()>,
+        s: &u32,
+        reason: &str,
+    ) -> agent_fleet::workflow::Cleanup<u32> {
+        format!("killed process group of run {s} ({reason})").into()
     }
 }
 
@@ -546,8 +551,13 @@ impl Workflow for Withdraws {
         Ok(Outcome::cancel(s + 1, "the work was withdrawn"))
     }
 
-    async fn cleanup(&self, _ctx: &mut StepCtx<()>, _s: &u32, _reason: &str) -> String {
-        "cleanup ran".into()
+    async fn cleanup(
+        &self,
+        _ctx: &mut StepCtx<()>,
+        _s: &u32,
+        _reason: &str,
+    ) -> agent_fleet::workflow::Cleanup<u32> {
+        agent_fleet::workflow::Cleanup::report("cleanup ran")
     }
 }
 

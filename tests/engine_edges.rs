@@ -272,9 +272,14 @@ impl Workflow for SlowFinish {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(Outcome::complete(s))
     }
-    async fn cleanup(&self, _ctx: &mut StepCtx<()>, _s: &u32, _reason: &str) -> String {
+    async fn cleanup(
+        &self,
+        _ctx: &mut StepCtx<()>,
+        _s: &u32,
+        _reason: &str,
+    ) -> agent_fleet::workflow::Cleanup<u32> {
         CLEANUPS.fetch_add(1, Ordering::SeqCst);
-        "stopped process group".into()
+        agent_fleet::workflow::Cleanup::report("stopped process group")
     }
 }
 
@@ -397,4 +402,84 @@ async fn shutdown_waits_for_deliveries_in_flight_and_starts_no_new_one() {
         started_after_shutdown.is_empty() && finished_after_return.is_empty(),
         "{started_after_shutdown:?} {finished_after_return:?}"
     );
+}
+
+// ---- 7. a step that completes with an effect while a cancel is committed ----------------------
+
+/// Records the kind of every effect delivered.
+#[derive(Clone, Default)]
+struct Kinds {
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl EffectHandler for Kinds {
+    fn deliver<'a>(&'a self, d: &'a Delivery) -> BoxFuture<'a, Result<(), EffectError>> {
+        Box::pin(async move {
+            self.log.lock().unwrap().push(d.kind.clone());
+            Ok(())
+        })
+    }
+}
+
+struct ReceiptOnFinish;
+
+impl Workflow for ReceiptOnFinish {
+    const NAME: &'static str = "receipt-on-finish";
+    const VERSION: u32 = 1;
+    type State = u32;
+    type Signal = ();
+    async fn step(&self, _ctx: &mut StepCtx<()>, s: u32) -> StepResult<u32> {
+        // Work that finishes whatever the cancellation token says (a run that was ending).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Ok(Outcome::complete(s).effect(Effect::new("receipt", &s)?))
+    }
+    async fn cleanup(
+        &self,
+        _ctx: &mut StepCtx<()>,
+        s: &u32,
+        _reason: &str,
+    ) -> agent_fleet::workflow::Cleanup<u32> {
+        agent_fleet::workflow::Cleanup::report("told the outside world")
+            .state(s + 100)
+            .effects([Effect::new("cancelled", s).unwrap()])
+    }
+}
+
+/// Scenario (issue 14, point 12): a cancel is committed while a step runs that then completes
+/// with an effect (e.g. the receipt comment and `status:done`). One outcome: the instance ends
+/// cancelled, only the cleanup's effects are queued and delivered, and its final state is
+/// the cleanup's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_a_completing_step_queues_only_the_cleanups_effects() {
+    let dir = TempDir::new().unwrap();
+    let kinds = Kinds::default();
+    let engine = builder(&dir)
+        .register(ReceiptOnFinish)
+        .handler("receipt", kinds.clone())
+        .handler("cancelled", kinds.clone())
+        .open()
+        .await
+        .unwrap();
+    let id = engine.start::<ReceiptOnFinish>(&1, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        engine.cancel(id, "user asked").await.unwrap(),
+        CancelAck::Requested
+    );
+    let status = engine.wait_terminal(id, T).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    while engine.pending_effects().unwrap() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pending = engine.pending_effects().unwrap();
+    let state = engine.state::<ReceiptOnFinish>(id).unwrap();
+    let ev = events(&engine, id);
+    engine.shutdown().await.unwrap();
+    assert_eq!(status, Status::Cancelled, "{ev:?}");
+    assert_eq!(
+        (kinds.log.lock().unwrap().clone(), pending),
+        (vec!["cancelled".to_string()], 0),
+        "{ev:?}"
+    );
+    assert_eq!(state, 101, "the cleanup's final state is kept");
 }

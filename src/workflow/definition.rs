@@ -45,16 +45,56 @@ pub trait Workflow: Send + Sync + 'static {
         state: Self::State,
     ) -> impl Future<Output = StepResult<Self::State>> + Send;
 
-    /// Runs once when the instance is cancelled, before it ends `cancelled`; the returned
-    /// report is recorded in its history. Stop whatever the workflow started outside here.
+    /// Runs once when the instance is cancelled, before it ends `cancelled`. Stop whatever the
+    /// workflow started outside here. The returned [`Cleanup`] (a report, recorded in the
+    /// history; optionally a final state and effects) commits in the same transaction as the
+    /// `Cancelled` status: the effects are queued if and only if the instance ends cancelled.
     fn cleanup(
         &self,
         ctx: &mut StepCtx<Self::Signal>,
         state: &Self::State,
         reason: &str,
-    ) -> impl Future<Output = String> + Send {
+    ) -> impl Future<Output = Cleanup<Self::State>> + Send {
         let _ = (ctx, state, reason);
-        async { "nothing to clean up".to_string() }
+        async { Cleanup::report("nothing to clean up") }
+    }
+}
+
+/// What a cancelled instance's [`Workflow::cleanup`] commits with its `Cancelled` status.
+#[derive(Debug)]
+pub struct Cleanup<S> {
+    /// Recorded in the history (`CleanedUp`).
+    pub report: String,
+    /// The instance's final state; `None` keeps the committed one.
+    pub state: Option<S>,
+    /// Effects committed with the `Cancelled` status (e.g. telling the outside world).
+    pub effects: Vec<Effect>,
+}
+
+impl<S> Cleanup<S> {
+    /// Only a report: the state stays as committed, no effect.
+    pub fn report(report: impl Into<String>) -> Self {
+        Cleanup {
+            report: report.into(),
+            state: None,
+            effects: Vec::new(),
+        }
+    }
+    /// Commits `state` as the instance's final state.
+    pub fn state(mut self, state: S) -> Self {
+        self.state = Some(state);
+        self
+    }
+    /// Adds effects, committed with the `Cancelled` status.
+    pub fn effects(mut self, effects: impl IntoIterator<Item = Effect>) -> Self {
+        self.effects.extend(effects);
+        self
+    }
+}
+
+impl<S> From<String> for Cleanup<S> {
+    fn from(report: String) -> Self {
+        Cleanup::report(report)
     }
 }
 
@@ -186,6 +226,9 @@ pub(crate) struct Plan {
     pub replies: Vec<(u64, Vec<u8>)>,
     /// Re-pins the instance to this definition version (its state was upgraded).
     pub pin: Option<u32>,
+    /// The plan of a cleanup (the step knew of the cancel). A step plan committed after a
+    /// cancel raced it: see the writer's `transition`.
+    pub cleanup: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -253,28 +296,40 @@ impl<W: Workflow> Definition for Typed<W> {
                 seen_next_signal: input.next_signal,
                 replies: Vec::new(),
                 pin: None,
+                cleanup: false,
             };
             let decoded = self.decode(&input.state);
             if let Some(reason) = input.cancel.as_deref() {
-                let report = match &decoded {
+                let cleanup = match &decoded {
                     Ok(state) => AssertUnwindSafe(self.workflow.cleanup(&mut ctx, state, reason))
                         .catch_unwind()
                         .await
-                        .unwrap_or_else(|_| "cleanup panicked".to_string()),
-                    Err(e) => format!("cleanup skipped: the state cannot be read: {e}"),
+                        .unwrap_or_else(|_| Cleanup::report("cleanup panicked")),
+                    Err(e) => {
+                        Cleanup::report(format!("cleanup skipped: the state cannot be read: {e}"))
+                    }
+                };
+                let (state, report) = match cleanup.state.map(|s| codec::encode_value(&s)) {
+                    None => (None, cleanup.report),
+                    Some(Ok(bytes)) => (Some(bytes), cleanup.report),
+                    Some(Err(e)) => (
+                        None,
+                        format!("{}; final state not kept: {e}", cleanup.report),
+                    ),
                 };
                 return Plan {
                     kind: PlanKind::Cancelled,
-                    state: None,
+                    state,
                     events: vec![EventKind::CleanedUp {
                         report: short(report),
                     }],
                     consumed: Vec::new(),
                     discarded,
-                    effects: Vec::new(),
+                    effects: cleanup.effects,
                     seen_next_signal: input.next_signal,
                     replies: Vec::new(),
                     pin: None,
+                    cleanup: true,
                 };
             }
             let state = match decoded {
@@ -323,6 +378,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 seen_next_signal: input.next_signal,
                 replies: ctx.replies(),
                 pin: self.from.map(|_| W::VERSION),
+                cleanup: false,
             }
         })
     }

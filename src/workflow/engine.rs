@@ -171,6 +171,22 @@ pub enum CancelAck {
     AlreadyEnded(Status),
 }
 
+/// Wakes parked instances ([`Engine::wake`]) without waiting; see [`Engine::waker`].
+#[derive(Clone)]
+pub struct Waker {
+    writer: Writer,
+}
+
+impl Waker {
+    /// Queues a wake-up of `id` for the next commit. After shutdown it does nothing (recovery
+    /// runs whatever was runnable).
+    pub fn wake(&self, id: InstanceId) {
+        if self.writer.send(Op::Wake { id }).is_err() {
+            tracing::debug!(instance = id, "wake-up after the engine stopped: ignored");
+        }
+    }
+}
+
 /// Registers definitions and handlers, then opens the store and recovers.
 pub struct EngineBuilder {
     path: PathBuf,
@@ -589,6 +605,11 @@ impl Engine {
         &self.report
     }
 
+    /// The store's id (drawn when the file was created); `None` for a store older than ids.
+    pub fn store_id(&self) -> Option<crate::workflow::StoreId> {
+        self.inner.store.store_id
+    }
+
     /// Starts an instance of `W` pinned to `W::VERSION`. With an idempotency key, a repeated
     /// start returns the instance the first one created.
     pub async fn start<W: Workflow>(
@@ -649,6 +670,21 @@ impl Engine {
             Reply::Signalled { seq, duplicate } => Ok(SignalAck { seq, duplicate }),
             other => Err(other.unexpected()),
         }
+    }
+
+    /// Whether a signal to `id` with `idempotency_key` was committed (read-only, no commit):
+    /// lets a caller answer a repeated request before doing any work for it. A key sent after
+    /// this look is still caught by [`Engine::signal`].
+    pub fn signal_key_seen(
+        &self,
+        id: InstanceId,
+        idempotency_key: &str,
+    ) -> Result<bool, EngineError> {
+        use redb::ReadableDatabase;
+        let scoped = format!("signal/{id}/{idempotency_key}");
+        let txn = self.inner.store.db.begin_read()?;
+        let table = txn.open_table(super::store::IDEMPOTENCY)?;
+        Ok(table.get(scoped.as_str())?.is_some())
     }
 
     /// Sends `signal` like [`Engine::signal`], then waits up to `wait` for the step that takes
@@ -715,6 +751,26 @@ impl Engine {
             if list.is_empty() {
                 waiters.remove(&(id, seq));
             }
+        }
+    }
+
+    /// Makes `id` runnable if it waits (as a signal without payload would: its step sees
+    /// [`Wake::Signal`](super::Wake)), so that a parked instance looks again at something that
+    /// lives outside the store. Nothing is recorded; a sleeping instance keeps its delay. If
+    /// its step is running, a park it commits next runs the step again at once: a wake-up
+    /// between a step's look and its park is never lost. Unknown or ended instances are fine.
+    pub async fn wake(&self, id: InstanceId) -> Result<(), EngineError> {
+        match self.inner.writer.submit(Op::Wake { id }).await {
+            Ok(_) | Err(EngineError::UnknownInstance(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A handle that wakes instances ([`Engine::wake`]) from synchronous code, without waiting
+    /// for the commit. It does not keep the engine alive.
+    pub fn waker(&self) -> Waker {
+        Waker {
+            writer: self.inner.writer.clone(),
         }
     }
 

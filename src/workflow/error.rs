@@ -65,6 +65,8 @@ pub enum StoreError {
     },
     #[error("redb: {0}")]
     Redb(#[from] redb::Error),
+    #[error("store {path} holds {value} as its store id, which no agent-fleet writes")]
+    BadStoreId { path: String, value: u64 },
     #[error("the store writer has stopped")]
     WriterGone,
     #[error("store writer panicked")]

@@ -14,6 +14,7 @@ pub mod error;
 mod outbox;
 pub mod record;
 mod store;
+mod store_id;
 mod timers;
 mod writer;
 
@@ -21,12 +22,13 @@ mod writer;
 pub type InstanceId = u64;
 
 pub use context::{Inbound, Intent, StepCtx};
-pub use definition::{Effect, Next, Outcome, StepError, StepResult, Workflow};
+pub use definition::{Cleanup, Effect, Next, Outcome, StepError, StepResult, Workflow};
 pub use engine::{
     CancelAck, Change, Engine, EngineBuilder, EngineConfig, InstanceInfo, MAX_KEY_LEN,
-    RecoveryReport, SignalAck, StartAck, Update,
+    RecoveryReport, SignalAck, StartAck, Update, Waker,
 };
 pub use error::{EngineError, StoreError};
 pub use outbox::{Backoff, Delivery, EffectError, EffectHandler, EffectKey};
 pub use record::{Event, EventKind, Status, Timestamp, Wake};
 pub use store::STORE_FORMAT;
+pub use store_id::StoreId;

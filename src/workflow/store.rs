@@ -12,6 +12,7 @@ use super::InstanceId;
 use super::codec::decode;
 use super::error::{EngineError, StoreError};
 use super::record::{EffectRecord, Event, InstanceRecord, SignalRecord, Timestamp};
+use super::store_id::{META_STORE_ID, StoreId};
 
 /// Engine bookkeeping: store format and id counters.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -54,6 +55,8 @@ pub(crate) type DueTimers = (Vec<(Timestamp, InstanceId)>, Option<Timestamp>);
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<Database>,
+    /// Drawn when the file was created; `None` for a store older than store ids.
+    pub(crate) store_id: Option<StoreId>,
 }
 
 impl Store {
@@ -79,12 +82,14 @@ impl Store {
             source,
         })?;
         let txn = db.begin_write()?;
+        let store_id;
         {
             let mut meta = txn.open_table(META)?;
             let format = meta.get(META_FORMAT)?.map(|g| g.value());
             match format {
                 None => {
                     meta.insert(META_FORMAT, STORE_FORMAT)?;
+                    meta.insert(META_STORE_ID, StoreId::random().to_meta())?;
                 }
                 Some(found) if found > STORE_FORMAT => {
                     return Err(StoreError::UnsupportedFormat {
@@ -111,9 +116,19 @@ impl Store {
             txn.open_table(INTENTS)?;
             txn.open_table(LIVE)?;
             txn.open_table(REPLIES)?;
+            store_id = match meta.get(META_STORE_ID)?.map(|g| g.value()) {
+                None => None,
+                Some(value) => Some(
+                    StoreId::from_meta(value)
+                        .ok_or_else(|| StoreError::BadStoreId { path: shown, value })?,
+                ),
+            };
         }
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            store_id,
+        })
     }
 
     /// Number of instances, ended ones included.

@@ -8,6 +8,7 @@
 //! op fails only its own caller; a storage failure fails the whole batch, and then no caller is
 //! told its request committed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -66,6 +67,11 @@ pub(crate) enum Op {
         result: Vec<u8>,
     },
     FireTimers(Vec<(Timestamp, InstanceId)>),
+    /// Makes a waiting instance runnable, without a signal; a running step that then parks
+    /// runs again at once (no lost wake-up). Nothing is written for a running instance.
+    Wake {
+        id: InstanceId,
+    },
     EffectAttempt {
         effect: u64,
         outcome: EffectOutcome,
@@ -197,6 +203,14 @@ impl Writer {
         Ok((Writer { tx, stats }, handle))
     }
 
+    /// Submits `op` without waiting for its commit (nobody hears whether it was refused).
+    pub(crate) fn send(&self, op: Op) -> Result<(), EngineError> {
+        let (reply, _) = oneshot::channel();
+        self.tx
+            .send(Request { op, reply })
+            .map_err(|_| EngineError::Store(StoreError::WriterGone))
+    }
+
     /// Submits `op` and waits until it is committed (or refused).
     pub(crate) async fn submit(&self, op: Op) -> Result<Reply, EngineError> {
         let (reply, rx) = oneshot::channel();
@@ -217,6 +231,9 @@ fn run(
 ) {
     let mut batch: Vec<Request> = Vec::new();
     let mut stopping = false;
+    // Running instances woken meanwhile (see `Op::Wake`): kept across batches, in memory only
+    // (recovery re-runs what was runnable, and the waker's owner wakes again after a restart).
+    let mut woken: HashSet<InstanceId> = HashSet::new();
     while !stopping {
         match next_request(&mut rx) {
             Some(r) => batch.push(r),
@@ -235,7 +252,7 @@ fn run(
             drop(rest);
         }
         let ops = batch.len() as u64;
-        match apply_batch(&store, &mut batch, history_cap) {
+        match apply_batch(&store, &mut batch, history_cap, &mut woken) {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.ops.fetch_add(ops, Ordering::Relaxed);
@@ -283,16 +300,18 @@ fn next_request(rx: &mut mpsc::UnboundedReceiver<Request>) -> Option<Request> {
 
 type OpResult = (Result<Reply, EngineError>, Notices);
 
+/// Applies the batch in one transaction. `woken` changes only if it commits.
 fn apply_batch(
     store: &Store,
     batch: &mut [Request],
     history_cap: u64,
+    woken: &mut HashSet<InstanceId>,
 ) -> Result<Vec<OpResult>, EngineError> {
     let mut txn: WriteTransaction = store.db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
-    {
-        let mut t = Tables::open(&txn, history_cap)?;
+    let after = {
+        let mut t = Tables::open(&txn, history_cap, woken.clone())?;
         let now = Timestamp::now();
         for req in batch.iter_mut() {
             let op = std::mem::replace(&mut req.op, Op::Stop);
@@ -303,8 +322,10 @@ fn apply_batch(
                 r => results.push((r, notices)),
             }
         }
-    }
+        t.woken
+    };
     txn.commit()?;
+    *woken = after;
     Ok(results)
 }
 
@@ -322,10 +343,16 @@ struct Tables<'txn> {
     live: Table<'txn, u64, ()>,
     replies: Table<'txn, (u64, u64), &'static [u8]>,
     history_cap: u64,
+    /// Running instances woken since their step loaded (see `Op::Wake`).
+    woken: HashSet<InstanceId>,
 }
 
 impl<'txn> Tables<'txn> {
-    fn open(txn: &'txn WriteTransaction, history_cap: u64) -> Result<Self, EngineError> {
+    fn open(
+        txn: &'txn WriteTransaction,
+        history_cap: u64,
+        woken: HashSet<InstanceId>,
+    ) -> Result<Self, EngineError> {
         Ok(Tables {
             meta: txn.open_table(META)?,
             instances: txn.open_table(INSTANCES)?,
@@ -339,6 +366,7 @@ impl<'txn> Tables<'txn> {
             live: txn.open_table(LIVE)?,
             replies: txn.open_table(REPLIES)?,
             history_cap,
+            woken,
         })
     }
 
@@ -365,6 +393,7 @@ impl<'txn> Tables<'txn> {
             Op::IntentBegin { id, name, payload } => self.intent_begin(id, name, payload, now),
             Op::IntentResolve { id, name, result } => self.intent_resolve(id, name, result, now),
             Op::FireTimers(due) => self.fire_timers(due, now, n),
+            Op::Wake { id } => self.wake(id, n),
             Op::EffectAttempt { effect, outcome } => self.effect_attempt(effect, outcome, now),
             Op::Stop => Ok(Reply::Done),
         }
@@ -581,6 +610,28 @@ impl<'txn> Tables<'txn> {
             });
         }
         // Validation done: from here on only storage can fail.
+        let woken = self.woken.remove(&id);
+        // A cancel committed while this step ran wins over the step (its ending stays in the
+        // history): only the cleanup's effects are queued, never the racing step's — unless the
+        // step ends the instance cancelled itself, which is the same outcome.
+        let raced = rec.cancel.is_some() && !plan.cleanup && plan.kind != PlanKind::Cancelled;
+        let mut events = plan.events;
+        let mut effects = plan.effects;
+        if raced && !effects.is_empty() {
+            let dropped = format!(
+                "{} effect(s) not queued: a cancel was requested while the step ran",
+                effects.len()
+            );
+            effects.clear();
+            for e in events.iter_mut() {
+                if let EventKind::Step { note, .. } = e {
+                    *note = Some(short(match note.take() {
+                        Some(n) => format!("{n}; {dropped}"),
+                        None => dropped.clone(),
+                    }));
+                }
+            }
+        }
         let mut replies = plan.replies;
         for seq in plan.consumed {
             if self.inbox.remove((id, seq))?.is_some() {
@@ -609,10 +660,10 @@ impl<'txn> Tables<'txn> {
                 self.event(id, &mut rec, EventKind::SignalDiscarded { seq, error }, now)?;
             }
         }
-        for kind in plan.events {
+        for kind in events {
             self.event(id, &mut rec, kind, now)?;
         }
-        for effect in plan.effects {
+        for effect in effects {
             self.queue_effect(id, &mut rec, effect, now, n)?;
         }
         if let Some(state) = plan.state {
@@ -644,7 +695,7 @@ impl<'txn> Tables<'txn> {
                     self.set_timer(id, &mut rec, None, n)?;
                     rec.status = Status::Runnable;
                     rec.wake = Wake::Cancel;
-                } else if late_signal {
+                } else if late_signal || woken {
                     self.set_timer(id, &mut rec, None, n)?;
                     rec.status = Status::Runnable;
                     rec.wake = Wake::Signal;
@@ -886,6 +937,23 @@ impl<'txn> Tables<'txn> {
                 self.make_runnable(id, &mut rec, Wake::Timer, n)?;
             }
             self.save(id, &rec)?;
+        }
+        Ok(Reply::Done)
+    }
+
+    fn wake(&mut self, id: InstanceId, n: &mut Notices) -> Result<Reply, EngineError> {
+        let mut rec = self.load(id)?;
+        match rec.status {
+            Status::Waiting => {
+                self.make_runnable(id, &mut rec, Wake::Signal, n)?;
+                self.save(id, &rec)?;
+            }
+            // Its step may be about to park: that transition keeps it runnable.
+            Status::Runnable => {
+                self.woken.insert(id);
+            }
+            // Sleeping keeps its delay; ended instances have nothing to wake.
+            _ => {}
         }
         Ok(Reply::Done)
     }
