@@ -108,6 +108,8 @@ pub struct StorageConfig {
     pub path: PathBuf,
     /// History events kept per task; older ones are dropped.
     pub history_cap: u64,
+    /// Workflow steps running at once (tasks waiting for a host park and hold none).
+    pub max_active_steps: usize,
 }
 
 impl Default for StorageConfig {
@@ -115,6 +117,7 @@ impl Default for StorageConfig {
         StorageConfig {
             path: PathBuf::from("./data/fleet.redb"),
             history_cap: 4096,
+            max_active_steps: 1024,
         }
     }
 }
@@ -150,6 +153,13 @@ pub struct DispatchConfig {
     /// did not say.
     #[serde(with = "humantime_serde")]
     pub usage_limit_pause: Duration,
+    /// How long a task left to pull agents (`http_pull`) waits for a claim before it is routed
+    /// to hosts again (still open to pull agents while it waits for a host).
+    #[serde(with = "humantime_serde")]
+    pub pull_timeout: Duration,
+    /// Consecutive errors of a host step (prepare, launch, await, parse, verify) that are
+    /// retried; the next one ends the run as failed (the retry policy then decides).
+    pub max_step_errors: u32,
 }
 
 impl Default for DispatchConfig {
@@ -165,6 +175,8 @@ impl Default for DispatchConfig {
             default_repo: None,
             accept_unverified_receipts: false,
             usage_limit_pause: Duration::from_secs(15 * 60),
+            pull_timeout: Duration::from_secs(10 * 60),
+            max_step_errors: 5,
         }
     }
 }
@@ -262,6 +274,15 @@ pub struct ForgejoConfig {
     /// reviews are always taken; any other review is ignored (and noted in the task's history).
     #[serde(default)]
     pub trusted_reviewers: Vec<String>,
+    /// The forge login the issue is assigned to while its task is assigned or running (the
+    /// token's own account, usually). Unset (and `reviewer` unset): assignees are left alone.
+    #[serde(default)]
+    pub assignee: Option<String>,
+    /// The forge login the issue is assigned to once its task is in review, done or failed;
+    /// unset: nobody then. An issue assigned to anyone else (a person who took it) is never
+    /// reassigned.
+    #[serde(default)]
+    pub reviewer: Option<String>,
 }
 
 fn default_forgejo_token_env() -> String {
@@ -1151,6 +1172,9 @@ impl Validator {
         if s.history_cap == 0 {
             self.report(p.key("history_cap"), "must be at least 1");
         }
+        if s.max_active_steps == 0 {
+            self.report(p.key("max_active_steps"), "must be at least 1");
+        }
     }
 
     fn dispatch(&mut self, d: &DispatchConfig) {
@@ -1158,6 +1182,7 @@ impl Validator {
         self.positive(p.key("task_timeout"), d.task_timeout);
         self.positive(p.key("heartbeat_interval"), d.heartbeat_interval);
         self.positive(p.key("usage_limit_pause"), d.usage_limit_pause);
+        self.positive(p.key("pull_timeout"), d.pull_timeout);
         if d.heartbeat_misses == 0 {
             self.report(p.key("heartbeat_misses"), "must be at least 1");
         }

@@ -229,6 +229,7 @@ async fn open_engine(config: Arc<Config>, rt: Arc<Runtime>) -> anyhow::Result<En
     tracing::info!(store = %path.display(), "opening the store");
     let engine_config = EngineConfig {
         history_cap: config.storage.history_cap,
+        max_active_steps: config.storage.max_active_steps,
         ..EngineConfig::default()
     };
     let builder = Engine::builder(path).config(engine_config);

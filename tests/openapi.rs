@@ -707,8 +707,9 @@ async fn the_pull_agent_routes_answer_what_the_document_says() {
     let stale = json!({ "epoch": epoch + 7, "status": "running" });
     let stale = send_as(&fleet, &token, &status_uri, Some(stale)).await;
     check("post", "/api/v1/tasks/{id}/status", &stale);
+    let branch = fleet.branch(&id).await;
     let receipt = json!({ "task_id": id.parse::<u64>().unwrap(), "epoch": epoch,
-                          "branch": format!("task/{id}"), "commits": ["0123abcd"] });
+                          "branch": branch, "commits": ["0123abcd"] });
     let receipt = send_as(&fleet, &token, "/api/v1/receipts", Some(receipt)).await;
     check("post", "/api/v1/receipts", &receipt);
     let done = json!({ "epoch": epoch, "summary": "done" });

@@ -142,7 +142,7 @@ async fn a_pull_agent_dequeues_reports_running_and_completes_a_task() {
     let id = submit_remote(&fleet, "summarise the README").await;
     let got = dequeue_one(&agent).await;
     assert_eq!(got["task"]["id"], id.as_str());
-    assert_eq!(got["task"]["branch"], format!("task/{id}"));
+    assert_eq!(got["task"]["branch"], fleet.branch(&id).await);
     assert!(
         got["task"]["prompt"]
             .as_str()
@@ -192,7 +192,7 @@ async fn a_receipt_completes_the_task_only_when_git_shows_its_commits() {
     let id = submit_remote(&fleet, "add a file").await;
     let got = dequeue_one(&agent).await;
     let epoch = got["lease"]["epoch"].as_u64().unwrap();
-    let branch = format!("task/{id}");
+    let branch = fleet.branch(&id).await;
     let receipt = |commits: Value, branch: &str| {
         json!({ "task_id": id.parse::<u64>().unwrap(), "epoch": epoch, "branch": branch,
                 "commits": commits, "summary": "added pulled.txt" })

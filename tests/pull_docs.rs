@@ -209,7 +209,7 @@ async fn the_pull_agent_guide_runs_as_written_and_completes_its_tasks() {
     assert_eq!(receipt["files_changed"][0], "CHANGELOG.md");
     assert_eq!(
         receipt["branch"],
-        format!("task/{}", tasks[0]["id"].as_str().unwrap())
+        fleet.branch(tasks[0]["id"].as_str().unwrap()).await
     );
     // The second one was completed on the agent's word: no receipt.
     let second = fleet.task(tasks[1]["id"].as_str().unwrap()).await;

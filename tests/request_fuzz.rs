@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use agent_fleet::api::{self, AppState};
 use agent_fleet::config::Config;
-use agent_fleet::steps::{self, runtime::Runtime};
+use agent_fleet::steps::{self, names::TaskNames, runtime::Runtime};
 use agent_fleet::workflow::Engine;
 use axum::Router;
 use axum::body::{Body, to_bytes};
@@ -116,8 +116,10 @@ struct Daemon {
     task_ids: Vec<u64>,
     /// The tasks' ids and the next ones (tasks the fuzzing creates get them).
     ids: Vec<u64>,
-    /// For each of `ids`, the commit pushed on its branch `task/<id>` (receipts name them).
+    /// For each of `ids`, the commit pushed on its branch (receipts name them).
     shas: Vec<String>,
+    /// How the store names its tasks' branches.
+    names: TaskNames,
     /// The last tasks each agent was handed (id, epoch): what `@TASK@` and `@EPOCH@` in an
     /// agent's request stand for.
     held: Mutex<[Vec<(u64, u64)>; 2]>,
@@ -176,6 +178,7 @@ output_format = "raw"
         let state = AppState::with(config, Some(ADMIN.into()), base, Some(rt));
         state.set_engine(engine.clone());
         let router = api::router(state);
+        let names = TaskNames::of(&engine);
         let mut d = Daemon {
             router,
             engine,
@@ -184,6 +187,7 @@ output_format = "raw"
             task_ids: Vec::new(),
             ids: Vec::new(),
             shas: Vec::new(),
+            names,
             held: Mutex::new([Vec::new(), Vec::new()]),
             tasks: Mutex::new(Vec::new()),
             seen: Mutex::new(BTreeMap::new()),
@@ -304,7 +308,7 @@ output_format = "raw"
         // Failed (its receipt cannot be checked), completed, and held by the other agent.
         let (got, epoch) = self.dequeue(&other).await;
         assert_eq!(got, broken);
-        let receipt = json!({ "task_id": broken, "epoch": epoch, "branch": format!("task/{broken}"),
+        let receipt = json!({ "task_id": broken, "epoch": epoch, "branch": self.names.branch(broken),
                               "commits": ["0123456789"] });
         self.report(&other, "/receipts".into(), receipt).await;
         let (done, epoch) = self.dequeue(&other).await;
@@ -356,7 +360,11 @@ output_format = "raw"
             );
             git(
                 &self.origin,
-                &["update-ref", &format!("refs/heads/task/{id}"), &sha],
+                &[
+                    "update-ref",
+                    &format!("refs/heads/{}", self.names.branch(*id)),
+                    &sha,
+                ],
             );
             self.shas.push(sha);
         }
@@ -617,15 +625,15 @@ fn odd_number() -> BoxedStrategy<String> {
     .boxed()
 }
 
-/// The fields of `route`'s body. `@TASK@`, `@EPOCH@` and `@SHA@` are filled in when the
-/// request is sent (see [`Daemon::resolve`]).
+/// The fields of `route`'s body. `@TASK@`, `@BRANCH@`, `@EPOCH@` and `@SHA@` are filled in
+/// when the request is sent (see [`Daemon::resolve`]).
 fn fields(route: Route, d: &Daemon) -> Vec<Field> {
     let ids = || -> Vec<u64> { d.ids.iter().copied().chain([0, u64::MAX]).collect() };
     let [a, b] = d.agent_ids;
     let kinds = || one_of(&["remote", "claude", "demo"]);
     let odd_names = || one_of(&["", "bad name", "nope", "ünï", &"x".repeat(65)]);
     let epoch = || field("epoch", Just("@EPOCH@".to_string()), odd_number());
-    let branches: Vec<String> = d.ids.iter().map(|id| format!("task/{id}")).collect();
+    let branches: Vec<String> = d.ids.iter().map(|id| d.names.branch(*id)).collect();
     let shas = d.shas.clone();
     match route {
         Route::Register => vec![
@@ -674,7 +682,7 @@ fn fields(route: Route, d: &Daemon) -> Vec<Field> {
             epoch(),
             field(
                 "branch",
-                quoted(Just("task/@TASK@".to_string())),
+                quoted(Just("@BRANCH@".to_string())),
                 quoted(prop_oneof![
                     prop::sample::select(branches),
                     one_of(&["main", "task/", "-x", "task/1/../2", &"a".repeat(300)]),
@@ -1033,8 +1041,9 @@ fn case(d: &Daemon) -> impl Strategy<Value = Case> + use<> {
 // The property
 
 impl Daemon {
-    /// The path and body of `c`, `@TASK@`, `@EPOCH@` and `@SHA@` replaced by one of the tasks
-    /// its agent was handed (any task for other tokens), its epoch and its pushed commit.
+    /// The path and body of `c`, `@TASK@`, `@BRANCH@`, `@EPOCH@` and `@SHA@` replaced by one
+    /// of the tasks its agent was handed (any task for other tokens), its branch, its epoch and
+    /// its pushed commit.
     fn resolve(&self, c: &Case) -> (String, Vec<u8>) {
         let (task, epoch) = match c.token {
             Token::Agent(n) => {
@@ -1058,6 +1067,7 @@ impl Daemon {
         let fill = |bytes: &[u8]| {
             let mut out = bytes.to_vec();
             for (from, to) in [
+                ("@BRANCH@", self.names.branch(task)),
                 ("@TASK@", task.to_string()),
                 ("@EPOCH@", epoch.to_string()),
                 ("@SHA@", sha.to_string()),

@@ -303,7 +303,13 @@ async fn a_lost_host_that_comes_back_has_its_late_result_recorded_but_not_used()
     r.wait_until(SECS_30, "the retry on b", || r.agent_started_on("b"))
         .await;
     // The first run goes on without its host's sshd; it finishes, then the host comes back.
-    let exit = r.fleet.path(&format!("hosts/a/.runs/{id}-1/exit"));
+    let first = r.fleet.task(&id).await["runs"][0]["run_dir"].clone();
+    let exit = PathBuf::from(first.as_str().expect("the first run")).join("exit");
+    assert!(
+        exit.starts_with(r.fleet.path("hosts/a/.runs")),
+        "{}",
+        exit.display()
+    );
     r.wait_until(SECS_30, "the lost run's end", || exit.exists())
         .await;
     r.server("a").restart();

@@ -20,7 +20,7 @@ async fn a_submitted_task_completes_with_a_verified_receipt() {
     let task = fleet.wait_status(&id, "completed", T).await;
     assert_eq!(task["execution_mode"], "ssh_cli");
     assert_eq!(task["assigned_host"], "local");
-    assert_eq!(task["branch_name"], format!("task/{id}"));
+    daemon::assert_store_branch(task["branch_name"].as_str().unwrap(), &id);
     let receipt = &task["receipt"];
     assert_eq!(receipt["commits"].as_array().unwrap().len(), 1, "{task:#}");
     assert_eq!(receipt["files_changed"], json!(["DEMO-AGENT.md"]));

@@ -336,7 +336,11 @@ async fn dequeue(
         .map(|a| a.lease_until)
         .unwrap_or(agent.lease_until);
     let body = Dequeued {
-        task: PulledTask::of(granted.task.id, &granted.task.state),
+        task: PulledTask::of(
+            crate::steps::names::TaskNames::of(app.engine()?),
+            granted.task.id,
+            &granted.task.state,
+        ),
         lease: Lease {
             epoch: granted.epoch,
             expires_at: rfc3339(lease),

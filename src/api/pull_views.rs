@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::steps::agent_task::TaskState;
+use crate::steps::names::TaskNames;
 use crate::steps::pull::{AgentEntry, Board};
-use crate::steps::task::branch_name;
 use crate::workflow::Timestamp;
 
 use super::views::rfc3339;
@@ -141,8 +141,8 @@ pub struct PulledTask {
 }
 
 impl PulledTask {
-    pub fn of(id: u64, s: &TaskState) -> Self {
-        let branch = branch_name(id);
+    pub fn of(names: TaskNames, id: u64, s: &TaskState) -> Self {
+        let branch = names.branch(id);
         let base = s.spec.base.clone();
         let prompt = crate::steps::prompt::build(&crate::steps::prompt::PromptInput {
             task_id: id,

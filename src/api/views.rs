@@ -413,7 +413,7 @@ impl From<&TaskRecord> for TaskView {
             },
             assigned_host: s.assigned_host.clone(),
             assigned_agent: s.assigned_agent.clone(),
-            branch_name: crate::steps::task::branch_name(r.id),
+            branch_name: r.branch.clone(),
             pr_number: pr.map(|p| p.number),
             pr_title: pr.map(|p| p.title.clone()),
             pr_url: pr.map(|p| p.url.clone()),

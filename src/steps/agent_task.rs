@@ -37,13 +37,13 @@ use super::workspace::{self, BranchWork, Workspace, WorkspaceError};
 /// The run output read back for parsing (the tail, if longer).
 const MAX_OUTPUT: u64 = 16 << 20;
 /// How long a stopped run gets between SIGTERM and SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(3);
+pub(super) const KILL_GRACE: Duration = Duration::from_secs(3);
 /// How often a waiting task asks whether the host of one of its lost runs is back.
 const ORPHAN_CHECK: Duration = Duration::from_secs(2);
 /// Step errors from an unreachable host before Prepare or Launch gives the host up as lost.
 const UNREACHABLE_TRIES: u32 = 3;
 /// Time limit of the scripts that settle a lost run.
-const ORPHAN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const ORPHAN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A message to a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,7 +144,13 @@ pub struct Run {
 impl Run {
     /// A run launched (or being launched) at `started_at`, still running, of attempt 1 and
     /// without a deadline yet.
-    fn new(run_id: &str, host: &str, agent: &str, run_dir: &str, started_at: Timestamp) -> Self {
+    pub(super) fn new(
+        run_id: &str,
+        host: &str,
+        agent: &str,
+        run_dir: &str,
+        started_at: Timestamp,
+    ) -> Self {
         Run {
             run_id: run_id.to_string(),
             host: host.to_string(),
@@ -190,7 +196,8 @@ pub struct TaskState {
     pub receipt: Option<Receipt>,
     /// Why the last run (or the task) failed.
     pub failure: Option<String>,
-    /// Since when no host can take the task.
+    /// Since when no host can take the task; in `Pull`, since the task was left to pull agents
+    /// (its `dispatch.pull_timeout` runs from then).
     pub undecided_since: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -275,10 +282,6 @@ fn interrupted<S>(ctx: &StepCtx<TaskSignal>, state: S) -> StepResult<S> {
     }
 }
 
-fn run_dir(work_root: &str, run_id: &str) -> String {
-    format!("{work_root}/.runs/{run_id}")
-}
-
 fn sha7(sha: &str) -> &str {
     &sha[..sha.len().min(7)]
 }
@@ -336,8 +339,26 @@ impl Workflow for AgentTask {
         Ok(outcome)
     }
 
-    async fn cleanup(&self, ctx: &mut StepCtx<TaskSignal>, s: &TaskState, reason: &str) -> String {
-        self.cleanup_task(ctx, s, reason).await
+    /// Stops the run and frees the slot (see `cleanup_task`), then commits the task's status
+    /// `cancelled` with the forge's status effects (labels, as for any status change) in the
+    /// same transaction as the instance's end.
+    async fn cleanup(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        s: &TaskState,
+        reason: &str,
+    ) -> crate::workflow::Cleanup<TaskState> {
+        let mut report = self.cleanup_task(ctx, s, reason).await;
+        let mut outcome = review::cancelled(s.clone(), reason.to_string());
+        if let Err(e) =
+            review::status_effects(self.rt.forge(), ctx.instance(), s.status, &mut outcome)
+        {
+            report.push_str(&format!("; the forge's labels are not updated: {}", e.0));
+            outcome.effects.clear();
+        }
+        crate::workflow::Cleanup::report(report)
+            .state(outcome.state)
+            .effects(outcome.effects)
     }
 }
 
@@ -348,13 +369,12 @@ impl AgentTask {
         ctx: &mut StepCtx<TaskSignal>,
         mut s: TaskState,
     ) -> StepResult<TaskState> {
-        Ok(match s.phase.clone() {
+        let was_pull = s.phase == Phase::Pull;
+        let outcome = match s.phase.clone() {
             Phase::Route => self.route(ctx, s).await?,
-            Phase::Prepare => self.prepare(ctx, s).await?,
-            Phase::Launch => self.launch(ctx, s).await?,
-            Phase::Await => self.await_run(ctx, s).await?,
-            Phase::Parse => self.parse(s).await?,
-            Phase::Verify => self.verify(ctx, s).await?,
+            Phase::Prepare | Phase::Launch | Phase::Await | Phase::Parse | Phase::Verify => {
+                self.host_phase(ctx, s).await?
+            }
             Phase::Backoff { until } => {
                 if ctx.now() < until {
                     Outcome::wait_until(s, until)
@@ -371,7 +391,32 @@ impl AgentTask {
             Phase::Settled => settled(ctx, s)?,
             Phase::Publish => self.publish(ctx, s).await?,
             Phase::Review => self.review(ctx, s).await?,
-        })
+        };
+        Ok(self.arm_pull_deadline(ctx, was_pull, outcome))
+    }
+
+    /// The step of a phase that holds a host: a host removed from the config sends the task
+    /// elsewhere, and errors are capped (see [`super::stuck`]).
+    async fn host_phase(
+        &self,
+        ctx: &mut StepCtx<TaskSignal>,
+        s: TaskState,
+    ) -> StepResult<TaskState> {
+        if let Some(host) = self.removed_host(&s) {
+            return Ok(self.host_removed(ctx, s, &host));
+        }
+        let before = s.clone();
+        let result = match s.phase {
+            Phase::Prepare => self.prepare(ctx, s).await,
+            Phase::Launch => self.launch(ctx, s).await,
+            Phase::Await => self.await_run(ctx, s).await,
+            Phase::Parse => self.parse(s).await,
+            _ => self.verify(ctx, s).await,
+        };
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => self.step_error(ctx, before, e).await,
+        }
     }
 
     /// The task was withdrawn before it started: it leaves the queue and ends `cancelled`.
@@ -403,12 +448,12 @@ impl AgentTask {
         // The run that may be alive: the last recorded one, or the one Launch was starting.
         let candidate = match (&s.phase, s.runs.last(), &s.assigned_host) {
             (Phase::Await | Phase::Parse, Some(r), _) => Some((r.host.clone(), r.run_dir.clone())),
-            (Phase::Launch, _, Some(host)) => self.rt.work_root(host).ok().map(|root| {
-                (
-                    host.clone(),
-                    run_dir(&root, &format!("{id}-{}", s.runs.len() + 1)),
-                )
-            }),
+            (Phase::Launch, _, Some(host)) => {
+                let (n, names) = (s.runs.len() + 1, self.rt.names().ok());
+                let root = self.rt.work_root(host).ok();
+                root.zip(names)
+                    .map(|(root, names)| (host.clone(), names.run_dir(&root, id, n)))
+            }
             _ => None,
         };
         if let Some((host, dir)) = candidate {
@@ -467,17 +512,36 @@ fn settled(ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskSt
     Ok(Outcome::wait(s))
 }
 
+/// The host-queue ticket of task `id` as its state says (a host it is pinned to, if any); Route
+/// may narrow it to the host of the task's worktree or session.
+pub(super) fn route_ticket(id: u64, s: &TaskState) -> Ticket {
+    Ticket {
+        task_id: id,
+        priority: s.spec.priority,
+        created: s.created_at,
+        agent: s.spec.agent.clone(),
+        capabilities: s.spec.capabilities.clone(),
+        host: match &s.pin {
+            Some(Pin::Host(h)) => Some(h.clone()),
+            _ => None,
+        },
+    }
+}
+
 impl AgentTask {
     /// Route (two-phase dispatch): a claim by a pull agent, or a slot on a healthy host that
     /// offers what the task needs, whichever comes first. Until then the task is `undecided`
     /// and open to pull agents; after `undecided_timeout` it is left to them (`http_pull`) when
-    /// no host could ever take it or some online agent could.
+    /// no host could ever take it or some online agent could. A task that gets no slot now
+    /// parks in the host queue (holding no step) and is woken when one is there for it.
     async fn route(
         &self,
         ctx: &mut StepCtx<TaskSignal>,
         mut s: TaskState,
     ) -> StepResult<TaskState> {
         let id = ctx.instance();
+        // Left on every way out of this step, except a park waiting for a slot.
+        let place = self.rt.fleet().place(id);
         if let Some(note) = self.take_claims(ctx, &mut s)? {
             return Ok(Outcome::next(s).note(note));
         }
@@ -497,14 +561,7 @@ impl AgentTask {
             s.mode = ExecutionMode::HttpPull;
             return Ok(self.pull(ctx, s)?.note("left to pull agents (http_pull)"));
         }
-        let mut ticket = Ticket {
-            task_id: id,
-            priority: s.spec.priority,
-            created: s.created_at,
-            agent: s.spec.agent.clone(),
-            capabilities: s.spec.capabilities.clone(),
-            host: pinned_host.clone(),
-        };
+        let mut ticket = route_ticket(id, &s);
         let previous_host = match (&s.workspace, resume_host) {
             (Some(ws), _) if review_round => Some(ws.host.clone()),
             (_, Some(host)) => Some(host),
@@ -567,20 +624,19 @@ impl AgentTask {
                 "no host took the task within {waited}: left to pull agents (http_pull)"
             )));
         }
-        // Before the hand-over the wait ends at the deadline; after it (no agent could take
-        // the task then) the task simply waits for a host, still open to pull agents.
-        let hand_over = deadline
-            .filter(|d| now < *d)
-            .map(|d| d.until(Timestamp::now()));
-        let host = tokio::select! {
-            host = self.rt.fleet().acquire(&ticket) => host,
-            // A claim or an assignment: the next step takes it.
-            _ = ctx.signalled() => return Ok(Outcome::next(s)),
-            _ = tokio::time::sleep(hand_over.unwrap_or_default()), if hand_over.is_some() => {
-                return Ok(Outcome::next(s));
-            }
-            _ = ctx.cancellation().cancelled() => return interrupted(ctx, s),
-            _ = ctx.shutdown().cancelled() => return interrupted(ctx, s),
+        let Some(host) = self.rt.fleet().try_acquire(&ticket) else {
+            // Parked: woken when a slot is there for it (or by a claim, an assignment, a
+            // cancel). Before the hand-over the wait ends at the deadline; after it (no agent
+            // could take the task then) it simply waits for a host, still open to pull agents.
+            // A pause that ends frees a host without anyone saying so: ask again then.
+            let hand_over = deadline.filter(|d| now < *d);
+            let pause_end = self.rt.fleet().next_pause_end(&ticket);
+            place.keep();
+            let outcome = match hand_over.into_iter().chain(pause_end).min() {
+                Some(at) => Outcome::wait_until(s, at),
+                None => Outcome::wait(s),
+            };
+            return Ok(outcome.note("waiting for a host slot"));
         };
         board.withdraw(id);
         // A review round stays `review_pending` until its run starts.
@@ -604,6 +660,9 @@ impl AgentTask {
         }
         if s.phase == Phase::Route && matches!(s.pin, Some(Pin::Host(_))) {
             return Ok(Outcome::next(s));
+        }
+        if let Some(note) = self.pull_over(ctx, &mut s) {
+            return Ok(Outcome::next(s).note(note));
         }
         s.phase = Phase::Pull;
         self.rt.board().offer(offer_of(ctx.instance(), &s));
@@ -629,6 +688,7 @@ impl AgentTask {
             &root,
             &s.spec.repo,
             s.spec.base.as_deref(),
+            self.rt.names()?,
             ctx.instance(),
         )
         .await
@@ -677,8 +737,9 @@ impl AgentTask {
             let reason = format!("agent kind `{}` is not configured", s.spec.agent);
             return Ok(self.give_up(ctx, s, reason));
         };
-        let run_id = format!("{id}-{}", s.runs.len() + 1);
-        let dir = run_dir(&self.rt.work_root(&host)?, &run_id);
+        let names = self.rt.names()?;
+        let run_id = names.run_id(id, s.runs.len() + 1);
+        let dir = names.run_dir(&self.rt.work_root(&host)?, id, s.runs.len() + 1);
         let prompt_file = format!("{dir}/prompt.md");
         let feedback: Vec<String> = s
             .forge

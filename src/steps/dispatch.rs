@@ -2,14 +2,21 @@
 //! agent kind and capabilities, is healthy (its last check passed and found the agent's CLI), is
 //! below its `max_concurrent`, least loaded first — in priority order (ties oldest first).
 //!
-//! Slots live in memory. After a restart they are rebuilt from the workflow states before any
-//! task is routed ([`Fleet::hold`] for every task that holds a host, then [`Fleet::mark_ready`]),
-//! so a recovered daemon never over-commits a host.
+//! A task that gets no slot does not wait in memory: it stays in the queue and its step parks
+//! (no engine step permit, no tokio task). Whenever slots or health change, the queue is walked
+//! in order and each parked task that would now get a slot is woken once (the waker, set by
+//! recovery, is the engine's [`crate::workflow::Engine::wake`]); its next step asks again with
+//! [`Fleet::try_acquire`].
+//!
+//! Slots and the queue live in memory. After a restart they are rebuilt from the workflow states
+//! before any task is routed ([`Fleet::hold`] for every task that holds a host, [`Fleet::queue`]
+//! for every task that waits for one, then [`Fleet::mark_ready`], which wakes the first), so a
+//! recovered daemon never over-commits a host and parked tasks are woken again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::workflow::Timestamp;
@@ -106,11 +113,103 @@ impl Host {
     }
 }
 
+/// A ticket in the queue; `woken` once its task was told a slot is there for it (reset when
+/// the task asks again).
+#[derive(Debug)]
+struct Queued {
+    ticket: Ticket,
+    woken: bool,
+}
+
 #[derive(Debug, Default)]
 struct Slots {
     hosts: Vec<Host>,
-    waiting: BTreeMap<QueueKey, Ticket>,
+    waiting: BTreeMap<QueueKey, Queued>,
+    /// The queue key of each waiting task.
+    keys: HashMap<u64, QueueKey>,
 }
+
+impl Slots {
+    /// Puts `t` in the queue (replacing the task's earlier ticket), not woken.
+    fn enqueue(&mut self, t: &Ticket) {
+        self.dequeue(t.task_id);
+        let key = queue_key(t);
+        self.keys.insert(t.task_id, key);
+        self.waiting.insert(
+            key,
+            Queued {
+                ticket: t.clone(),
+                woken: false,
+            },
+        );
+    }
+
+    fn dequeue(&mut self, task_id: u64) -> bool {
+        match self.keys.remove(&task_id) {
+            Some(key) => self.waiting.remove(&key).is_some(),
+            None => false,
+        }
+    }
+
+    /// Walks the queue in order, reserving for each ticket the least loaded free host that
+    /// can take it, until no host has a free slot or `stop_at` got one. Returns the
+    /// (task, host index) reservations in queue order.
+    fn plan(&self, now: Timestamp, stop_at: Option<u64>) -> Vec<(u64, usize)> {
+        let mut reserved: Vec<usize> = self.hosts.iter().map(|h| h.running.len()).collect();
+        let mut out = Vec::new();
+        for q in self.waiting.values() {
+            let free = self
+                .hosts
+                .iter()
+                .zip(&reserved)
+                .any(|(h, r)| h.health == Health::Online && *r < h.max_concurrent);
+            if !free {
+                break;
+            }
+            let ticket = &q.ticket;
+            let best = self
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, h)| h.can_take(ticket, now) && reserved[*i] < h.max_concurrent)
+                .min_by(|(i, a), (j, b)| {
+                    // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
+                    (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))
+                })
+                .map(|(i, _)| i);
+            if let Some(i) = best {
+                reserved[i] += 1;
+                out.push((ticket.task_id, i));
+                if stop_at == Some(ticket.task_id) {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// The parked tasks the queue's order now gives a slot and that were not told yet: marked
+    /// woken, to be woken by the caller (outside the lock).
+    fn take_wakes(&mut self, now: Timestamp) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (task_id, _) in self.plan(now, None) {
+            let q = self
+                .keys
+                .get(&task_id)
+                .and_then(|k| self.waiting.get_mut(k));
+            if let Some(q) = q
+                && !q.woken
+            {
+                q.woken = true;
+                out.push(task_id);
+            }
+        }
+        out
+    }
+}
+
+/// Wakes a parked task (its step runs again).
+type WakeFn = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// The daemon's hosts and who runs where. Cheap to clone.
 #[derive(Clone)]
@@ -120,20 +219,30 @@ pub struct Fleet {
 
 struct Inner {
     slots: Mutex<Slots>,
-    changed: Notify,
     ready: watch::Sender<bool>,
+    waker: Mutex<Option<WakeFn>>,
 }
 
-/// Removes a ticket from the queue when its `acquire` ends, however it ends.
-struct Waiting<'a> {
+/// A task's place in the queue while its Route step runs: left when dropped, unless the step
+/// parks waiting for a slot ([`QueuePlace::keep`]).
+pub struct QueuePlace<'a> {
     fleet: &'a Fleet,
-    key: QueueKey,
+    task_id: u64,
+    keep: bool,
 }
 
-impl Drop for Waiting<'_> {
+impl QueuePlace<'_> {
+    /// The step parks: the ticket stays in the queue, and the task is woken when a slot fits.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
-        self.fleet.slots().waiting.remove(&self.key);
-        self.fleet.inner.changed.notify_waiters();
+        if !self.keep {
+            self.fleet.leave(self.task_id);
+        }
     }
 }
 
@@ -158,10 +267,10 @@ impl Fleet {
             inner: Arc::new(Inner {
                 slots: Mutex::new(Slots {
                     hosts,
-                    waiting: BTreeMap::new(),
+                    ..Slots::default()
                 }),
-                changed: Notify::new(),
                 ready: watch::channel(false).0,
+                waker: Mutex::new(None),
             }),
         }
     }
@@ -172,6 +281,34 @@ impl Fleet {
         self.inner.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sets how parked tasks are woken (the engine's waker); until then nobody is woken.
+    pub fn set_waker(&self, wake: impl Fn(u64) + Send + Sync + 'static) {
+        *self.inner.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(wake));
+    }
+
+    /// Wakes the parked tasks that the queue's order now gives a slot (each once per park).
+    fn wake_next(&self, mut slots: MutexGuard<'_, Slots>) {
+        if !*self.inner.ready.borrow() {
+            return;
+        }
+        let ids = slots.take_wakes(Timestamp::now());
+        drop(slots);
+        if ids.is_empty() {
+            return;
+        }
+        let waker = self
+            .inner
+            .waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(wake) = waker {
+            for id in ids {
+                wake(id);
+            }
+        }
+    }
+
     /// Whether some host could ever run this task (agent kind and capabilities).
     pub fn can_serve(&self, t: &Ticket) -> bool {
         self.slots().hosts.iter().any(|h| h.offers(t))
@@ -180,11 +317,12 @@ impl Fleet {
     /// Records what a health check found: the host's health and the agent kinds whose CLI is
     /// missing there. Tasks waiting for a host are woken up.
     pub fn set_health(&self, host: &str, health: Health, missing: HashSet<String>) {
-        if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
+        let mut slots = self.slots();
+        if let Some(h) = slots.hosts.iter_mut().find(|h| h.id == host) {
             h.health = health;
             h.missing = missing;
         }
-        self.inner.changed.notify_waiters();
+        self.wake_next(slots);
     }
 
     /// Takes `host` out of selection until a health check passes again (a run there was lost).
@@ -236,14 +374,15 @@ impl Fleet {
     /// is given the host before then. A later pause replaces an earlier one only if it ends
     /// later.
     pub fn pause(&self, host: &str, agent: &str, until: Timestamp, reason: &str) {
-        if let Some(h) = self.slots().hosts.iter_mut().find(|h| h.id == host) {
+        let mut slots = self.slots();
+        if let Some(h) = slots.hosts.iter_mut().find(|h| h.id == host) {
             let keep = h.paused.get(agent).is_some_and(|p| p.until >= until);
             if !keep {
                 let reason = reason.to_string();
                 h.paused.insert(agent.to_string(), Pause { until, reason });
             }
         }
-        self.inner.changed.notify_waiters();
+        self.wake_next(slots);
     }
 
     /// The pauses in force on `host` (ended ones are dropped), by agent kind.
@@ -264,21 +403,39 @@ impl Fleet {
         }
     }
 
-    /// Frees whatever slot `task_id` holds.
+    /// Frees whatever slot `task_id` holds and takes it out of the queue; the tasks that can
+    /// now have a slot are woken.
     pub fn release(&self, task_id: u64) {
-        let mut freed = false;
-        for h in self.slots().hosts.iter_mut() {
-            freed |= h.running.remove(&task_id);
+        let mut slots = self.slots();
+        let mut changed = slots.dequeue(task_id);
+        for h in slots.hosts.iter_mut() {
+            changed |= h.running.remove(&task_id);
         }
-        if freed {
-            self.inner.changed.notify_waiters();
+        if changed {
+            self.wake_next(slots);
         }
     }
 
-    /// Opens routing once every recovered task holds its slot again.
+    /// Takes `task_id` out of the queue (it no longer waits for a host); its reservation goes
+    /// to the next in line.
+    pub fn leave(&self, task_id: u64) {
+        let mut slots = self.slots();
+        if slots.dequeue(task_id) {
+            self.wake_next(slots);
+        }
+    }
+
+    /// Puts `t` in the queue without asking for a slot (recovery: a parked task's place, so
+    /// that [`Fleet::mark_ready`] wakes the first in line). Its step asks for itself next.
+    pub fn queue(&self, t: &Ticket) {
+        self.slots().enqueue(t);
+    }
+
+    /// Opens routing once every recovered task holds its slot again (and every waiting one is
+    /// queued), and wakes the first in line.
     pub fn mark_ready(&self) {
         self.inner.ready.send_replace(true);
-        self.inner.changed.notify_waiters();
+        self.wake_next(self.slots());
     }
 
     /// Waits until recovery has rebuilt what lives in memory ([`Fleet::mark_ready`]). Steps of
@@ -289,36 +446,55 @@ impl Fleet {
         let _ = ready.wait_for(|r| *r).await;
     }
 
-    /// Waits until the queue's order gives `t` a slot on a host that offers what it needs, and
-    /// returns that host's id. A task already holding a slot gets its host back at once.
-    pub async fn acquire(&self, t: &Ticket) -> String {
-        self.wait_ready().await;
-        let key = queue_key(t);
-        self.slots().waiting.insert(key, t.clone());
-        let _waiting = Waiting { fleet: self, key };
-        loop {
-            let changed = self.inner.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            if let Some(host) = self.try_grant(t.task_id) {
-                return host;
-            }
-            // A pause that ends frees its host without anyone saying so.
-            match self.next_pause_end(t) {
-                Some(end) => {
-                    let wait = end.until(Timestamp::now());
-                    tokio::select! {
-                        _ = changed => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-                None => changed.await,
-            }
+    /// Asks for a slot for `t` now: the host, if the queue's order gives `t` one on a host that
+    /// offers what it needs (a task already holding a slot gets its host back). Otherwise `t`
+    /// stays queued (until [`Fleet::leave`] or [`Fleet::release`]) and its task is woken when a
+    /// slot is there for it: the caller parks, and leaves the queue if it stops waiting (see
+    /// [`Fleet::place`]).
+    pub fn try_acquire(&self, t: &Ticket) -> Option<String> {
+        let mut slots = self.slots();
+        if let Some(h) = slots.hosts.iter().find(|h| h.running.contains(&t.task_id)) {
+            let host = h.id.clone();
+            slots.dequeue(t.task_id);
+            return Some(host);
+        }
+        slots.enqueue(t);
+        if !*self.inner.ready.borrow() {
+            return None;
+        }
+        let now = Timestamp::now();
+        let granted = slots
+            .plan(now, Some(t.task_id))
+            .last()
+            .filter(|(id, _)| *id == t.task_id)
+            .map(|(_, i)| *i);
+        let host = granted.map(|i| {
+            slots.hosts[i].running.insert(t.task_id);
+            slots.dequeue(t.task_id);
+            slots.hosts[i].id.clone()
+        });
+        self.wake_next(slots);
+        host
+    }
+
+    /// The queue place of `task_id` for one Route step: it leaves the queue when the step ends,
+    /// unless the step parks waiting for a slot.
+    pub fn place(&self, task_id: u64) -> QueuePlace<'_> {
+        QueuePlace {
+            fleet: self,
+            task_id,
+            keep: false,
         }
     }
 
-    /// When the first pause that keeps `t` off a host it could run on ends.
-    fn next_pause_end(&self, t: &Ticket) -> Option<Timestamp> {
+    /// Tasks in the queue (waiting for a slot).
+    pub fn queued(&self) -> usize {
+        self.slots().waiting.len()
+    }
+
+    /// When the first pause that keeps `t` off a host it could run on ends: a parked task asks
+    /// again then (nobody says a pause ended).
+    pub fn next_pause_end(&self, t: &Ticket) -> Option<Timestamp> {
         let now = Timestamp::now();
         self.slots()
             .hosts
@@ -328,58 +504,26 @@ impl Fleet {
             .filter(|until| *until > now)
             .min()
     }
-
-    /// Walks the queue in order, reserving for each ticket the least loaded free host that
-    /// offers what it needs; grants the slot if `task_id` gets one.
-    fn try_grant(&self, task_id: u64) -> Option<String> {
-        let mut slots = self.slots();
-        if let Some(h) = slots.hosts.iter().find(|h| h.running.contains(&task_id)) {
-            return Some(h.id.clone());
-        }
-        let now = Timestamp::now();
-        let mut reserved: Vec<usize> = slots.hosts.iter().map(|h| h.running.len()).collect();
-        let mut grant = None;
-        for ticket in slots.waiting.values() {
-            let best = slots
-                .hosts
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| h.can_take(ticket, now) && reserved[*i] < h.max_concurrent)
-                .min_by(|(i, a), (j, b)| {
-                    // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
-                    (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))
-                })
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                if ticket.task_id == task_id {
-                    grant = Some(i);
-                    break;
-                }
-                reserved[i] += 1;
-            }
-        }
-        let i = grant?;
-        slots.hosts[i].running.insert(task_id);
-        Some(slots.hosts[i].id.clone())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn fleet(hosts: &str) -> Fleet {
+    fn fleet(hosts: &str) -> (Fleet, Arc<Mutex<Vec<u64>>>) {
         let config = Config::from_toml_str(&format!(
             "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{hosts}"
         ))
         .unwrap();
         let f = Fleet::new(&config);
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let w = woken.clone();
+        f.set_waker(move |id| w.lock().unwrap().push(id));
         for h in &config.hosts {
             f.set_health(&h.host_id, Health::Online, HashSet::new());
         }
         f.mark_ready();
-        f
+        (f, woken)
     }
 
     fn host(id: &str, max: u32, caps: &str) -> String {
@@ -399,69 +543,111 @@ mod tests {
         }
     }
 
-    async fn granted(f: &Fleet, t: &Ticket) -> Option<String> {
-        tokio::time::timeout(Duration::from_millis(50), f.acquire(t))
-            .await
-            .ok()
+    fn taken(woken: &Mutex<Vec<u64>>) -> Vec<u64> {
+        std::mem::take(&mut *woken.lock().unwrap())
     }
 
-    #[tokio::test]
-    async fn a_full_host_makes_the_next_task_wait_until_a_slot_frees() {
-        let f = fleet(&host("h", 1, ""));
+    #[test]
+    fn a_full_host_parks_the_next_task_and_wakes_it_when_a_slot_frees() {
+        let (f, woken) = fleet(&host("h", 1, ""));
+        let t2 = ticket(2, Priority::Normal, 2);
         assert_eq!(
-            granted(&f, &ticket(1, Priority::Normal, 1))
-                .await
-                .as_deref(),
+            f.try_acquire(&ticket(1, Priority::Normal, 1)).as_deref(),
             Some("h")
         );
-        assert_eq!(granted(&f, &ticket(2, Priority::Normal, 2)).await, None);
+        assert_eq!(f.try_acquire(&t2), None);
+        assert_eq!(f.queued(), 1, "the parked task keeps its place");
+        assert_eq!(taken(&woken), Vec::<u64>::new());
         f.release(1);
-        assert_eq!(
-            granted(&f, &ticket(2, Priority::Normal, 2))
-                .await
-                .as_deref(),
-            Some("h")
-        );
+        assert_eq!(taken(&woken), vec![2]);
+        f.set_health("h", Health::Online, HashSet::new());
+        assert_eq!(taken(&woken), Vec::<u64>::new(), "woken once per park");
+        assert_eq!(f.try_acquire(&t2).as_deref(), Some("h"));
+        assert_eq!(f.queued(), 0);
     }
 
-    #[tokio::test]
-    async fn the_least_loaded_host_is_chosen() {
-        let f = fleet(&format!("{}{}", host("small", 1, ""), host("big", 4, "")));
+    #[test]
+    fn the_least_loaded_host_is_chosen() {
+        let (f, _) = fleet(&format!("{}{}", host("small", 1, ""), host("big", 4, "")));
         f.hold("big", 10);
         // big is at 1/4, small at 0/1: small is less loaded.
         assert_eq!(
-            granted(&f, &ticket(1, Priority::Normal, 1))
-                .await
-                .as_deref(),
+            f.try_acquire(&ticket(1, Priority::Normal, 1)).as_deref(),
             Some("small")
         );
         assert_eq!(
-            granted(&f, &ticket(2, Priority::Normal, 2))
-                .await
-                .as_deref(),
+            f.try_acquire(&ticket(2, Priority::Normal, 2)).as_deref(),
             Some("big")
         );
     }
 
-    #[tokio::test]
-    async fn a_higher_priority_task_gets_the_freed_slot_first() {
-        let f = fleet(&host("h", 1, ""));
+    #[test]
+    fn a_higher_priority_task_gets_the_freed_slot_first() {
+        let (f, woken) = fleet(&host("h", 1, ""));
         f.hold("h", 99);
         let low = ticket(1, Priority::Low, 1);
         let high = ticket(2, Priority::High, 5);
-        let (f1, f2) = (f.clone(), f.clone());
-        let l = tokio::spawn(async move { f1.acquire(&low).await });
-        let h = tokio::spawn(async move { f2.acquire(&high).await });
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(f.try_acquire(&low), None);
+        assert_eq!(f.try_acquire(&high), None);
         f.release(99);
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(h.is_finished() && !l.is_finished());
-        l.abort();
+        assert_eq!(taken(&woken), vec![2]);
+        assert_eq!(f.try_acquire(&low), None, "the slot is the high task's");
+        assert_eq!(f.try_acquire(&high).as_deref(), Some("h"));
     }
 
-    #[tokio::test]
-    async fn capabilities_must_all_be_offered() {
-        let f = fleet(&host("h", 1, "\"rust\""));
+    #[test]
+    fn a_task_that_stops_waiting_passes_its_turn_to_the_next() {
+        let (f, woken) = fleet(&host("h", 1, ""));
+        f.hold("h", 99);
+        assert_eq!(f.try_acquire(&ticket(1, Priority::Normal, 1)), None);
+        assert_eq!(f.try_acquire(&ticket(2, Priority::Normal, 2)), None);
+        f.release(99);
+        assert_eq!(taken(&woken), vec![1]);
+        // Task 1 was claimed by a pull agent meanwhile: its Route step leaves the queue.
+        drop(f.place(1));
+        assert_eq!(taken(&woken), vec![2]);
+        assert_eq!(
+            f.try_acquire(&ticket(2, Priority::Normal, 2)).as_deref(),
+            Some("h")
+        );
+    }
+
+    #[test]
+    fn recovery_queues_waiting_tasks_and_wakes_the_first_in_line_when_ready() {
+        let config = Config::from_toml_str(&format!(
+            "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{}",
+            host("h", 2, "")
+        ))
+        .unwrap();
+        let f = Fleet::new(&config);
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let w = woken.clone();
+        f.set_waker(move |id| w.lock().unwrap().push(id));
+        f.set_health("h", Health::Online, HashSet::new());
+        f.hold("h", 7);
+        for (id, p) in [
+            (1, Priority::Low),
+            (2, Priority::Normal),
+            (3, Priority::High),
+        ] {
+            f.queue(&ticket(id, p, id));
+        }
+        assert_eq!(
+            taken(&woken),
+            Vec::<u64>::new(),
+            "nothing before recovery is done"
+        );
+        f.mark_ready();
+        assert_eq!(
+            taken(&woken),
+            vec![3],
+            "one free slot: the highest priority"
+        );
+    }
+
+    #[test]
+    fn capabilities_must_all_be_offered() {
+        let (f, _) = fleet(&host("h", 1, "\"rust\""));
         let mut t = ticket(1, Priority::Normal, 1);
         t.capabilities = vec!["rust".into(), "gpu".into()];
         assert!(!f.can_serve(&t));
@@ -469,46 +655,43 @@ mod tests {
         assert!(f.can_serve(&t));
     }
 
-    #[tokio::test]
-    async fn an_unchecked_or_offline_host_is_never_chosen_and_online_wakes_the_queue() {
+    #[test]
+    fn an_unchecked_or_offline_host_is_never_chosen_and_online_wakes_the_queue() {
         let config = Config::from_toml_str(&format!(
             "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{}",
             host("h", 1, "")
         ))
         .unwrap();
         let f = Fleet::new(&config);
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let w = woken.clone();
+        f.set_waker(move |id| w.lock().unwrap().push(id));
         f.mark_ready();
         let t = ticket(1, Priority::Normal, 1);
         assert!(f.can_serve(&t), "configuration says it could");
-        assert_eq!(granted(&f, &t).await, None, "unchecked");
-        f.set_health(
-            "h",
-            Health::Offline {
-                reason: "down".into(),
-            },
-            HashSet::new(),
-        );
-        assert_eq!(granted(&f, &t).await, None, "offline");
-        let f2 = f.clone();
-        let waiting =
-            tokio::spawn(async move { f2.acquire(&ticket(1, Priority::Normal, 1)).await });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(f.try_acquire(&t), None, "unchecked");
+        let down = Health::Offline {
+            reason: "down".into(),
+        };
+        f.set_health("h", down, HashSet::new());
+        assert_eq!(f.try_acquire(&t), None, "offline");
+        assert_eq!(taken(&woken), Vec::<u64>::new());
         f.set_health("h", Health::Online, HashSet::new());
-        let host = tokio::time::timeout(Duration::from_secs(1), waiting).await;
-        assert_eq!(host.unwrap().unwrap(), "h");
+        assert_eq!(taken(&woken), vec![1]);
+        assert_eq!(f.try_acquire(&t).as_deref(), Some("h"));
     }
 
-    #[tokio::test]
-    async fn a_host_missing_the_agents_cli_is_not_chosen_for_that_kind() {
-        let f = fleet(&host("h", 1, ""));
+    #[test]
+    fn a_host_missing_the_agents_cli_is_not_chosen_for_that_kind() {
+        let (f, _) = fleet(&host("h", 1, ""));
         f.set_health("h", Health::Online, HashSet::from(["a".to_string()]));
-        assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
+        assert_eq!(f.try_acquire(&ticket(1, Priority::Normal, 1)), None);
         f.set_health("h", Health::Online, HashSet::new());
-        assert!(granted(&f, &ticket(1, Priority::Normal, 1)).await.is_some());
+        assert!(f.try_acquire(&ticket(1, Priority::Normal, 1)).is_some());
     }
 
-    #[tokio::test]
-    async fn nothing_is_routed_before_recovery_has_rebuilt_the_slots() {
+    #[test]
+    fn nothing_is_routed_before_recovery_has_rebuilt_the_slots() {
         let config = Config::from_toml_str(&format!(
             "[[agents]]\nname = \"a\"\ncli_template = \"a {{prompt_file}}\"\noutput_format = \"raw\"\n{}",
             host("h", 1, "")
@@ -516,9 +699,9 @@ mod tests {
         .unwrap();
         let f = Fleet::new(&config);
         f.set_health("h", Health::Online, HashSet::new());
-        assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
+        assert_eq!(f.try_acquire(&ticket(1, Priority::Normal, 1)), None);
         f.hold("h", 7);
         f.mark_ready();
-        assert_eq!(granted(&f, &ticket(1, Priority::Normal, 1)).await, None);
+        assert_eq!(f.try_acquire(&ticket(1, Priority::Normal, 1)), None);
     }
 }

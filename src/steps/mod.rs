@@ -14,12 +14,14 @@ pub mod failure;
 pub mod forge;
 pub mod forge_sync;
 pub mod hosts;
+pub mod names;
 pub mod parse;
 pub mod prompt;
 pub mod pull;
 pub mod pull_mode;
 pub mod review;
 pub mod runtime;
+pub mod stuck;
 pub mod task;
 pub mod task_v1;
 pub mod task_v2;
@@ -69,15 +71,18 @@ pub async fn start_services(engine: &Engine, rt: &Runtime) -> Result<(), EngineE
 }
 
 /// Rebuilds what lives in memory from the stored states — the host slots of tasks that hold a
-/// host, the pull agents (each online one gets a fresh lease: agents cannot heartbeat a daemon
-/// that is down), the tasks open to pull agents and those agents hold — then lets tasks be
-/// routed.
+/// host, the host queue (every task in Route keeps its place, so the first in line are woken),
+/// the pull agents (each online one gets a fresh lease: agents cannot heartbeat a daemon that
+/// is down), the tasks open to pull agents and those agents hold — then lets tasks be routed.
 pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
     let now = Timestamp::now();
     let grace = now.after(rt.board().lease());
+    rt.set_names(names::TaskNames::of(engine));
     if let Some(forge) = rt.forge() {
         forge.set_engine(engine.clone());
     }
+    let waker = engine.waker();
+    rt.fleet().set_waker(move |id| waker.wake(id));
     for info in engine.list()? {
         // Ended tasks are read only for the forge's index: an issue whose task completed does
         // not get another one.
@@ -111,6 +116,10 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
             && let Some(host) = &state.assigned_host
         {
             rt.fleet().hold(host, info.id);
+        }
+        // A parked task's place in the queue; its step asks with its own ticket when woken.
+        if state.phase == Phase::Route {
+            rt.fleet().queue(&agent_task::route_ticket(info.id, &state));
         }
         // Usage limits still in force pause their agent kind on their host again.
         for run in &state.runs {

@@ -11,7 +11,7 @@ use crate::workflow::{Outcome, StepCtx, StepError, StepResult, Timestamp};
 
 use super::agent_task::{AgentTask, Phase, Receipt, TaskSignal, TaskState};
 use super::pull::{Liveness, Offer};
-use super::task::{ExecutionMode, Source, TaskStatus, branch_name};
+use super::task::{ExecutionMode, Source, TaskStatus};
 use super::workspace::{self, WorkspaceError};
 
 /// Where a coordinator sent a task.
@@ -443,6 +443,8 @@ impl AgentTask {
                     self.rt.board().release(claim.agent_id, id);
                     s.claim = None;
                     s.assigned_agent = None;
+                    // Routed again like a new task (hosts and agents), not left to agents.
+                    s.mode = ExecutionMode::Undecided;
                     let outcome = self.run_failed(ctx, s, reason, false);
                     let reply = PullReply::Done {
                         status: outcome.state.status,
@@ -599,13 +601,19 @@ impl AgentTask {
         }
         s.claim = None;
         s.assigned_agent = None;
+        // Routed again like a new task after the backoff (hosts and agents): left in
+        // `http_pull`, it would wait for another agent while hosts sit idle.
+        s.mode = ExecutionMode::Undecided;
         let reason = format!("agent_lost: {reason} (claim epoch {})", claim.epoch);
         self.run_failed(ctx, s, reason, false)
     }
 
     /// Checks a receipt against the repository itself.
     async fn check_receipt(&self, id: u64, s: &TaskState, r: &ReceiptClaim) -> Checked {
-        let branch = branch_name(id);
+        let branch = match self.rt.names() {
+            Ok(names) => names.branch(id),
+            Err(e) => return Checked::Unverifiable(e.0),
+        };
         if r.branch != branch {
             return Checked::Refused(format!(
                 "the receipt names branch `{}`; this task's work belongs on `{branch}`",

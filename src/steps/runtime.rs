@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -14,6 +14,7 @@ use crate::workflow::StepError;
 use super::dispatch::Fleet;
 use super::forge::Forge;
 use super::hosts::{self, HostCheck, HostsError, TemplateProblems};
+use super::names::TaskNames;
 use super::pull::Board;
 use super::template::{self, Vars};
 
@@ -34,6 +35,9 @@ pub struct Runtime {
     problems: Mutex<HashMap<String, TemplateProblems>>,
     /// The forge, when `[forgejo]` is configured.
     forge: Option<Arc<Forge>>,
+    /// How the store names its tasks on hosts and forges: known once the store is open
+    /// ([`super::recover`] sets it before any step runs).
+    names: OnceLock<TaskNames>,
 }
 
 impl Runtime {
@@ -55,6 +59,7 @@ impl Runtime {
             checks: Mutex::new(HashMap::new()),
             problems: Mutex::new(HashMap::new()),
             forge: None,
+            names: OnceLock::new(),
         })
     }
 
@@ -62,6 +67,19 @@ impl Runtime {
     pub fn with_forge(mut self, forge: Option<Arc<Forge>>) -> Self {
         self.forge = forge;
         self
+    }
+
+    /// Sets how the open store names its tasks; the first call wins.
+    pub fn set_names(&self, names: TaskNames) {
+        let _ = self.names.set(names);
+    }
+
+    /// How the store names its tasks (see [`TaskNames`]). An error before the store is open.
+    pub fn names(&self) -> Result<TaskNames, StepError> {
+        self.names
+            .get()
+            .copied()
+            .ok_or_else(|| StepError::msg("the store is not open yet: its task names are unknown"))
     }
 
     pub fn forge(&self) -> Option<&Forge> {

@@ -221,11 +221,6 @@ pub struct TaskSpec {
     pub validation: Vec<String>,
 }
 
-/// The branch a task's work lives on.
-pub fn branch_name(task_id: u64) -> String {
-    format!("task/{task_id}")
-}
-
 /// Longest task title, in bytes (once trimmed).
 pub const MAX_TITLE_LEN: usize = 1024;
 

@@ -68,6 +68,8 @@ pub struct TaskRecord {
     pub state: TaskState,
     /// Only when asked for.
     pub history: Option<Vec<(u64, Event)>>,
+    /// The branch the task's work lives on (see [`super::names::TaskNames`]).
+    pub branch: String,
 }
 
 impl TaskRecord {
@@ -128,6 +130,7 @@ impl<'a> Tasks<'a> {
             info,
             state,
             history,
+            branch: super::names::TaskNames::of(self.engine).branch(id),
         })
     }
 
@@ -150,6 +153,7 @@ impl<'a> Tasks<'a> {
                 info,
                 state,
                 history: None,
+                branch: super::names::TaskNames::of(self.engine).branch(id),
             };
             if status.is_some_and(|s| record.status() != s) {
                 continue;

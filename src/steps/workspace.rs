@@ -1,6 +1,6 @@
 //! A task's workspace on its host (SPEC §4 Prepare workspace) and the receipt read back from it
 //! (Verify receipt): one bare mirror of the repository per host and repository, and one git
-//! clone per task at `<work_root>/<task_id>` on branch `task/<task_id>` that borrows the
+//! clone per task (at [`TaskNames::clone_dir`], on [`TaskNames::branch`]) that borrows the
 //! mirror's objects (alternates), so that everything git writes for the task lives inside its
 //! work directory (sandboxed agents can commit). Preparing is idempotent: a re-run after a crash
 //! finds the clone and reuses it (a worktree made by an earlier version too). Everything is a
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::io::shell::{Shell, ShellError, quote};
+use crate::steps::names::TaskNames;
 
 /// Cloning a big repository takes a while; this bounds it.
 const PREPARE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
@@ -181,17 +182,19 @@ echo pushed
     Ok(out.text().trim() == "pushed")
 }
 
-/// Creates (or finds) the task's worktree. `base = None` uses the repository's default branch.
+/// Creates (or finds) the task's worktree, named by `names`. `base = None` uses the
+/// repository's default branch.
 pub async fn prepare(
     shell: &dyn Shell,
     work_root: &str,
     repo: &str,
     base: Option<&str>,
+    names: TaskNames,
     task_id: u64,
 ) -> Result<Workspace, WorkspaceError> {
     let mirror = format!("{work_root}/.mirrors/{}", mirror_name(repo));
-    let work_dir = format!("{work_root}/{task_id}");
-    let branch = crate::steps::task::branch_name(task_id);
+    let work_dir = names.clone_dir(work_root, task_id);
+    let branch = names.branch(task_id);
     // The mirror is shared by the host's tasks: a lock serialises clone and fetch. Remote
     // branches are fetched to refs/remotes/origin/*, so a fetch never touches task branches.
     // The task's work directory is a clone of its own that borrows the mirror's objects
@@ -322,6 +325,9 @@ mod tests {
     use crate::io::shell::LocalShell;
     use std::process::Command;
 
+    /// The names of a store older than store ids.
+    const OLD: TaskNames = TaskNames::new(None);
+
     fn git(dir: &std::path::Path, args: &[&str]) {
         let ok = Command::new("git")
             .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
@@ -349,7 +355,7 @@ mod tests {
         let repo = origin(dir.path());
         let root = dir.path().join("work").display().to_string();
         let shell = LocalShell::new("localhost", vec![]);
-        let ws = prepare(&shell, &root, &repo, None, 7).await.unwrap();
+        let ws = prepare(&shell, &root, &repo, None, OLD, 7).await.unwrap();
         assert_eq!((ws.branch.as_str(), ws.base.as_str()), ("task/7", "main"));
         std::fs::write(format!("{}/new.txt", ws.work_dir), "x").unwrap();
         git(std::path::Path::new(&ws.work_dir), &["add", "new.txt"]);
@@ -357,7 +363,7 @@ mod tests {
             std::path::Path::new(&ws.work_dir),
             &["commit", "-q", "-m", "add new"],
         );
-        let again = prepare(&shell, &root, &repo, None, 7).await.unwrap();
+        let again = prepare(&shell, &root, &repo, None, OLD, 7).await.unwrap();
         assert_eq!(again, ws);
         let work = branch_work(&shell, &ws).await.unwrap();
         assert_eq!(work.commits.len(), 1);
@@ -371,7 +377,7 @@ mod tests {
         let repo = origin(dir.path());
         let root = dir.path().join("work").display().to_string();
         let shell = LocalShell::new("localhost", vec![]);
-        let ws = prepare(&shell, &root, &repo, None, 3).await.unwrap();
+        let ws = prepare(&shell, &root, &repo, None, OLD, 3).await.unwrap();
         let wt = std::path::Path::new(&ws.work_dir);
         assert!(
             wt.join(".git").is_dir(),
@@ -388,7 +394,7 @@ mod tests {
         );
         let work = branch_work(&shell, &ws).await.unwrap();
         assert_eq!(work.commits.len(), 1);
-        let again = prepare(&shell, &root, &repo, None, 3).await.unwrap();
+        let again = prepare(&shell, &root, &repo, None, OLD, 3).await.unwrap();
         assert_eq!(again, ws);
     }
 
@@ -437,7 +443,7 @@ mod tests {
         git(&wt, &["add", "old.txt"]);
         git(&wt, &["commit", "-q", "-m", "before the upgrade"]);
         let root = root.display().to_string();
-        let ws = prepare(&shell, &root, &repo, None, 5).await.unwrap();
+        let ws = prepare(&shell, &root, &repo, None, OLD, 5).await.unwrap();
         assert!(wt.join(".git").is_file(), "the worktree was replaced");
         let work = branch_work(&shell, &ws).await.unwrap();
         assert_eq!(work.commits.len(), 1);
@@ -473,7 +479,7 @@ mod tests {
         let repo = origin(dir.path());
         let root = dir.path().join("work").display().to_string();
         let shell = LocalShell::new("localhost", vec![]);
-        let ws = prepare(&shell, &root, &repo, None, 1).await.unwrap();
+        let ws = prepare(&shell, &root, &repo, None, OLD, 1).await.unwrap();
         let work = branch_work(&shell, &ws).await.unwrap();
         assert!(work.commits.is_empty() && work.files_changed.is_empty());
     }
@@ -484,7 +490,7 @@ mod tests {
         let repo = origin(dir.path());
         let root = dir.path().join("work").display().to_string();
         let shell = LocalShell::new("localhost", vec![]);
-        let err = prepare(&shell, &root, &repo, Some("nope"), 1)
+        let err = prepare(&shell, &root, &repo, Some("nope"), OLD, 1)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("no branch 'nope'"), "{err}");

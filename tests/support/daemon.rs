@@ -282,6 +282,18 @@ timeout = "{timeout}"
         self.wait_for(id, within, |t| t["status"] == status).await
     }
 
+    /// The branch the daemon gives task `id`, as its view shows it, checked to be of the form
+    /// a store created by this build uses (see [`assert_store_branch`]).
+    pub async fn branch(&self, id: &str) -> String {
+        let task = self.task(id).await;
+        let branch = task["branch_name"]
+            .as_str()
+            .expect("branch_name")
+            .to_string();
+        assert_store_branch(&branch, id);
+        branch
+    }
+
     /// Lines in the demo agent's launch log.
     pub fn launches(&self) -> usize {
         std::fs::read_to_string(self.path("launches"))
@@ -303,6 +315,23 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Checks that `branch` is task `id`'s branch in a store created by this build:
+/// `task/<id>-<store id>`, the store id six lowercase base32 characters (never the bare
+/// `task/<id>` of older stores, which another store's task could share). Returns the store id.
+pub fn assert_store_branch(branch: &str, id: &str) -> String {
+    let store = branch
+        .strip_prefix(&format!("task/{id}-"))
+        .unwrap_or_else(|| panic!("{branch} is not task {id}'s branch of a store with an id"));
+    assert!(
+        store.len() == 6
+            && store
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7')),
+        "{branch}: the store id is not six base32 characters"
+    );
+    store.to_string()
 }
 
 /// A task without its (possibly huge) title and body: status, failure, runs and events.
