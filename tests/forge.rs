@@ -269,7 +269,7 @@ async fn full_loop(rig: &mut Rig, kills: bool) {
     let pr = pr_of(&t);
     let pulls = rig.forge.pulls(REPO);
     assert_eq!(pulls.len(), 1, "exactly one pull request: {pulls:?}");
-    assert_eq!(pulls[0].head, format!("task/{id}"));
+    assert_eq!(pulls[0].head, rig.fleet.branch(&id).await);
     rig.eventually("status:review on the issue", || {
         rig.status_labels(n) == ["status:review"]
     })

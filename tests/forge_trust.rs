@@ -161,7 +161,12 @@ async fn an_open_pull_request_from_a_fork_named_like_the_task_branch_is_not_adop
     // While the agent works, a stranger opens a pull request from `task/<id>` of their fork.
     let fork_pr = rig
         .forge
-        .fork_pull(REPO, MALLORY, &format!("task/{id}"), "Totally the task")
+        .fork_pull(
+            REPO,
+            MALLORY,
+            &rig.fleet.branch(&id).await,
+            "Totally the task",
+        )
         .await;
     let t = rig
         .until(&id, "got to review", |t| t["status"] == "review_pending")
@@ -175,7 +180,7 @@ async fn an_open_pull_request_from_a_fork_named_like_the_task_branch_is_not_adop
     );
     let own = rig.forge.pull(REPO, pr).unwrap();
     assert_eq!(own.author, forgejo::BOT, "{own:?}");
-    assert_eq!(own.head, format!("task/{id}"));
+    assert_eq!(own.head, rig.fleet.branch(&id).await);
     assert_eq!(rig.forge.pulls(REPO).len(), 2);
 
     // Merging the fork's pull request completes nothing.
@@ -205,7 +210,7 @@ async fn a_closed_pull_request_from_a_fork_named_like_the_task_branch_does_not_c
     let (_, id) = rig.slow_task("Fork bait, closed", 3).await;
     let fork_pr = rig
         .forge
-        .fork_pull(REPO, MALLORY, &format!("task/{id}"), "Closed bait")
+        .fork_pull(REPO, MALLORY, &rig.fleet.branch(&id).await, "Closed bait")
         .await;
     rig.forge.close_pull(REPO, fork_pr).await;
     let t = rig

@@ -177,3 +177,69 @@ async fn a_delivery_without_event_type_is_refused_with_400() {
     let (status, answer) = send(&fleet, &headers, body).await;
     assert_eq!(status, 400, "{answer}");
 }
+
+/// `name`'s reference body with `edit` applied, signed again, under a delivery id of its own.
+fn edited(
+    name: &str,
+    delivery_id: &str,
+    edit: impl FnOnce(&mut Value),
+) -> (Vec<(String, String)>, Vec<u8>) {
+    use hmac::{Hmac, Mac};
+    let (headers, body) = delivery(name);
+    let mut body: Value = serde_json::from_slice(&body).unwrap();
+    edit(&mut body);
+    let body = serde_json::to_vec(&body).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"webhook-secret-for-tests").unwrap();
+    mac.update(&body);
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let headers = headers
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("X-Forgejo-") || k == "Content-Type")
+        .map(|(k, v)| match k.as_str() {
+            "X-Forgejo-Signature" => (k, signature.clone()),
+            "X-Forgejo-Delivery" => (k, delivery_id.to_string()),
+            _ => (k, v),
+        })
+        .collect();
+    (headers, body)
+}
+
+#[tokio::test]
+async fn pushes_and_pull_requests_find_a_task_by_this_stores_branch_and_by_no_other() {
+    let fleet = fleet().await;
+    let (headers, body) = delivery("issues-opened");
+    let (status, created) = send(&fleet, &headers, body).await;
+    assert_eq!(status, 200, "{created}");
+    let (_, list) = fleet.get("/tasks").await;
+    let id = list["tasks"][0]["id"].as_str().unwrap().to_string();
+    let branch = fleet.branch(&id).await;
+    let other_store = if branch.ends_with("-aaaaaa") {
+        "bbbbbb"
+    } else {
+        "aaaaaa"
+    };
+    let cases = [
+        (branch.clone(), true),
+        (format!("task/{id}"), false),
+        (format!("task/{id}-{other_store}"), false),
+    ];
+    for (n, (head, ours)) in cases.into_iter().enumerate() {
+        let push = edited("push-task-branch", &format!("push-{n}"), |b| {
+            b["ref"] = format!("refs/heads/{head}").into();
+        });
+        let pull = edited("pull_request-opened", &format!("pull-{n}"), |b| {
+            b["pull_request"]["head"]["ref"] = head.clone().into();
+            b["pull_request"]["head"]["label"] = head.clone().into();
+        });
+        for (what, (headers, body)) in [("push", push), ("pull request", pull)] {
+            let (status, answer) = send(&fleet, &headers, body).await;
+            assert_eq!(status, 200, "{what} on {head}: {answer}");
+            let outcome = answer["outcome"].as_str().unwrap_or_default();
+            if ours {
+                assert_eq!(outcome, format!("task {id} signalled"), "{what} on {head}");
+            } else {
+                assert!(outcome.starts_with("ignored"), "{what} on {head}: {answer}");
+            }
+        }
+    }
+}

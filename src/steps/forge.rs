@@ -5,10 +5,12 @@
 //! concern as durable signals ([`Forge::deliver`]: each delivery id acted on once, durably; an
 //! issue event checked like a task submission and decided on the issue as the forge shows it
 //! now, so a stale or replayed event can neither withdraw a task nor start one; a new task
-//! clones only from the configured forge), and delivers the two outbox effects that
-//! keep the forge in step: the status labels of an issue (read from the task's current state,
-//! so deliveries in any order converge) and one comment per receipt or failure, found again by
-//! its hidden marker `<!-- agent-fleet:task=<id>:effect=<key> -->` so that no replay posts twice.
+//! clones only from the configured forge), and delivers the two outbox effects that keep the
+//! forge in step: the status labels and the assignees of an issue (read from the current state
+//! of the issue's latest task, so deliveries in any order, of any of its tasks, converge; a
+//! person's own assignment is never undone) and one comment per receipt or failure (✅ / ❌ / 🙋,
+//! every artifact linked), found again by its hidden marker
+//! `<!-- agent-fleet:task=<id>:effect=<key> -->` so that no replay posts twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +26,7 @@ use crate::io::forgejo::{ForgeError, Forgejo, Issue, RepoRef};
 use crate::workflow::{Delivery, EffectError, EffectHandler, Engine, EngineError, Timestamp};
 
 use super::agent_task::{AgentTask, TaskSignal, TaskState};
-use super::forge_sync::{self, ForgeSync};
+use super::forge_sync::{self, ForgeSync, Rearmed};
 use super::review::{ForgeTask, effect};
 use super::task::{Priority, Source, TaskSpec, TaskStatus, check_title};
 
@@ -104,8 +106,10 @@ struct Index {
     /// (repository, pull request) → task.
     pulls: HashMap<(String, u64), u64>,
     /// Issues whose last task ended and whose trigger label was seen removed since: adding it
-    /// again starts a new task.
+    /// again starts a new task. Recorded durably on forge-sync too (see `Forge::rearmed`).
     rearmed: HashSet<(String, u64)>,
+    /// Repositories recorded on forge-sync as sending webhooks, since this process started.
+    hook_repos: HashSet<String>,
 }
 
 pub struct Forge {
@@ -123,11 +127,16 @@ pub struct Forge {
     secret: Vec<u8>,
     engine: OnceLock<Engine>,
     index: Mutex<Index>,
-    /// The forge-sync instance, which keeps the delivery ids seen (as its signal keys).
+    /// The forge-sync instance, which keeps the delivery ids seen, the repositories webhooks
+    /// come from and the re-armed issues (as its signal keys, see `forge_sync`).
     sync: Mutex<Option<u64>>,
     /// One lock per issue for [`LabelsHandler`]: two deliveries of the labels effect (an old
     /// status and the new one, after a restart say) must not interleave their reads and writes.
     label_locks: Mutex<HashMap<(String, u64), IssueLock>>,
+    /// One lock per repository around finding or creating its status labels: Forgejo creates
+    /// a second label of the same name rather than refusing it, so two issues' deliveries must
+    /// not both create `status:doing`.
+    repo_label_locks: Mutex<HashMap<String, IssueLock>>,
 }
 
 impl Forge {
@@ -167,6 +176,7 @@ impl Forge {
             index: Mutex::new(Index::default()),
             sync: Mutex::new(None),
             label_locks: Mutex::new(HashMap::new()),
+            repo_label_locks: Mutex::new(HashMap::new()),
         })))
     }
 
@@ -250,6 +260,16 @@ impl Forge {
         }
     }
 
+    /// The newest task of an issue, if it has one.
+    pub fn latest_task(&self, repo: &str, issue: u64) -> Option<u64> {
+        let index = self.index();
+        index
+            .issues
+            .get(&(repo.to_string(), issue))?
+            .last()
+            .copied()
+    }
+
     /// Records the pull request of a task.
     pub fn note_pull(&self, repo: &str, number: u64, task: u64) {
         self.index().pulls.insert((repo.to_string(), number), task);
@@ -258,6 +278,36 @@ impl Forge {
     /// The labels that make an issue a task besides the trigger label: `agent:<kind>`.
     pub fn agent_labels(&self) -> Vec<String> {
         self.kinds.iter().map(|k| format!("agent:{k}")).collect()
+    }
+
+    /// How many tasks the issue has had.
+    pub fn task_count(&self, repo: &str, issue: u64) -> usize {
+        let index = self.index();
+        index
+            .issues
+            .get(&(repo.to_string(), issue))
+            .map_or(0, Vec::len)
+    }
+
+    /// The repositories with an issue whose last task has not ended, each once.
+    pub fn live_repos(&self) -> Vec<String> {
+        let Some(engine) = self.engine.get() else {
+            return Vec::new();
+        };
+        let last: Vec<(String, u64)> = self
+            .index()
+            .issues
+            .iter()
+            .filter_map(|((repo, _), ids)| ids.last().map(|id| (repo.clone(), *id)))
+            .collect();
+        let mut repos: Vec<String> = last
+            .into_iter()
+            .filter(|(_, id)| engine.info(*id).is_ok_and(|i| !i.status.is_terminal()))
+            .map(|(repo, _)| repo)
+            .collect();
+        repos.sort();
+        repos.dedup();
+        repos
     }
 
     /// The last task of each issue of `repo` that has not ended: (issue, task).
@@ -289,6 +339,7 @@ impl Forge {
         issue: &IssueInfo,
         key: &str,
     ) -> Result<Handled, FlowError> {
+        self.sync_id().await?; // `plan` reads the re-armed issues it keeps
         let plan = self.plan(repo, issue)?;
         self.perform(plan, repo, issue, key, &repo.clone_url).await
     }
@@ -312,6 +363,7 @@ impl Forge {
             let tasks = index.issues.get(&at).cloned().unwrap_or_default();
             (tasks, index.rearmed.contains(&at))
         };
+        let generation = tasks.len();
         let triggered = self.triggers(&issue.labels);
         if let Some(&last) = tasks.last() {
             let state = engine.state::<AgentTask>(last)?;
@@ -336,10 +388,10 @@ impl Forge {
                         "issue #{} has no trigger label (its task {last} is {})",
                         issue.number, state.status
                     ),
-                    rearm: true,
+                    rearm: Some(generation),
                 });
             }
-            if !(withdrawn || rearmed) {
+            if !(withdrawn || rearmed || self.rearmed(&at, generation)?) {
                 return Ok(Plan::ignore(format!(
                     "issue #{} already had task {last} ({}); remove and add the trigger label to \
                      start a new one",
@@ -380,8 +432,8 @@ impl Forge {
         let at = (repo.full_name.clone(), issue.number);
         match plan {
             Plan::Ignore { why, rearm } => {
-                if rearm {
-                    self.index().rearmed.insert(at);
+                if let Some(generation) = rearm {
+                    self.rearm(&at, generation).await?;
                 }
                 Ok(Handled::Ignored(why))
             }
@@ -453,10 +505,13 @@ impl Forge {
                 self.poke(repo, pull, what, false, delivery).await
             }
             ForgeEvent::Push { repo, git_ref, .. } => {
-                let Some(id) = git_ref
-                    .strip_prefix("refs/heads/task/")
-                    .and_then(|n| n.parse::<u64>().ok())
-                else {
+                let id = match git_ref.strip_prefix("refs/heads/") {
+                    Some(b) if b.starts_with("task/") => {
+                        super::names::TaskNames::of(self.engine()?).task_of_branch(b)
+                    }
+                    _ => None,
+                };
+                let Some(id) = id else {
                     return Ok(Handled::Ignored(format!("push to {git_ref}")));
                 };
                 if !self.serves(&repo.full_name) {
@@ -497,6 +552,11 @@ impl Forge {
             )));
         }
         let at = check_issue(repo, issue)?;
+        // A redelivery is answered before anything else is done for it: no forge request.
+        if self.delivery_seen(delivery).await? {
+            return Ok(Handled::Duplicate);
+        }
+        self.note_hook_repo(&repo.full_name).await;
         let (issue, unverified) = match self.hook_client.issue(&at, issue.number).await {
             Ok(current) if current.is_pull() => {
                 return Ok(Handled::Ignored(format!(
@@ -520,6 +580,7 @@ impl Forge {
                 (issue.clone(), Some(e))
             }
         };
+        self.sync_id().await?; // `plan` reads the re-armed issues it keeps
         let plan = self.plan(repo, &issue)?;
         if let (
             Plan::Signal {
@@ -591,19 +652,36 @@ impl Forge {
     /// takes such signals away), so a redelivery finds it after any restart. Recorded just
     /// before acting, once everything that may fail for a while (the forge's answers) is in.
     async fn first_delivery(&self, delivery: &str) -> Result<bool, FlowError> {
+        self.record(&format!("delivery/{delivery}")).await
+    }
+
+    /// Whether `delivery` was recorded by [`Forge::first_delivery`] already: a read, nothing is
+    /// committed (a delivery seen for the first time is recorded once it is acted on).
+    async fn delivery_seen(&self, delivery: &str) -> Result<bool, FlowError> {
+        let id = self.sync_id().await?;
+        Ok(self
+            .engine()?
+            .signal_key_seen(id, &format!("delivery/{delivery}"))?)
+    }
+
+    /// The live forge-sync instance (started if need be, then cached).
+    async fn sync_id(&self) -> Result<u64, FlowError> {
+        let cached = *self.sync.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = cached {
+            return Ok(id);
+        }
+        let id = forge_sync::ensure_started(self.engine()?).await?;
+        *self.sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
+        Ok(id)
+    }
+
+    /// Records `key` durably on forge-sync (the idempotency key of a signal to it) and tells
+    /// whether it is new.
+    async fn record(&self, key: &str) -> Result<bool, FlowError> {
         let engine = self.engine()?;
-        let key = format!("delivery/{delivery}");
         for _ in 0..2 {
-            let cached = *self.sync.lock().unwrap_or_else(|p| p.into_inner());
-            let id = match cached {
-                Some(id) => id,
-                None => {
-                    let id = forge_sync::ensure_started(engine).await?;
-                    *self.sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
-                    id
-                }
-            };
-            match engine.signal::<ForgeSync>(id, &(), &key).await {
+            let id = self.sync_id().await?;
+            match engine.signal::<ForgeSync>(id, &(), key).await {
                 Ok(ack) => return Ok(!ack.duplicate),
                 // That instance ended (a daemon ran without [forgejo]): find the live one.
                 Err(EngineError::Finished { .. }) => {
@@ -613,6 +691,47 @@ impl Forge {
             }
         }
         Err(FlowError::NotReady)
+    }
+
+    /// Remembers that the issue at `at`, with `generation` tasks all ended, had its trigger
+    /// removed: in memory, and durably on forge-sync before the caller is answered.
+    async fn rearm(&self, at: &(String, u64), generation: usize) -> Result<(), FlowError> {
+        let rearmed = Rearmed {
+            repo: at.0.clone(),
+            issue: at.1,
+            generation: generation as u64,
+        };
+        self.record(&rearmed.key()).await?;
+        self.index().rearmed.insert(at.clone());
+        Ok(())
+    }
+
+    /// Whether the issue at `at`, with `generation` tasks, was re-armed as forge-sync's state
+    /// remembers (across restarts). Read only when the issue's last task has ended and its
+    /// trigger is there.
+    fn rearmed(&self, at: &(String, u64), generation: usize) -> Result<bool, FlowError> {
+        let Some(id) = *self.sync.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return Ok(false);
+        };
+        let state = self.engine()?.state::<ForgeSync>(id)?;
+        Ok(state
+            .rearmed
+            .iter()
+            .any(|r| r.repo == at.0 && r.issue == at.1 && r.generation == generation as u64))
+    }
+
+    /// Remembers durably that webhooks come from `repo` (once per process and repository), so
+    /// that reconciliation covers it. A failure is only logged: the delivery goes on.
+    async fn note_hook_repo(&self, repo: &str) {
+        if self.index().hook_repos.contains(repo) {
+            return;
+        }
+        match self.record(&forge_sync::repo_key(repo)).await {
+            Ok(_) => {
+                self.index().hook_repos.insert(repo.to_string());
+            }
+            Err(e) => tracing::warn!("webhook: cannot record repository {repo}: {e}"),
+        }
     }
 
     async fn poke(
@@ -626,10 +745,7 @@ impl Forge {
         if !self.serves(&repo.full_name) {
             return Ok(Handled::Ignored(format!("repository {}", repo.full_name)));
         }
-        let by_branch = pull
-            .head_ref
-            .strip_prefix("task/")
-            .and_then(|n| n.parse::<u64>().ok());
+        let by_branch = super::names::TaskNames::of(self.engine()?).task_of_branch(&pull.head_ref);
         let by_number = self
             .index()
             .pulls
@@ -679,11 +795,12 @@ impl Forge {
 /// What an issue calls for (see [`Forge::ingest`]).
 #[derive(Debug)]
 enum Plan {
-    /// Nothing; `rearm`: the issue's last task ended and its trigger is gone, so adding the
+    /// Nothing; `rearm`: the issue's last task (of that many) ended and its trigger is gone, so
+    /// adding the
     /// trigger again will start a new task.
     Ignore {
         why: String,
-        rearm: bool,
+        rearm: Option<usize>,
     },
     Unchanged(u64),
     /// Tell the live task; `withdraws`: the trigger is gone or the issue is closed.
@@ -701,7 +818,7 @@ impl Plan {
     fn ignore(why: impl Into<String>) -> Plan {
         Plan::Ignore {
             why: why.into(),
-            rearm: false,
+            rearm: None,
         }
     }
 }
@@ -824,9 +941,11 @@ fn repo_ref(repo: &str) -> Result<RepoRef, EffectError> {
         .map_err(|e| EffectError::Permanent(format!("repository `{repo}`: {e}")))
 }
 
-/// Delivers [`LABELS_EFFECT`]: the issue's status labels become those of the task's status
-/// *now*, so an old delivery arriving late cannot set an old status; deliveries for one issue
-/// take turns, so two of them cannot leave two status labels.
+/// Delivers [`LABELS_EFFECT`]: the issue's status labels become those of the status its latest
+/// task has *now*, so an old delivery arriving late (of this task or of an older task of the
+/// issue) cannot set an old status; deliveries for one issue take turns, so two of them cannot
+/// leave two status labels. The issue's assignees follow the same status in the same turn
+/// (see [`assignees_plan`]), so they end matching the final status too.
 pub struct LabelsHandler(pub Arc<Forge>);
 
 impl EffectHandler for LabelsHandler {
@@ -849,20 +968,27 @@ impl EffectHandler for LabelsHandler {
                 .or_default()
                 .clone();
             let _serial = lock.lock().await;
+            // The issue's LATEST task decides: a delivery of an older task of the issue, retried
+            // after a newer task set its status, must not bring the older status back.
+            let task = forge
+                .latest_task(&p.repo, p.issue)
+                .map_or(p.task, |latest| latest.max(p.task));
             let state = engine
-                .state::<AgentTask>(p.task)
+                .state::<AgentTask>(task)
                 .map_err(|e| EffectError::Permanent(e.to_string()))?;
             let repo = repo_ref(&p.repo)?;
             let mut wanted: Vec<&str> = status_label(state.status).into_iter().collect();
             if state.forge.as_ref().is_some_and(|f| f.escalated) {
                 wanted.push(&forge.config.escalation_label);
             }
-            let current = forge
+            // One read gives both the labels and the assignees.
+            let issue = forge
                 .client
-                .issue_labels(&repo, p.issue)
+                .issue(&repo, p.issue)
                 .await
                 .map_err(effect_error)?;
-            for l in &current {
+            let current = &issue.labels;
+            for l in current {
                 if STATUS_LABELS.contains(&l.name.as_str()) && !wanted.contains(&l.name.as_str()) {
                     forge
                         .client
@@ -876,23 +1002,174 @@ impl EffectHandler for LabelsHandler {
                 .copied()
                 .filter(|w| !current.iter().any(|l| l.name == *w))
                 .collect();
-            if missing.is_empty() {
-                return Ok(());
+            if !missing.is_empty() {
+                add_labels(forge, &repo, &p, &missing).await?;
             }
-            let labels = forge
-                .client
-                .ensure_labels(&repo, &missing)
-                .await
-                .map_err(effect_error)?;
-            let ids: Vec<i64> = labels.iter().map(|l| l.id).collect();
-            forge
-                .client
-                .add_labels(&repo, p.issue, &ids)
-                .await
-                .map_err(effect_error)?;
-            Ok(())
+            keep_assignees(
+                forge,
+                &repo,
+                p.issue,
+                state.status,
+                &issue.assignee_logins(),
+            )
+            .await
         })
     }
+}
+
+/// Adds the labels named `missing` to the issue, creating those the repository lacks.
+async fn add_labels(
+    forge: &Forge,
+    repo: &RepoRef,
+    p: &LabelsPayload,
+    missing: &[&str],
+) -> Result<(), EffectError> {
+    // Taken inside the issue's lock, never the other way round.
+    let repo_lock = forge
+        .repo_label_locks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(p.repo.clone())
+        .or_default()
+        .clone();
+    let labels = {
+        let _creating = repo_lock.lock().await;
+        forge
+            .client
+            .ensure_labels(repo, missing)
+            .await
+            .map_err(effect_error)?
+    };
+    let ids: Vec<i64> = labels.iter().map(|l| l.id).collect();
+    forge
+        .client
+        .add_labels(repo, p.issue, &ids)
+        .await
+        .map_err(effect_error)?;
+    Ok(())
+}
+
+/// What becomes of an issue's assignees (see [`assignees_plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssigneesPlan {
+    /// Nothing to do: assignment is off (`forgejo.assignee` and `forgejo.reviewer` unset), or
+    /// the issue has the wanted assignees.
+    Keep,
+    /// A person other than `forgejo.assignee` and `forgejo.reviewer` is assigned: their
+    /// assignment stands, whatever the task does.
+    TakenBy(String),
+    /// Assign exactly these logins (none: nobody).
+    Set(Vec<String>),
+}
+
+/// A configured login, if it is one (blank is unset).
+fn login(configured: &Option<String>) -> Option<&str> {
+    configured
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+}
+
+/// Who an issue is assigned to while its task has `status`: `forgejo.assignee` while the task
+/// is assigned or running; `forgejo.reviewer` once it is in review, done or failed; nobody
+/// while it waits (`todo`) or once it is cancelled.
+pub fn wanted_assignees(config: &ForgejoConfig, status: TaskStatus) -> Vec<String> {
+    let who = match status {
+        TaskStatus::Assigned | TaskStatus::Running => login(&config.assignee),
+        TaskStatus::ReviewPending | TaskStatus::Completed | TaskStatus::Failed => {
+            login(&config.reviewer)
+        }
+        TaskStatus::Created | TaskStatus::AgentLost | TaskStatus::Cancelled => None,
+    };
+    who.map(str::to_string).into_iter().collect()
+}
+
+/// What to do about an issue assigned to `current` whose (latest) task has `status`. Only the
+/// daemon's own roles are ever changed: as soon as someone else is assigned, nothing is.
+pub fn assignees_plan(
+    config: &ForgejoConfig,
+    status: TaskStatus,
+    current: &[String],
+) -> AssigneesPlan {
+    let ours: Vec<&str> = [login(&config.assignee), login(&config.reviewer)]
+        .into_iter()
+        .flatten()
+        .collect();
+    if ours.is_empty() {
+        return AssigneesPlan::Keep;
+    }
+    if let Some(person) = current
+        .iter()
+        .find(|c| !ours.iter().any(|o| o.eq_ignore_ascii_case(c)))
+    {
+        return AssigneesPlan::TakenBy(person.clone());
+    }
+    let wanted = wanted_assignees(config, status);
+    if same_logins(&wanted, current) {
+        AssigneesPlan::Keep
+    } else {
+        AssigneesPlan::Set(wanted)
+    }
+}
+
+/// Whether two lists name the same users (logins are case-insensitive on Forgejo).
+fn same_logins(a: &[String], b: &[String]) -> bool {
+    let norm = |l: &[String]| {
+        let mut v: Vec<String> = l.iter().map(|x| x.to_lowercase()).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    norm(a) == norm(b)
+}
+
+/// Makes the issue's assignees follow the task (see [`assignees_plan`]). Forgejo answers 500,
+/// and changes nothing, when a login is no user or may not be assigned: the forge is then
+/// asked which users can be, the others are left out (with a warning naming the key to fix)
+/// and the edit is sent again, so a misconfigured login is never retried for ever.
+async fn keep_assignees(
+    forge: &Forge,
+    repo: &RepoRef,
+    issue: u64,
+    status: TaskStatus,
+    current: &[String],
+) -> Result<(), EffectError> {
+    let mut wanted = match assignees_plan(&forge.config, status, current) {
+        AssigneesPlan::Keep => return Ok(()),
+        AssigneesPlan::TakenBy(person) => {
+            tracing::info!(
+                "issue {repo}#{issue} is assigned to {person}: its assignees are left alone"
+            );
+            return Ok(());
+        }
+        AssigneesPlan::Set(wanted) => wanted,
+    };
+    let refused = match forge.client.set_assignees(repo, issue, &wanted).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.status().is_some_and(|s| s >= 500) && !wanted.is_empty() => e,
+        Err(e) => return Err(effect_error(e)),
+    };
+    let assignable = forge.client.assignable(repo).await.map_err(effect_error)?;
+    let (kept, left_out): (Vec<String>, Vec<String>) = wanted
+        .drain(..)
+        .partition(|w| assignable.iter().any(|u| u.login.eq_ignore_ascii_case(w)));
+    if left_out.is_empty() {
+        return Err(effect_error(refused));
+    }
+    tracing::warn!(
+        "forgejo.assignee / forgejo.reviewer: {} cannot be assigned issues of {repo} (no such \
+         user on the forge, or no write access): left out",
+        left_out.join(", ")
+    );
+    if same_logins(&kept, current) {
+        return Ok(());
+    }
+    forge
+        .client
+        .set_assignees(repo, issue, &kept)
+        .await
+        .map_err(effect_error)?;
+    Ok(())
 }
 
 /// Delivers [`COMMENT_EFFECT`]: posts the comment with its marker unless a comment of the
@@ -936,7 +1213,7 @@ fn sha7(sha: &str) -> &str {
 }
 
 /// The body of the pull request opened for a task.
-pub fn pull_body(task: u64, issue: u64, s: &TaskState) -> String {
+pub fn pull_body(task: u64, issue: u64, branch: &str, s: &TaskState) -> String {
     let summary = s
         .runs
         .iter()
@@ -950,42 +1227,83 @@ pub fn pull_body(task: u64, issue: u64, s: &TaskState) -> String {
         body.push_str("\n\n");
     }
     body.push_str(&format!(
-        "---\nOpened by agent-fleet for task {task} (branch `task/{task}`).\n"
+        "---\nOpened by agent-fleet for task {task} (branch `{branch}`).\n"
     ));
     body
 }
 
-/// The receipt comment: what was delivered, verified.
-pub fn receipt_comment(task: u64, s: &TaskState) -> String {
-    let mut out = format!("### agent-fleet: task {task} completed\n\n");
+/// The web page of the task's repository on the forge, `<base_url>/<owner>/<name>`: the
+/// comments link commits under it (`…/commit/<sha>`), as Forgejo serves them.
+pub fn repo_web_url(base_url: &str, repo: &str) -> String {
+    format!("{}/{}", base_url.trim().trim_end_matches('/'), repo)
+}
+
+impl Forge {
+    /// [`repo_web_url`] on this forge.
+    pub fn repo_web_url(&self, repo: &str) -> String {
+        repo_web_url(&self.config.base_url, repo)
+    }
+}
+
+/// `` [`abc1234`](<repo_url>/commit/<sha>) ``: a commit, linked.
+fn commit_link(repo_url: &str, sha: &str) -> String {
+    format!("[`{}`]({repo_url}/commit/{sha})", sha7(sha))
+}
+
+/// The task's pull request, linked: `[#7](<url>)` (`#7` when the forge gave no URL).
+fn pull_link(pr: &super::review::PullLink) -> String {
+    if pr.url.trim().is_empty() {
+        format!("#{}", pr.number)
+    } else {
+        format!("[#{}]({})", pr.number, pr.url.trim())
+    }
+}
+
+/// The verified commits of the task's receipt, each linked, as a list under a heading.
+fn commits_section(repo_url: &str, s: &TaskState) -> String {
+    let Some(r) = s.receipt.as_ref().filter(|r| !r.work.commits.is_empty()) else {
+        return String::new();
+    };
+    let mut out = String::from("**Commits**\n\n");
+    for (sha, subject) in r.work.commits.iter().take(30) {
+        out.push_str(&format!("- {} {subject}\n", commit_link(repo_url, sha)));
+    }
+    out.push('\n');
+    out
+}
+
+/// Where a person finds the runs and their output: the daemon serves no public page of a task,
+/// so the comment names the command that shows it.
+fn runs_line(task: u64) -> String {
+    format!("Each run and its output: `agent-fleet task show {task}`.\n")
+}
+
+/// The receipt comment: ✅, what was delivered and verified, every artifact linked (the pull
+/// request, its merge commit, each commit of the task's branch). `repo_url`: see
+/// [`repo_web_url`].
+pub fn receipt_comment(task: u64, s: &TaskState, repo_url: &str) -> String {
+    let mut out = format!("### ✅ agent-fleet: task {task} completed\n\n");
     if let Some(pr) = s.forge.as_ref().and_then(|f| f.pr.as_ref()) {
         out.push_str(&format!(
-            "Pull request #{} ({}) merged{}, {} commit(s), verified on the forge.\n\n",
-            pr.number,
-            pr.url,
+            "Pull request {} merged{}, {} commit(s), verified on the forge.\n\n",
+            pull_link(pr),
             pr.merge_sha
                 .as_deref()
-                .map(|m| format!(" as `{}`", sha7(m)))
+                .map(|m| format!(" as {}", commit_link(repo_url, m)))
                 .unwrap_or_default(),
             pr.commits
         ));
     }
-    if let Some(r) = &s.receipt {
-        if !r.summary.trim().is_empty() {
-            out.push_str("**Summary**\n\n");
-            for line in r.summary.trim().lines().take(20) {
-                out.push_str(&format!("> {line}\n"));
-            }
-            out.push('\n');
+    if let Some(r) = &s.receipt
+        && !r.summary.trim().is_empty()
+    {
+        out.push_str("**Summary**\n\n");
+        for line in r.summary.trim().lines().take(20) {
+            out.push_str(&format!("> {line}\n"));
         }
-        if !r.work.commits.is_empty() {
-            out.push_str("**Commits**\n\n");
-            for (sha, subject) in r.work.commits.iter().take(30) {
-                out.push_str(&format!("- `{}` {subject}\n", sha7(sha)));
-            }
-            out.push('\n');
-        }
+        out.push('\n');
     }
+    out.push_str(&commits_section(repo_url, s));
     let cost: f64 = s
         .runs
         .iter()
@@ -1001,25 +1319,37 @@ pub fn receipt_comment(task: u64, s: &TaskState) -> String {
             String::new()
         }
     ));
+    out.push_str(&runs_line(task));
     out
 }
 
-/// The failure comment: why, and what a person can do.
-pub fn failure_comment(task: u64, s: &TaskState) -> String {
+/// The failure comment: ❌ (🙋 when the task needs a person), why, the artifacts there are (the
+/// pull request, the verified commits), linked, and what a person can do.
+pub fn failure_comment(task: u64, s: &TaskState, repo_url: &str) -> String {
     let reason = s.failure.as_deref().unwrap_or("no reason was recorded");
-    let mut out = format!("### agent-fleet: task {task} failed\n\n{reason}\n\n");
+    let escalated = s.forge.as_ref().is_some_and(|f| f.escalated);
+    let mut out = if escalated {
+        format!("### 🙋 agent-fleet: task {task} failed and needs a person\n\n{reason}\n\n")
+    } else {
+        format!("### ❌ agent-fleet: task {task} failed\n\n{reason}\n\n")
+    };
+    if let Some(pr) = s.forge.as_ref().and_then(|f| f.pr.as_ref()) {
+        out.push_str(&format!("Pull request: {}.\n\n", pull_link(pr)));
+    }
+    out.push_str(&commits_section(repo_url, s));
     out.push_str(&format!(
         "Attempts: {}. Runs: {}. Review rounds: {}.\n",
         s.attempt,
         s.runs.len(),
         s.review_count
     ));
-    if s.forge.as_ref().is_some_and(|f| f.escalated) {
+    if escalated {
         out.push_str("\nThis task needs a person.\n");
     }
     out.push_str(&format!(
         "\nRetry with `agent-fleet task retry {task}` once the cause is fixed.\n"
     ));
+    out.push_str(&runs_line(task));
     out
 }
 
@@ -1030,5 +1360,170 @@ pub(super) fn index_task(forge: &Forge, id: u64, s: &TaskState) {
         if let Some(pr) = &f.pr {
             forge.note_pull(&f.repo, pr.number, id);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::agent_task::Receipt;
+    use crate::steps::review::PullLink;
+    use crate::steps::workspace::BranchWork;
+
+    const WEB: &str = "https://forge.example.org/acme/widgets";
+    const SHA_A: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
+    const SHA_B: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f000112233";
+    const MERGE: &str = "9999999aaaaaaabbbbbbbcccccccdddddddeeeee";
+
+    fn task(status: TaskStatus) -> TaskState {
+        let spec = TaskSpec {
+            source: Source::Forge {
+                repo: "acme/widgets".into(),
+                issue: 4,
+            },
+            title: "Add a changelog".into(),
+            body: String::new(),
+            labels: vec!["agent-fleet".into()],
+            kind: None,
+            priority: Priority::default(),
+            agent: "demo".into(),
+            capabilities: Vec::new(),
+            repo: "https://forge.example.org/acme/widgets.git".into(),
+            base: Some("main".into()),
+            file_scope: Vec::new(),
+            validation: Vec::new(),
+        };
+        let mut s = TaskState::new(spec, Timestamp::now());
+        s.status = status;
+        let mut f = ForgeTask::new("acme/widgets", 4, vec!["agent-fleet".into()]);
+        f.pr = Some(PullLink {
+            number: 7,
+            title: "Add a changelog".into(),
+            url: "https://forge.example.org/acme/widgets/pulls/7".into(),
+            merged: status == TaskStatus::Completed,
+            merge_sha: Some(MERGE.into()).filter(|_| status == TaskStatus::Completed),
+            commits: 2,
+        });
+        s.forge = Some(f);
+        s.receipt = Some(Receipt {
+            branch: "task/12".into(),
+            base: "main".into(),
+            base_sha: "b".into(),
+            work: BranchWork {
+                head_sha: SHA_B.into(),
+                commits: vec![
+                    (SHA_A.into(), "Add CHANGELOG.md".into()),
+                    (SHA_B.into(), "Mention it in the README".into()),
+                ],
+                files_changed: Vec::new(),
+            },
+            summary: "Added a changelog.".into(),
+            cost_usd: None,
+            verified_at: Timestamp::now(),
+        });
+        s
+    }
+
+    #[test]
+    fn the_receipt_comment_leads_with_a_check_mark_and_links_the_pull_request_and_every_commit() {
+        let body = receipt_comment(12, &task(TaskStatus::Completed), WEB);
+        assert!(
+            body.starts_with("### ✅ agent-fleet: task 12 completed"),
+            "{body}"
+        );
+        assert!(
+            body.contains("[#7](https://forge.example.org/acme/widgets/pulls/7)"),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("[`9999999`]({WEB}/commit/{MERGE})")),
+            "{body}"
+        );
+        for (sha, subject) in [
+            (SHA_A, "Add CHANGELOG.md"),
+            (SHA_B, "Mention it in the README"),
+        ] {
+            let line = format!("- [`{}`]({WEB}/commit/{sha}) {subject}", &sha[..7]);
+            assert!(body.contains(&line), "no {line} in:\n{body}");
+        }
+        assert!(body.contains("`agent-fleet task show 12`"), "{body}");
+    }
+
+    #[test]
+    fn the_failure_comment_leads_with_a_cross_and_links_what_there_is() {
+        let mut s = task(TaskStatus::Failed);
+        s.failure = Some("the agent gave up".into());
+        let body = failure_comment(12, &s, WEB);
+        assert!(body.starts_with("### ❌ agent-fleet: task 12 failed\n\nthe agent gave up"));
+        assert!(
+            body.contains("Pull request: [#7](https://forge.example.org/acme/widgets/pulls/7)."),
+            "{body}"
+        );
+        assert!(body.contains(&format!("({WEB}/commit/{SHA_A})")), "{body}");
+        assert!(body.contains("`agent-fleet task show 12`"), "{body}");
+        assert!(!body.contains("needs a person"), "{body}");
+    }
+
+    #[test]
+    fn an_escalated_failure_leads_with_a_raised_hand() {
+        let mut s = task(TaskStatus::Failed);
+        s.failure = Some("too many review rounds".into());
+        if let Some(f) = s.forge.as_mut() {
+            f.escalated = true;
+        }
+        let body = failure_comment(12, &s, WEB);
+        assert!(
+            body.starts_with("### 🙋 agent-fleet: task 12 failed and needs a person"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn commit_links_are_under_the_forges_base_url_whatever_its_trailing_slash() {
+        assert_eq!(
+            repo_web_url(" https://forge.example.org/git/ ", "acme/widgets"),
+            "https://forge.example.org/git/acme/widgets"
+        );
+    }
+
+    fn roles(assignee: Option<&str>, reviewer: Option<&str>) -> ForgejoConfig {
+        let text = format!(
+            "base_url = \"https://forge.example.org\"\n{}{}",
+            assignee.map_or(String::new(), |a| format!("assignee = \"{a}\"\n")),
+            reviewer.map_or(String::new(), |r| format!("reviewer = \"{r}\"\n")),
+        );
+        toml::from_str(&text).expect("a [forgejo] table")
+    }
+
+    fn logins(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn assignees_follow_the_status_and_never_a_persons_own_assignment() {
+        let c = roles(Some("bot"), Some("bob"));
+        let set = |l: &[&str]| AssigneesPlan::Set(logins(l));
+        assert_eq!(assignees_plan(&c, TaskStatus::Running, &[]), set(&["bot"]));
+        assert_eq!(
+            assignees_plan(&c, TaskStatus::ReviewPending, &logins(&["bot"])),
+            set(&["bob"])
+        );
+        assert_eq!(
+            assignees_plan(&c, TaskStatus::Completed, &logins(&["Bob"])),
+            AssigneesPlan::Keep
+        );
+        assert_eq!(
+            assignees_plan(&c, TaskStatus::AgentLost, &logins(&["bot"])),
+            set(&[])
+        );
+        assert_eq!(
+            assignees_plan(&c, TaskStatus::Running, &logins(&["bob", "alice"])),
+            AssigneesPlan::TakenBy("alice".into())
+        );
+        let off = roles(None, Some(" "));
+        assert_eq!(
+            assignees_plan(&off, TaskStatus::Running, &logins(&["bot"])),
+            AssigneesPlan::Keep
+        );
     }
 }

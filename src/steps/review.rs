@@ -26,7 +26,7 @@ use crate::workflow::{Effect, Outcome, StepCtx, StepError, StepResult, Timestamp
 
 use super::agent_task::{AgentTask, Phase, TaskSignal, TaskState};
 use super::forge::{self, Forge};
-use super::task::{TaskStatus, branch_name};
+use super::task::TaskStatus;
 use super::workspace;
 
 /// Fingerprints of feedback already given, kept per task (the oldest are dropped).
@@ -150,14 +150,15 @@ pub(super) fn status_effects(
     outcome
         .effects
         .push(forge::labels_effect(id, &repo, issue)?);
+    let web = forge.map(|f| f.repo_web_url(&repo)).unwrap_or_default();
     let comment = match s.status {
-        TaskStatus::Completed => Some(("receipt".to_string(), forge::receipt_comment(id, s))),
+        TaskStatus::Completed => Some(("receipt".to_string(), forge::receipt_comment(id, s, &web))),
         TaskStatus::Failed => {
             let n = s.forge.as_mut().map_or(1, |f| {
                 f.failures += 1;
                 f.failures
             });
-            Some((format!("failure-{n}"), forge::failure_comment(id, s)))
+            Some((format!("failure-{n}"), forge::failure_comment(id, s, &web)))
         }
         _ => None,
     };
@@ -257,7 +258,7 @@ impl AgentTask {
     ) -> Result<Outcome<TaskState>, Trouble> {
         let id = ctx.instance();
         let (forge, repo) = self.forge_parts(&s).map_err(Trouble::Retry)?;
-        let branch = branch_name(id);
+        let branch = self.rt.names().map_err(Trouble::Retry)?.branch(id);
         let mut notes = Vec::new();
         if let Some(ws) = s.workspace.clone() {
             let shell = self.rt.shell(&ws.host).map_err(Trouble::Retry)?;
@@ -287,37 +288,14 @@ impl AgentTask {
                 "{branch} on the forge has no commit ahead of {base}: no pull request opened"
             )));
         }
-        let existing = forge
+        // One request by base and head, however many pull requests the repository has.
+        let found = forge
             .client
-            .pull_by_head(&repo, &branch)
+            .pull_by_base_head(&repo, &base, &branch)
             .await
             .map_err(|e| trouble("looking up the pull request", e))?;
-        // Only a pull request at the commit verified and pushed for this task is the task's: a
-        // closed one at another commit is an older one of a branch of the same name.
         let pushed = pushed_head(&s);
-        let existing = match existing {
-            Some(p) if p.state != "open" && pushed.is_some_and(|h| h != p.head.sha) => {
-                notes.push(format!(
-                    "pull request #{} of {branch} ({}) is at {}, not at the pushed {}: not this task's",
-                    p.number,
-                    p.state,
-                    short(&p.head.sha),
-                    short(pushed.unwrap_or_default())
-                ));
-                None
-            }
-            Some(p) if pushed.is_some_and(|h| h != p.head.sha) => {
-                return Err(Trouble::Fail(format!(
-                    "pull request #{} of {branch} is at {}, not at the commit pushed for this task \
-                     ({}): someone else moved the branch",
-                    p.number,
-                    short(&p.head.sha),
-                    short(pushed.unwrap_or_default())
-                )));
-            }
-            other => other,
-        };
-        let pr = match existing {
+        let pr = match judge(found, pushed, &branch, &mut notes)? {
             Some(p) if p.state == "closed" && !p.merged => {
                 let reason = format!(
                     "pull request #{} of {branch} was closed without merging",
@@ -331,25 +309,44 @@ impl AgentTask {
             }
             None => {
                 let issue = s.forge.as_ref().map_or(0, |f| f.issue);
-                let body = forge::pull_body(id, issue, &s);
-                let p = forge
-                    .client
-                    .create_pull(
-                        &repo,
-                        &CreatePull {
-                            head: branch.clone(),
-                            base: base.clone(),
-                            title: s.spec.title.clone(),
-                            body,
-                        },
-                    )
-                    .await
-                    .map_err(|e| trouble("opening the pull request", e))?;
-                notes.push(format!(
-                    "opened pull request #{} ({})",
-                    p.number, p.html_url
-                ));
-                p
+                let body = forge::pull_body(id, issue, &branch, &s);
+                let create = CreatePull {
+                    head: branch.clone(),
+                    base: base.clone(),
+                    title: s.spec.title.clone(),
+                    body,
+                };
+                match forge.client.create_pull(&repo, &create).await {
+                    Ok(p) => {
+                        notes.push(format!(
+                            "opened pull request #{} ({})",
+                            p.number, p.html_url
+                        ));
+                        p
+                    }
+                    // An open pull request exists for this head and base: most likely ours, from
+                    // a create whose answer was lost (a timeout, a 5xx after the forge acted).
+                    Err(e) if e.status() == Some(409) => {
+                        let open = self.open_pull(forge, &repo, &base, &branch).await?;
+                        match judge(open, pushed, &branch, &mut notes)? {
+                            Some(p) if p.state == "open" => {
+                                notes.push(format!(
+                                    "pull request #{} was already open for {branch} (the forge \
+                                     answered 409 to opening another)",
+                                    p.number
+                                ));
+                                p
+                            }
+                            _ => {
+                                return Err(Trouble::Fail(format!(
+                                    "opening the pull request: {e}; and no open pull request \
+                                     of {branch} into {base} in {repo} was found"
+                                )));
+                            }
+                        }
+                    }
+                    Err(e) => return Err(trouble("opening the pull request", e)),
+                }
             }
         };
         if let Some(f) = s.forge.as_mut() {
@@ -371,6 +368,27 @@ impl AgentTask {
         s.phase = Phase::Review;
         s.last_activity_at = Some(ctx.now());
         Ok(Outcome::next(s).note(notes.join("; ")))
+    }
+
+    /// The open pull request of `branch` into `base`: asked by base and head first; when the
+    /// forge answers a closed one (it picks any of several), read from the open ones.
+    async fn open_pull(
+        &self,
+        forge: &Forge,
+        repo: &RepoRef,
+        base: &str,
+        branch: &str,
+    ) -> Result<Option<PullRequest>, Trouble> {
+        let look = |e| trouble("looking up the pull request again after a 409", e);
+        match forge.client.pull_by_base_head(repo, base, branch).await {
+            Ok(Some(p)) if p.state == "open" => Ok(Some(p)),
+            Ok(_) => forge
+                .client
+                .open_pull_by_base_head(repo, base, branch)
+                .await
+                .map_err(look),
+            Err(e) => Err(look(e)),
+        }
     }
 
     /// Review (`review_pending`): what the forge says about the pull request now.
@@ -531,7 +549,7 @@ impl AgentTask {
         pr: PullRequest,
     ) -> Result<Outcome<TaskState>, Trouble> {
         let id = ctx.instance();
-        let branch = branch_name(id);
+        let branch = self.rt.names().map_err(Trouble::Retry)?.branch(id);
         let moved = format!("refs/pull/{}/head", pr.number);
         if pr.head.ref_name != branch && pr.head.ref_name != moved {
             return Err(Trouble::Fail(format!(
@@ -592,6 +610,41 @@ impl AgentTask {
         );
         Ok(Outcome::complete(s).note(note))
     }
+}
+
+/// Whether a pull request the forge found for `branch` is the task's: one at the commit verified
+/// and pushed for this task. A closed one at another commit is an older one of a branch of the
+/// same name (`None`, noted); an open one at another commit means someone else moved the branch
+/// (the task fails).
+fn judge(
+    found: Option<PullRequest>,
+    pushed: Option<&str>,
+    branch: &str,
+    notes: &mut Vec<String>,
+) -> Result<Option<PullRequest>, Trouble> {
+    let Some(p) = found else {
+        return Ok(None);
+    };
+    let Some(pushed) = pushed.filter(|h| *h != p.head.sha) else {
+        return Ok(Some(p));
+    };
+    if p.state != "open" {
+        notes.push(format!(
+            "pull request #{} of {branch} ({}) is at {}, not at the pushed {}: not this task's",
+            p.number,
+            p.state,
+            short(&p.head.sha),
+            short(pushed)
+        ));
+        return Ok(None);
+    }
+    Err(Trouble::Fail(format!(
+        "pull request #{} of {branch} is at {}, not at the commit pushed for this task ({}): \
+         someone else moved the branch",
+        p.number,
+        short(&p.head.sha),
+        short(pushed)
+    )))
 }
 
 /// The commit verified (and then pushed) for the task's latest round: its receipt's head.

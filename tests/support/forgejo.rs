@@ -145,6 +145,8 @@ struct Issue {
     author: String,
     closed: bool,
     labels: Vec<u64>,
+    /// Logins, in the order they were assigned.
+    assignees: Vec<String>,
     comments: Vec<Comment>,
     created_at: String,
     updated_at: String,
@@ -250,6 +252,27 @@ struct State {
     repos: BTreeMap<String, Repo>,
     violations: Vec<String>,
     requests: Vec<(String, String)>,
+    /// Misbehaviours the test asked for, used up in order.
+    faults: Vec<Fault>,
+    /// How long every API request waits before it is served (a slow forge).
+    latency: Duration,
+    /// Operations slower still: (method, swagger path template) → how long each one takes
+    /// before it is carried out.
+    slow: Vec<(String, String, Duration)>,
+}
+
+/// A misbehaviour of the REST API asked for by the test (see [`FakeForgejo::fail`]).
+#[derive(Debug, Clone)]
+struct Fault {
+    method: String,
+    /// A swagger path template (`/repos/{owner}/{repo}/pulls`).
+    template: String,
+    status: u16,
+    /// How many more matching requests it applies to.
+    times: u32,
+    /// The request is carried out first and its answer replaced (an answer lost after the forge
+    /// acted: a proxy's 5xx, a timeout); otherwise it is refused without acting.
+    after_acting: bool,
 }
 
 impl State {
@@ -394,6 +417,19 @@ impl FakeForgejo {
             .await
     }
 
+    /// `alice` sets the issue's assignees (logins; empty: nobody), as the web UI does: one
+    /// `issue_assign` webhook per login assigned or unassigned.
+    pub async fn assign(&self, repo: &str, number: u64, logins: &[&str]) {
+        let repo = repo.to_string();
+        let logins: Vec<String> = logins.iter().map(|l| l.to_string()).collect();
+        self.run(move |i| {
+            let mut st = i.lock();
+            i.set_assignees(&mut st, &repo, number, &logins, ALICE)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
     /// `alice` comments on an issue or pull request.
     pub async fn comment(&self, repo: &str, number: u64, body: &str) -> u64 {
         let (repo, body) = (repo.to_string(), body.to_string());
@@ -479,6 +515,13 @@ impl FakeForgejo {
         self.run(move |i| i.merge(&repo, pr)).await
     }
 
+    /// `alice` reopens an issue (or a pull request).
+    pub async fn reopen_issue(&self, repo: &str, number: u64) {
+        let repo = repo.to_string();
+        self.run(move |i| i.reopen_issue(&repo, number, ALICE))
+            .await
+    }
+
     /// `alice` closes a pull request without merging.
     pub async fn close_pull(&self, repo: &str, pr: u64) {
         let repo = repo.to_string();
@@ -497,6 +540,51 @@ impl FakeForgejo {
     /// Sends the deliveries `Reorder` holds and waits until every delivery queued so far is done.
     pub async fn flush(&self) {
         self.inner.outbox.flush().await;
+    }
+
+    // -- faults --
+
+    /// The next `times` requests `method template` (a swagger path template such as
+    /// `/repos/{owner}/{repo}/issues/{index}/labels`) are answered `status` without being acted on.
+    pub fn fail(&self, method: &str, template: &str, status: u16, times: u32) {
+        self.add_fault(method, template, status, times, false);
+    }
+
+    /// The next `times` requests `method template` are carried out, and then answered `status`
+    /// instead of their answer: the forge acted, the caller cannot know it.
+    pub fn fail_after_acting(&self, method: &str, template: &str, status: u16, times: u32) {
+        self.add_fault(method, template, status, times, true);
+    }
+
+    fn add_fault(&self, method: &str, template: &str, status: u16, times: u32, after: bool) {
+        self.inner.lock().faults.push(Fault {
+            method: method.to_ascii_uppercase(),
+            template: template.to_string(),
+            status,
+            times,
+            after_acting: after,
+        });
+    }
+
+    /// Every request `method template` waits `latency` right before it is carried out (on top
+    /// of [`FakeForgejo::set_latency`]); zero removes the slowness.
+    pub fn slow_down(&self, method: &str, template: &str, latency: Duration) {
+        let method = method.to_ascii_uppercase();
+        let mut st = self.inner.lock();
+        st.slow.retain(|(m, t, _)| !(*m == method && t == template));
+        if !latency.is_zero() {
+            st.slow.push((method, template.to_string(), latency));
+        }
+    }
+
+    /// Drops the faults not used up yet.
+    pub fn clear_faults(&self) {
+        self.inner.lock().faults.clear();
+    }
+
+    /// Every API request waits `latency` before it is served (zero: none).
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.lock().latency = latency;
     }
 
     // -- inspection --
@@ -541,6 +629,26 @@ impl FakeForgejo {
             .unwrap_or_default()
     }
 
+    /// The names of the repository's labels, duplicates included, sorted.
+    pub fn repo_labels(&self, repo: &str) -> Vec<String> {
+        let st = self.inner.lock();
+        let mut names: Vec<String> = st
+            .repo(repo)
+            .map(|r| r.labels.iter().map(|l| l.name.clone()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The logins the issue is assigned to, in the order they were assigned.
+    pub fn issue_assignees(&self, repo: &str, number: u64) -> Vec<String> {
+        let st = self.inner.lock();
+        st.repo(repo)
+            .ok()
+            .and_then(|r| r.issues.get(&number).map(|i| i.assignees.clone()))
+            .unwrap_or_default()
+    }
+
     pub fn issue_is_open(&self, repo: &str, number: u64) -> Option<bool> {
         let st = self.inner.lock();
         st.repo(repo).ok()?.issues.get(&number).map(|i| !i.closed)
@@ -576,6 +684,32 @@ impl Inner {
             repos: &st.repos,
             repo,
         }
+    }
+
+    /// The fault that applies to this request, if any (one use of it is spent).
+    fn take_fault(&self, method: &str, template: &str) -> Option<Fault> {
+        let mut st = self.lock();
+        let at = st
+            .faults
+            .iter()
+            .position(|f| f.times > 0 && f.method == method && f.template == template)?;
+        st.faults[at].times -= 1;
+        let fault = st.faults[at].clone();
+        st.faults.retain(|f| f.times > 0);
+        Some(fault)
+    }
+
+    fn latency(&self) -> Duration {
+        self.lock().latency
+    }
+
+    /// How long `method template` is held before it is carried out (see `slow_down`).
+    fn slowness(&self, method: &str, template: &str) -> Option<Duration> {
+        let st = self.lock();
+        st.slow
+            .iter()
+            .find(|(m, t, _)| m == method && t == template)
+            .map(|(_, _, d)| *d)
     }
 
     fn violation(&self, method: &str, path: &str, reason: &str) {
@@ -661,6 +795,7 @@ impl Inner {
             author: ALICE.into(),
             closed: false,
             labels: ids,
+            assignees: Vec::new(),
             comments: Vec::new(),
             created_at: at.clone(),
             updated_at: at,
@@ -711,6 +846,74 @@ impl Inner {
         self.notify_labels(st, repo, number, action, sender)
     }
 
+    /// Replaces the issue's assignees with `logins` (Forgejo's `UpdateAssignees`: duplicates
+    /// count once; every login must be a user who can be assigned, i.e. has write access);
+    /// sends `issue_assign` (`unassigned`, then `assigned`) for each change, by `sender`. Like
+    /// Forgejo, an unknown login changes nothing (the users are looked up first), while a user
+    /// without access fails after the assignees not asked for were removed.
+    fn set_assignees(
+        &self,
+        st: &mut State,
+        repo: &str,
+        number: u64,
+        logins: &[String],
+        sender: &str,
+    ) -> Result<(), AssignError> {
+        let mut wanted: Vec<String> = Vec::new();
+        for login in logins {
+            let Some(known) = st.users.keys().find(|u| u.eq_ignore_ascii_case(login)) else {
+                return Err(AssignError::UnknownUser(login.clone()));
+            };
+            if !wanted.contains(known) {
+                wanted.push(known.clone());
+            }
+        }
+        let r = st.repo(repo).map_err(AssignError::Other)?;
+        let stranger = wanted.iter().find(|u| !r.can_write(u)).cloned();
+        if let Some(stranger) = stranger {
+            let full = r.full_name();
+            let kept: Vec<String> = r
+                .issue(number)
+                .map_err(AssignError::Other)?
+                .assignees
+                .iter()
+                .filter(|a| wanted.contains(a))
+                .cloned()
+                .collect();
+            self.set_assignees(st, repo, number, &kept, sender)?;
+            return Err(AssignError::NoAccess(stranger, full));
+        }
+        let issue = st
+            .repo_mut(repo)
+            .and_then(|r| r.issue_mut(number))
+            .map_err(AssignError::Other)?;
+        let removed: Vec<String> = issue
+            .assignees
+            .iter()
+            .filter(|a| !wanted.contains(a))
+            .cloned()
+            .collect();
+        let added: Vec<String> = wanted
+            .iter()
+            .filter(|w| !issue.assignees.contains(w))
+            .cloned()
+            .collect();
+        issue.assignees.retain(|a| wanted.contains(a));
+        issue.assignees.extend(added.iter().cloned());
+        if !removed.is_empty() || !added.is_empty() {
+            issue.updated_at = now();
+        }
+        let actions = removed
+            .iter()
+            .map(|_| "unassigned")
+            .chain(added.iter().map(|_| "assigned"));
+        for action in actions {
+            self.notify_assign(st, repo, number, action, sender)
+                .map_err(AssignError::Other)?;
+        }
+        Ok(())
+    }
+
     fn add_comment(
         &self,
         repo: &str,
@@ -748,6 +951,23 @@ impl Inner {
             self.notify_pull(&st, repo, number, "closed", sender, None)
         } else {
             self.notify_issue(&st, repo, number, "closed", sender)
+        }
+    }
+
+    fn reopen_issue(&self, repo: &str, number: u64, sender: &str) -> Result<(), String> {
+        let mut st = self.lock();
+        let issue = st.repo_mut(repo)?.issue_mut(number)?;
+        if !issue.closed {
+            return Ok(());
+        }
+        issue.closed = false;
+        issue.closed_at = None;
+        issue.updated_at = now();
+        let is_pull = issue.pull.is_some();
+        if is_pull {
+            self.notify_pull(&st, repo, number, "reopened", sender, None)
+        } else {
+            self.notify_issue(&st, repo, number, "reopened", sender)
         }
     }
 
@@ -850,6 +1070,7 @@ impl Inner {
             author: author.into(),
             closed: false,
             labels,
+            assignees: Vec::new(),
             comments: Vec::new(),
             created_at: at.clone(),
             updated_at: at,
@@ -1136,6 +1357,22 @@ impl Inner {
         Ok(())
     }
 
+    /// `issues` / `issue_assign`: an assignee was added or removed.
+    fn notify_assign(
+        &self,
+        st: &State,
+        repo: &str,
+        number: u64,
+        action: &str,
+        sender: &str,
+    ) -> Result<(), String> {
+        let r = st.repo(repo)?;
+        let issue = r.issue(number)?;
+        let payload = self.view(st, r).issue_payload(issue, action, sender);
+        self.outbox.emit("issues", "issue_assign", payload);
+        Ok(())
+    }
+
     fn notify_labels(
         &self,
         st: &State,
@@ -1227,6 +1464,30 @@ impl Inner {
         };
         self.outbox.emit(event, event_type, payload);
         Ok(())
+    }
+}
+
+/// Why assignees were refused (see `Inner::set_assignees`).
+#[derive(Debug)]
+enum AssignError {
+    /// Forgejo's `user_model.ErrUserNotExist`.
+    UnknownUser(String),
+    /// Forgejo's `repo_model.ErrUserDoesNotHaveAccessToRepo`.
+    NoAccess(String, String),
+    Other(String),
+}
+
+impl std::fmt::Display for AssignError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AssignError::UnknownUser(name) => {
+                write!(f, "user does not exist [uid: 0, name: {name}]")
+            }
+            AssignError::NoAccess(user, repo) => {
+                write!(f, "user {user} does not have access to repository {repo}")
+            }
+            AssignError::Other(e) => f.write_str(e),
+        }
     }
 }
 

@@ -23,8 +23,9 @@ const BINDING_REQUIRED: &[(&str, &[&str])] =
     &[("CreatePullRequestOption", &["head", "base", "title"])];
 
 /// Path templates whose last `{param}` takes the rest of the path, slashes included: Forgejo routes
-/// them with a chi wildcard (`m.Get("/compare/*", …)`, `/raw/*`, `/contents/*`, `/media/*`).
-const REST_PARAMS: &[&str] = &["basehead", "filepath"];
+/// them with a chi wildcard (`m.Get("/compare/*", …)`, `/raw/*`, `/contents/*`, `/media/*`,
+/// `/pulls/{base}/*`).
+const REST_PARAMS: &[&str] = &["basehead", "filepath", "head"];
 
 /// Why a request does not fit the spec, and the status Forgejo answers it with.
 #[derive(Debug, Clone, PartialEq)]

@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use super::types::{
     Comment, Commit, Compare, Issue, Label, PullRequest, PullReview, RepoPermission, RepoRef,
-    Repository, ReviewComment,
+    Repository, ReviewComment, User,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -202,6 +202,26 @@ impl Forgejo {
             .await
     }
 
+    /// `PATCH /repos/{owner}/{repo}/issues/{index}` with `assignees`: the issue is assigned to
+    /// exactly `logins` (none: nobody). Forgejo answers 500 when a login is no user or cannot
+    /// be assigned (see [`Forgejo::assignable`]).
+    pub async fn set_assignees(
+        &self,
+        repo: &RepoRef,
+        index: u64,
+        logins: &[String],
+    ) -> Result<Issue, ForgeError> {
+        let body = serde_json::json!({ "assignees": logins });
+        let path = repo_path(repo, &["issues", &index.to_string()]);
+        self.send(Method::PATCH, &path, &[], Some(&body)).await
+    }
+
+    /// `GET /repos/{owner}/{repo}/assignees`: the users issues of the repository can be
+    /// assigned to (those with write access).
+    pub async fn assignable(&self, repo: &RepoRef) -> Result<Vec<User>, ForgeError> {
+        self.get(&repo_path(repo, &["assignees"]), &[]).await
+    }
+
     /// The open issues (not pull requests) carrying `label`, all pages.
     pub async fn open_issues_with_label(
         &self,
@@ -346,24 +366,43 @@ impl Forgejo {
             .await
     }
 
-    /// The pull request from branch `head` OF THE REPOSITORY ITSELF: the open one if there is
-    /// one, else the newest (highest number) closed one, else `None`. A pull request from a fork
-    /// (or from a deleted repository) is never it, whatever its branch is called: anyone who can
-    /// fork can name a branch `task/12`.
-    pub async fn pull_by_head(
+    /// `GET /repos/{owner}/{repo}/pulls/{base}/{head}`: a pull request from branch `head` OF THE
+    /// REPOSITORY ITSELF into `base`, in any state, or `None`. One request, however many pull
+    /// requests the repository has. When several match (an old closed one and a newer one),
+    /// Forgejo answers one of them in no set order: see [`Forgejo::open_pull_by_base_head`].
+    /// A pull request from a fork (or from a deleted repository) is never it, whatever its
+    /// branch is called: anyone who can fork can name a branch `task/12`.
+    pub async fn pull_by_base_head(
         &self,
         repo: &RepoRef,
+        base: &str,
         head: &str,
     ) -> Result<Option<PullRequest>, ForgeError> {
-        let pulls = self.pulls(repo, "all").await?;
-        let mut matching: Vec<PullRequest> = pulls
-            .into_iter()
-            .filter(|p| p.head.ref_name == head && p.head_in_base_repo())
-            .collect();
-        if let Some(open) = matching.iter().position(|p| p.state == "open") {
-            return Ok(Some(matching.swap_remove(open)));
+        // Forgejo routes `/pulls/{base}/*` and unescapes both: each travels as one
+        // percent-encoded segment (`main/task%2F12`), so a base with a slash stays one name.
+        let path = repo_path(repo, &["pulls", base, head]);
+        match self.get::<PullRequest>(&path, &[]).await {
+            Ok(p) => Ok(Some(p).filter(|p| is_from(p, base, head))),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
         }
-        Ok(matching.into_iter().max_by_key(|p| p.number))
+    }
+
+    /// The OPEN pull request from branch `head` of the repository itself into `base` (the
+    /// newest, should there be several), read from the list of open pull requests. For when
+    /// [`Forgejo::pull_by_base_head`] answered a closed one but the forge says an open one
+    /// exists (a 409 on create): only the open ones are listed, never every pull request.
+    pub async fn open_pull_by_base_head(
+        &self,
+        repo: &RepoRef,
+        base: &str,
+        head: &str,
+    ) -> Result<Option<PullRequest>, ForgeError> {
+        let open = self.pulls(repo, "open").await?;
+        Ok(open
+            .into_iter()
+            .filter(|p| p.state == "open" && is_from(p, base, head))
+            .max_by_key(|p| p.number))
     }
 
     /// Opens a pull request.
@@ -634,6 +673,15 @@ fn repo_path(repo: &RepoRef, rest: &[&str]) -> Vec<String> {
     let mut path = vec!["repos".to_string(), repo.owner.clone(), repo.name.clone()];
     path.extend(rest.iter().map(|s| s.to_string()));
     path
+}
+
+/// Whether `p` goes from branch `head` of the base repository itself into `base`. (Once the
+/// head branch is deleted, Forgejo names the head `refs/pull/<number>/head`.)
+fn is_from(p: &PullRequest, base: &str, head: &str) -> bool {
+    let moved = format!("refs/pull/{}/head", p.number);
+    (p.head.ref_name == head || p.head.ref_name == moved)
+        && p.base.ref_name == base
+        && p.head_in_base_repo()
 }
 
 /// The API path for messages: unescaped, without `/api/v1` and the query.
@@ -1059,35 +1107,74 @@ mod tests {
         assert_eq!(seen[0].uri, "/api/v1/repos/acme/widgets/issues/4/labels/12");
     }
 
+    fn pull_from(repo_id: i64, number: u64, head: &str, state: &str) -> serde_json::Value {
+        serde_json::json!({"id": number, "number": number, "state": state, "merged": false,
+            "head": {"ref": head, "sha": "s", "label": head, "repo_id": repo_id},
+            "base": {"ref": "main", "sha": "b", "label": "main", "repo_id": 3}})
+    }
+
     #[tokio::test]
-    async fn pull_by_head_prefers_the_open_one_else_the_newest() {
-        let from = |repo_id: i64, number: u64, head: &str, state: &str| {
-            serde_json::json!({"id": number, "number": number, "state": state, "merged": false,
-                "head": {"ref": head, "sha": "s", "label": head, "repo_id": repo_id},
-                "base": {"ref": "main", "sha": "b", "label": "main", "repo_id": 3}})
-        };
-        let pull = |number: u64, head: &str, state: &str| from(3, number, head, state);
-        let all = serde_json::json!([
-            pull(5, "task/12", "closed"),
-            pull(9, "task/12", "closed"),
-            pull(7, "task/12", "open"),
-            pull(8, "task/13", "closed"),
-            // From forks (or a deleted head repository): never the task's.
-            from(44, 10, "task/13", "open"),
-            from(44, 11, "task/14", "closed"),
-            from(-1, 12, "task/14", "open"),
-        ]);
-        let forge = fake(move |_, _| (200, all.to_string())).await;
+    async fn pull_by_base_head_is_one_request_however_many_pulls_the_repository_has() {
+        // The list of pull requests never ends; the lookup by base and head does not read it.
+        let forge = fake(|seen, _| {
+            let path = seen.uri.split('?').next().unwrap_or_default();
+            match path {
+                "/api/v1/repos/acme/widgets/pulls" => {
+                    let page: Vec<_> = (0..50).map(|i| pull_from(3, i, "x", "closed")).collect();
+                    (200, serde_json::Value::Array(page).to_string())
+                }
+                "/api/v1/repos/acme/widgets/pulls/main/task%2F12" => {
+                    (200, pull_from(3, 7, "task/12", "open").to_string())
+                }
+                "/api/v1/repos/acme/widgets/pulls/main/task%2F13" => {
+                    (200, pull_from(44, 8, "task/13", "open").to_string())
+                }
+                _ => (404, r#"{"message":"The target couldn't be found."}"#.into()),
+            }
+        })
+        .await;
         let client = forge.client();
-        let found = client.pull_by_head(&repo(), "task/12").await.unwrap();
+        let found = client
+            .pull_by_base_head(&repo(), "main", "task/12")
+            .await
+            .unwrap();
         assert_eq!(found.map(|p| p.number), Some(7));
-        let found = client.pull_by_head(&repo(), "task/13").await.unwrap();
-        assert_eq!(found.map(|p| p.number), Some(8));
-        assert_eq!(client.pull_by_head(&repo(), "nope").await.unwrap(), None);
-        assert_eq!(client.pull_by_head(&repo(), "task/14").await.unwrap(), None);
+        // From a fork: never the task's.
+        let fork = client.pull_by_base_head(&repo(), "main", "task/13").await;
+        assert_eq!(fork.unwrap(), None);
+        let none = client.pull_by_base_head(&repo(), "main", "nope").await;
+        assert_eq!(none.unwrap(), None);
+        let uris: Vec<String> = forge.seen().into_iter().map(|s| s.uri).collect();
+        assert_eq!(
+            uris,
+            [
+                "/api/v1/repos/acme/widgets/pulls/main/task%2F12",
+                "/api/v1/repos/acme/widgets/pulls/main/task%2F13",
+                "/api/v1/repos/acme/widgets/pulls/main/nope",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn open_pull_by_base_head_reads_only_the_open_pulls_and_skips_forks() {
+        let open = serde_json::json!([
+            pull_from(3, 9, "task/12", "open"),
+            pull_from(44, 11, "task/12", "open"),
+            pull_from(3, 10, "task/13", "open"),
+        ]);
+        let forge = fake(move |_, _| (200, open.to_string())).await;
+        let client = forge.client();
+        let found = client
+            .open_pull_by_base_head(&repo(), "main", "task/12")
+            .await;
+        assert_eq!(found.unwrap().map(|p| p.number), Some(9));
+        let other_base = client
+            .open_pull_by_base_head(&repo(), "dev", "task/12")
+            .await;
+        assert_eq!(other_base.unwrap(), None);
         assert_eq!(
             forge.seen()[0].uri,
-            "/api/v1/repos/acme/widgets/pulls?state=all&page=1&limit=50"
+            "/api/v1/repos/acme/widgets/pulls?state=open&page=1&limit=50"
         );
     }
 

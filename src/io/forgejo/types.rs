@@ -104,6 +104,9 @@ pub struct Issue {
     pub labels: Vec<Label>,
     #[serde(default, deserialize_with = "null_default")]
     pub user: User,
+    /// Who the issue is assigned to (Forgejo sends `null` for nobody).
+    #[serde(default, deserialize_with = "null_default")]
+    pub assignees: Vec<User>,
     #[serde(default, deserialize_with = "null_default")]
     pub html_url: String,
     /// `PullRequestMeta` when the issue is a pull request, else absent or `null`.
@@ -115,6 +118,11 @@ impl Issue {
     /// True when this "issue" is a pull request.
     pub fn is_pull(&self) -> bool {
         self.pull_request.as_ref().is_some_and(|v| !v.is_null())
+    }
+
+    /// The logins it is assigned to, in the forge's order.
+    pub fn assignee_logins(&self) -> Vec<String> {
+        self.assignees.iter().map(|u| u.login.clone()).collect()
     }
 
     /// The names of its labels, in the forge's order.

@@ -96,6 +96,10 @@ async fn handle(
         content_type: header("content-type"),
         body: body.to_vec(),
     };
+    let latency = inner.latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     match tokio::task::spawn_blocking(move || inner.serve(&req)).await {
         Ok(answer) => answer.into_response(),
         Err(e) => (
@@ -179,9 +183,25 @@ impl Inner {
             query,
             body,
         };
+        let fault = self.take_fault(&req.method, &matched.template);
+        let injected = |status: u16| {
+            self.error(
+                status,
+                &format!("fault injected by the test on {}", matched.template),
+            )
+        };
+        if let Some(f) = fault.as_ref().filter(|f| !f.after_acting) {
+            return injected(f.status);
+        }
+        if let Some(slow) = self.slowness(&req.method, &matched.template) {
+            std::thread::sleep(slow); // on the blocking pool, like a busy database
+        }
         let answer = call.dispatch(&matched.template).unwrap_or_else(|a| a);
         self.check_answer(req, &matched, &answer);
-        answer
+        match fault {
+            Some(f) => injected(f.status),
+            None => answer,
+        }
     }
 
     /// `Authorization: token <T>` or `bearer <T>` (scheme case-insensitive, services/auth/oauth2.go).
@@ -207,7 +227,11 @@ impl Inner {
         Ok(())
     }
 
+    /// A 500 is not checked: Forgejo documents none of its internal errors (`ctx.Error(500…)`).
     fn check_answer(&self, req: &Req, matched: &Matched, answer: &Answer) {
+        if answer.status == 500 {
+            return;
+        }
         if let Some(body) = &answer.body
             && let Err(e) = self.spec.check_response(matched, answer.status, body)
         {
@@ -285,11 +309,13 @@ impl Call<'_> {
             ("GET", "/pulls", true) => self.list_pulls(),
             ("POST", "/pulls", true) => self.create_pull(),
             ("GET", "/pulls/{index}", true) => self.get_pull(),
+            ("GET", "/pulls/{base}/{head}", true) => self.pull_by_base_head(),
             ("GET", "/pulls/{index}/commits", true) => self.pull_commits(),
             ("GET", "/pulls/{index}/reviews", true) => self.list_reviews(),
             ("GET", "/pulls/{index}/reviews/{id}/comments", true) => self.review_comments(),
             ("GET", "/compare/{basehead}", true) => self.compare(),
             ("GET", "/collaborators/{collaborator}/permission", true) => self.permission(),
+            ("GET", "/assignees", true) => self.assignees(),
             ("GET", "/hooks", true) => Ok(Answer::json(200, json!([]))),
             ("POST", "/hooks", true) => self.create_hook(),
             _ => {
@@ -438,10 +464,36 @@ impl Call<'_> {
         Ok(Answer::json(200, self.inner.view(&st, r).issue(issue)))
     }
 
-    /// EditIssue: only `state` (close/reopen by the token's user) is applied; 201 like Forgejo.
+    /// EditIssue: `assignees` / `assignee` (replace the set; `[]` clears it) and `state`
+    /// (close/reopen) are applied, by the token's user; 201 like Forgejo. A login that is no
+    /// user, or a user who cannot be assigned (no write access), fails `UpdateAssignees`: Forgejo
+    /// answers 500 with the message hidden (production mode) and changes nothing.
     fn edit_issue(&self) -> Handled {
         let key = self.repo_key(&self.inner.lock())?;
         let n = self.index();
+        let list = self.body.get("assignees").filter(|v| !v.is_null());
+        let one = self.body.get("assignee").filter(|v| !v.is_null());
+        if list.is_some() || one.is_some() {
+            let mut logins: Vec<String> = list
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(one) = one.and_then(Value::as_str).filter(|o| !o.is_empty()) {
+                logins.push(one.to_string());
+            }
+            let mut st = self.inner.lock();
+            if !st.repos[&key].issues.contains_key(&n) {
+                return Err(self.not_found());
+            }
+            if let Err(e) = self.inner.set_assignees(&mut st, &key, n, &logins, BOT) {
+                eprintln!("fake forgejo: UpdateAssignees: {e}");
+                return Err(self.inner.error(500, ""));
+            }
+        }
         let closed = {
             let st = self.inner.lock();
             st.repos[&key]
@@ -455,21 +507,9 @@ impl Call<'_> {
                 .close_issue(&key, n, BOT)
                 .map_err(|e| self.inner.error(500, &e))?;
         } else if self.body["state"] == "open" && closed {
-            let mut st = self.inner.lock();
-            if let Ok(issue) = st.repo_mut(&key).and_then(|r| r.issue_mut(n)) {
-                issue.closed = false;
-                issue.closed_at = None;
-            }
-            let event = if st.repos[&key].issues[&n].pull.is_some() {
-                None
-            } else {
-                Some(())
-            };
-            let sent = match event {
-                Some(()) => self.inner.notify_issue(&st, &key, n, "reopened", BOT),
-                None => self.inner.notify_pull(&st, &key, n, "reopened", BOT, None),
-            };
-            sent.map_err(|e| self.inner.error(500, &e))?;
+            self.inner
+                .reopen_issue(&key, n, BOT)
+                .map_err(|e| self.inner.error(500, &e))?;
         }
         let st = self.inner.lock();
         let r = &st.repos[&key];
@@ -477,6 +517,18 @@ impl Call<'_> {
             201,
             self.inner.view(&st, r).issue(&r.issues[&n]),
         ))
+    }
+
+    /// GetAssignees: the users with write access who can be assigned, by name.
+    fn assignees(&self) -> Handled {
+        let st = self.inner.lock();
+        let key = self.repo_key(&st)?;
+        let r = &st.repos[&key];
+        let mut logins: Vec<&String> = st.users.keys().filter(|u| r.can_write(u)).collect();
+        logins.sort();
+        let view = self.inner.view(&st, r);
+        let users = logins.into_iter().map(|u| view.user(u)).collect();
+        Ok(Answer::json(200, Value::Array(users)))
     }
 
     // ---- labels ----
@@ -683,6 +735,38 @@ impl Call<'_> {
         let key = self.repo_key(&st)?;
         let r = &st.repos[&key];
         let issue = self.pull_issue(&st, &key)?;
+        Ok(Answer::json(
+            200,
+            self.inner
+                .view(&st, r)
+                .pull(issue, &self.inner.pull_git(r, issue)),
+        ))
+    }
+
+    /// GetPullRequestByBaseHead: `head` is a branch of this repository, or `owner:branch` /
+    /// `owner/name:branch` of another (a fork). Like Forgejo's query (no ORDER BY, any state), the
+    /// first matching pull request in storage order (the oldest) is answered when several match.
+    fn pull_by_base_head(&self) -> Handled {
+        let st = self.inner.lock();
+        let key = self.repo_key(&st)?;
+        let r = &st.repos[&key];
+        let base = self.params.get("base").cloned().unwrap_or_default();
+        let head = self.params.get("head").cloned().unwrap_or_default();
+        let (head_repo, branch) = match head.split_once(':') {
+            Some((owner, branch)) if owner.contains('/') => (owner.to_string(), branch),
+            Some((owner, branch)) => (format!("{owner}/{}", r.name), branch),
+            None => (key.clone(), head.as_str()),
+        };
+        let issue = r
+            .issues
+            .values()
+            .find(|i| {
+                i.pull.as_ref().is_some_and(|p| {
+                    let from = p.fork.as_ref().map_or(key.as_str(), |(f, _)| f.as_str());
+                    p.base == base && p.head == branch && from.eq_ignore_ascii_case(&head_repo)
+                })
+            })
+            .ok_or_else(|| self.not_found())?;
         Ok(Answer::json(
             200,
             self.inner

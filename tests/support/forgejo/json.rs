@@ -163,6 +163,13 @@ impl View<'_> {
         Value::Array(labels.map(|l| self.label(l)).collect())
     }
 
+    fn assignees(&self, issue: &Issue) -> Value {
+        if issue.assignees.is_empty() {
+            return Value::Null;
+        }
+        Value::Array(issue.assignees.iter().map(|a| self.user(a)).collect())
+    }
+
     fn issue_html(&self, issue: &Issue) -> String {
         let kind = if issue.pull.is_some() {
             "pulls"
@@ -194,6 +201,15 @@ impl View<'_> {
                 ("updated_at", json!(issue.updated_at)),
                 ("closed_at", json!(issue.closed_at)),
                 ("pull_request", pull_meta),
+                // Forgejo: the first assignee (compatibility), and null rather than `[]`.
+                (
+                    "assignee",
+                    issue
+                        .assignees
+                        .first()
+                        .map_or(Value::Null, |a| self.user(a)),
+                ),
+                ("assignees", self.assignees(issue)),
                 (
                     "repository",
                     json!({"id": r.id, "name": r.name, "owner": r.owner, "full_name": self.full()}),
