@@ -234,6 +234,7 @@ fn run(
     // Running instances woken meanwhile (see `Op::Wake`): kept across batches, in memory only
     // (recovery re-runs what was runnable, and the waker's owner wakes again after a restart).
     let mut woken: HashSet<InstanceId> = HashSet::new();
+    let mut slow = SlowCommits::default();
     while !stopping {
         match next_request(&mut rx) {
             Some(r) => batch.push(r),
@@ -252,7 +253,10 @@ fn run(
             drop(rest);
         }
         let ops = batch.len() as u64;
-        match apply_batch(&store, &mut batch, history_cap, &mut woken) {
+        let began = std::time::Instant::now();
+        let applied = apply_batch(&store, &mut batch, history_cap, &mut woken);
+        slow.observe(began.elapsed(), ops);
+        match applied {
             Ok(results) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.ops.fetch_add(ops, Ordering::Relaxed);
@@ -279,6 +283,45 @@ fn run(
     }
     // Refuse anything still queued.
     rx.close();
+}
+
+/// Commits slower than [`SlowCommits::THRESHOLD`] (a slow disk flush holds every caller of the
+/// batch): counted, and reported as a warning at most once per [`SlowCommits::EVERY`].
+#[derive(Default)]
+struct SlowCommits {
+    since_report: u64,
+    worst: std::time::Duration,
+    last_report: Option<std::time::Instant>,
+}
+
+impl SlowCommits {
+    const THRESHOLD: std::time::Duration = std::time::Duration::from_millis(20);
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    fn observe(&mut self, took: std::time::Duration, ops: u64) {
+        if took < Self::THRESHOLD {
+            return;
+        }
+        self.since_report += 1;
+        self.worst = self.worst.max(took);
+        let now = std::time::Instant::now();
+        if self
+            .last_report
+            .is_none_or(|at| now.duration_since(at) >= Self::EVERY)
+        {
+            tracing::warn!(
+                slow_commits = self.since_report,
+                worst_ms = self.worst.as_millis() as u64,
+                last_ops = ops,
+                "store commits slower than {} ms (the disk's flush): every request of such a \
+                 batch waited for it",
+                Self::THRESHOLD.as_millis()
+            );
+            self.since_report = 0;
+            self.worst = std::time::Duration::ZERO;
+            self.last_report = Some(now);
+        }
+    }
 }
 
 /// How long the writer polls for the next request before it sleeps. At low concurrency the next
