@@ -121,12 +121,37 @@ struct Queued {
     woken: bool,
 }
 
+/// What a ticket asks of a host (agent kind, host pin, capabilities): tickets of one class can
+/// go to the same hosts. The queue keeps one ordered line per class, so that finding the next
+/// tasks to serve costs the number of classes, not the length of the queue (thousands of tasks
+/// may wait for an agent kind no host can run now).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Class {
+    agent: String,
+    host: Option<String>,
+    capabilities: Vec<String>,
+}
+
+impl Class {
+    fn of(t: &Ticket) -> Class {
+        let mut capabilities = t.capabilities.clone();
+        capabilities.sort();
+        capabilities.dedup();
+        Class {
+            agent: t.agent.clone(),
+            host: t.host.clone(),
+            capabilities,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slots {
     hosts: Vec<Host>,
-    waiting: BTreeMap<QueueKey, Queued>,
-    /// The queue key of each waiting task.
-    keys: HashMap<u64, QueueKey>,
+    /// The waiting tickets, one line per class, each in queue order.
+    lines: HashMap<Class, BTreeMap<QueueKey, Queued>>,
+    /// The class and queue key of each waiting task.
+    keys: HashMap<u64, (Class, QueueKey)>,
 }
 
 impl Slots {
@@ -134,30 +159,49 @@ impl Slots {
     fn enqueue(&mut self, t: &Ticket) {
         self.dequeue(t.task_id);
         let key = queue_key(t);
-        self.keys.insert(t.task_id, key);
-        self.waiting.insert(
+        let class = Class::of(t);
+        self.lines.entry(class.clone()).or_default().insert(
             key,
             Queued {
                 ticket: t.clone(),
                 woken: false,
             },
         );
+        self.keys.insert(t.task_id, (class, key));
     }
 
     fn dequeue(&mut self, task_id: u64) -> bool {
-        match self.keys.remove(&task_id) {
-            Some(key) => self.waiting.remove(&key).is_some(),
-            None => false,
+        let Some((class, key)) = self.keys.remove(&task_id) else {
+            return false;
+        };
+        let Some(line) = self.lines.get_mut(&class) else {
+            return false;
+        };
+        let removed = line.remove(&key).is_some();
+        if line.is_empty() {
+            self.lines.remove(&class);
         }
+        removed
+    }
+
+    fn waiting(&self) -> usize {
+        self.keys.len()
     }
 
     /// Walks the queue in order, reserving for each ticket the least loaded free host that
     /// can take it, until no host has a free slot or `stop_at` got one. Returns the
-    /// (task, host index) reservations in queue order.
+    /// (task, host index) reservations in queue order. A ticket no host can take now is
+    /// passed over, and so is the rest of its class (reservations only fill hosts up): each
+    /// reservation costs the number of classes, whatever the queue's length.
     fn plan(&self, now: Timestamp, stop_at: Option<u64>) -> Vec<(u64, usize)> {
         let mut reserved: Vec<usize> = self.hosts.iter().map(|h| h.running.len()).collect();
         let mut out = Vec::new();
-        for q in self.waiting.values() {
+        let mut heads: Vec<_> = self
+            .lines
+            .values()
+            .map(|line| line.values().peekable())
+            .collect();
+        loop {
             let free = self
                 .hosts
                 .iter()
@@ -166,26 +210,52 @@ impl Slots {
             if !free {
                 break;
             }
-            let ticket = &q.ticket;
-            let best = self
-                .hosts
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| h.can_take(ticket, now) && reserved[*i] < h.max_concurrent)
-                .min_by(|(i, a), (j, b)| {
-                    // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
-                    (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))
-                })
-                .map(|(i, _)| i);
-            if let Some(i) = best {
-                reserved[i] += 1;
-                out.push((ticket.task_id, i));
-                if stop_at == Some(ticket.task_id) {
+            // The first ticket in queue order that a host can take now, and that host.
+            let mut next: Option<(&Queued, usize)> = None;
+            heads.retain_mut(|line| {
+                let Some(q) = line.peek() else {
+                    return false;
+                };
+                // The class is the same all along the line: its head decides for it.
+                let Some(host) = self.best_host(&q.ticket, now, &reserved) else {
+                    return false;
+                };
+                if next.is_none_or(|(n, _)| queue_key(&q.ticket) < queue_key(&n.ticket)) {
+                    next = Some((q, host));
+                }
+                true
+            });
+            let Some((q, host)) = next else {
+                break;
+            };
+            let task_id = q.ticket.task_id;
+            for line in &mut heads {
+                if line.peek().is_some_and(|h| h.ticket.task_id == task_id) {
+                    line.next();
                     break;
                 }
             }
+            reserved[host] += 1;
+            out.push((task_id, host));
+            if stop_at == Some(task_id) {
+                break;
+            }
         }
         out
+    }
+
+    /// The least loaded host (relative to capacity) that can take `t` now with a slot free
+    /// after `reserved`.
+    fn best_host(&self, t: &Ticket, now: Timestamp, reserved: &[usize]) -> Option<usize> {
+        self.hosts
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| h.can_take(t, now) && reserved[*i] < h.max_concurrent)
+            .min_by(|(i, a), (j, b)| {
+                // Least loaded relative to capacity: a/ca < b/cb  <=>  a*cb < b*ca.
+                (reserved[*i] * b.max_concurrent).cmp(&(reserved[*j] * a.max_concurrent))
+            })
+            .map(|(i, _)| i)
     }
 
     /// The parked tasks the queue's order now gives a slot and that were not told yet: marked
@@ -196,7 +266,7 @@ impl Slots {
             let q = self
                 .keys
                 .get(&task_id)
-                .and_then(|k| self.waiting.get_mut(k));
+                .and_then(|(class, key)| self.lines.get_mut(class)?.get_mut(key));
             if let Some(q) = q
                 && !q.woken
             {
@@ -489,7 +559,7 @@ impl Fleet {
 
     /// Tasks in the queue (waiting for a slot).
     pub fn queued(&self) -> usize {
-        self.slots().waiting.len()
+        self.slots().waiting()
     }
 
     /// When the first pause that keeps `t` off a host it could run on ends: a parked task asks
@@ -564,6 +634,52 @@ mod tests {
         assert_eq!(taken(&woken), Vec::<u64>::new(), "woken once per park");
         assert_eq!(f.try_acquire(&t2).as_deref(), Some("h"));
         assert_eq!(f.queued(), 0);
+    }
+
+    #[test]
+    fn tasks_of_different_kinds_are_woken_in_queue_order_past_those_no_host_can_take() {
+        let (f, woken) = fleet(&host("h", 2, "\"gpu\""));
+        assert!(f.try_acquire(&ticket(10, Priority::Normal, 1)).is_some());
+        assert!(f.try_acquire(&ticket(11, Priority::Normal, 1)).is_some());
+        let with = |mut t: Ticket, caps: &[&str]| {
+            t.capabilities = caps.iter().map(|c| c.to_string()).collect();
+            t
+        };
+        // Ahead of everything: tasks that need what no host offers.
+        for id in 100..110 {
+            assert_eq!(
+                f.try_acquire(&with(ticket(id, Priority::High, 0), &["tpu"])),
+                None
+            );
+        }
+        assert_eq!(f.try_acquire(&ticket(2, Priority::Low, 2)), None);
+        assert_eq!(
+            f.try_acquire(&with(ticket(3, Priority::High, 3), &["gpu"])),
+            None
+        );
+        assert_eq!(f.try_acquire(&ticket(4, Priority::Normal, 4)), None);
+        f.release(10);
+        assert_eq!(
+            taken(&woken),
+            vec![3],
+            "the highest priority the host can take"
+        );
+        assert_eq!(
+            f.try_acquire(&with(ticket(3, Priority::High, 3), &["gpu"]))
+                .as_deref(),
+            Some("h")
+        );
+        f.release(11);
+        assert_eq!(
+            taken(&woken),
+            vec![4],
+            "then normal before low priority"
+        );
+        assert_eq!(
+            f.queued(),
+            12,
+            "the ten that no host offers, 2 and 4 are still queued"
+        );
     }
 
     #[test]
