@@ -721,6 +721,80 @@ async fn repeated_start_key_returns_the_same_instance() {
     engine.shutdown().await.unwrap();
 }
 
+/// A once-key (a caller's own idempotency key: a webhook delivery id, say) guards whichever op
+/// comes first, start or signal, across a restart; nothing is done for it twice.
+#[tokio::test]
+async fn a_once_key_guards_one_op_of_any_kind_across_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let rec = Recorder::default();
+    let engine = open_adder(&dir, &rec).await;
+    assert!(!engine.once_seen("delivery-1").unwrap());
+    let started = engine
+        .start_once::<Adder>(
+            &AddState {
+                target: 5,
+                ..Default::default()
+            },
+            None,
+            "delivery-1",
+        )
+        .await
+        .unwrap()
+        .expect("a new once-key starts the instance");
+    assert!(engine.once_seen("delivery-1").unwrap());
+    let again = engine
+        .start_once::<Adder>(&AddState::default(), Some("other-start-key"), "delivery-1")
+        .await
+        .unwrap();
+    assert!(again.is_none(), "the once-key was used: nothing started");
+    let signal = engine
+        .signal_once::<Adder>(started.id, &Sig::Go(1), "go-1", "delivery-1")
+        .await
+        .unwrap();
+    assert!(signal.is_none(), "nor signalled");
+    engine.shutdown().await.unwrap();
+    drop(engine);
+
+    let engine = open_adder(&dir, &rec).await;
+    assert!(
+        engine.once_seen("delivery-1").unwrap(),
+        "kept across a restart"
+    );
+    assert!(!engine.record_once("delivery-1").await.unwrap());
+    let sent = engine
+        .signal_once::<Adder>(started.id, &Sig::Go(5), "go-5", "delivery-2")
+        .await
+        .unwrap();
+    assert!(sent.is_some_and(|a| !a.duplicate));
+    assert_eq!(
+        engine.wait_terminal(started.id, T).await.unwrap(),
+        Status::Completed
+    );
+    assert_eq!(engine.state::<Adder>(started.id).unwrap().sum, 5);
+    assert_eq!(
+        engine.list().unwrap().len(),
+        1,
+        "one instance was ever started"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+/// A refused op records nothing under its once-key: the key stays free for a later op.
+#[tokio::test]
+async fn a_refused_op_leaves_its_once_key_unused() {
+    let dir = TempDir::new().unwrap();
+    let engine = open_adder(&dir, &Recorder::default()).await;
+    let err = engine
+        .signal_once::<Adder>(999, &Sig::Go(1), "go", "delivery-9")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("999"), "{err}");
+    assert!(!engine.once_seen("delivery-9").unwrap());
+    assert!(engine.record_once("delivery-9").await.unwrap(), "new");
+    assert!(!engine.record_once("delivery-9").await.unwrap(), "recorded");
+    engine.shutdown().await.unwrap();
+}
+
 // ---- 8. bounded history, step errors -------------------------------------------------------
 
 struct Counter;

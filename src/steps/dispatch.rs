@@ -670,11 +670,7 @@ mod tests {
             Some("h")
         );
         f.release(11);
-        assert_eq!(
-            taken(&woken),
-            vec![4],
-            "then normal before low priority"
-        );
+        assert_eq!(taken(&woken), vec![4], "then normal before low priority");
         assert_eq!(
             f.queued(),
             12,

@@ -341,7 +341,8 @@ impl Forge {
     ) -> Result<Handled, FlowError> {
         self.sync_id().await?; // `plan` reads the re-armed issues it keeps
         let plan = self.plan(repo, issue)?;
-        self.perform(plan, repo, issue, key, &repo.clone_url).await
+        self.perform(plan, repo, issue, key, None, &repo.clone_url)
+            .await
     }
 
     /// What an issue calls for, decided from the index and the task's state alone (nothing is
@@ -419,42 +420,45 @@ impl Forge {
         })
     }
 
-    /// Carries out `plan` for `issue`; a new task clones `clone_url`.
+    /// Carries out `plan` for `issue`; a new task clones `clone_url`. `delivery`: the webhook
+    /// delivery this is for, recorded in the same commit as what is done for it (see
+    /// [`Forge::delivery_seen`]); a delivery recorded before does nothing.
     async fn perform(
         &self,
         plan: Plan,
         repo: &RepoInfo,
         issue: &IssueInfo,
         key: &str,
+        delivery: Option<&str>,
         clone_url: &str,
     ) -> Result<Handled, FlowError> {
         let engine = self.engine()?;
         let at = (repo.full_name.clone(), issue.number);
+        let once = delivery.map(delivery_key);
+        let once = once.as_deref();
         match plan {
             Plan::Ignore { why, rearm } => {
+                if !self.record_delivery(once).await? {
+                    return Ok(Handled::Duplicate);
+                }
                 if let Some(generation) = rearm {
                     self.rearm(&at, generation).await?;
                 }
                 Ok(Handled::Ignored(why))
             }
-            Plan::Unchanged(id) => Ok(Handled::Unchanged(id)),
+            Plan::Unchanged(id) => {
+                if !self.record_delivery(once).await? {
+                    return Ok(Handled::Duplicate);
+                }
+                Ok(Handled::Unchanged(id))
+            }
             Plan::Signal { task, .. } => {
                 let signal = TaskSignal::IssueChanged {
                     labels: issue.labels.clone(),
                     state: issue.state.clone(),
                 };
-                match engine
-                    .signal::<AgentTask>(task, &signal, &format!("issue/{key}"))
+                self.signal_task(task, &signal, &format!("issue/{key}"), once)
                     .await
-                {
-                    Ok(_) => Ok(Handled::Signalled(task)),
-                    // It ended meanwhile: there is nothing left to tell it.
-                    Err(EngineError::Finished { status, .. }) => Ok(Handled::Ignored(format!(
-                        "task {task} has ended ({})",
-                        status.as_str()
-                    ))),
-                    Err(e) => Err(e.into()),
-                }
             }
             Plan::Start { generation } => {
                 let mut spec = self.spec(repo, issue);
@@ -469,7 +473,18 @@ impl Forge {
                     issue.labels.clone(),
                 ));
                 let key = format!("forge/{}#{}/{generation}", repo.full_name, issue.number);
-                let ack = engine.start_ack::<AgentTask>(&state, Some(&key)).await?;
+                let ack = match once {
+                    None => engine.start_ack::<AgentTask>(&state, Some(&key)).await?,
+                    Some(once) => {
+                        match engine
+                            .start_once::<AgentTask>(&state, Some(&key), once)
+                            .await?
+                        {
+                            Some(ack) => ack,
+                            None => return Ok(Handled::Duplicate),
+                        }
+                    }
+                };
                 self.note_task(&repo.full_name, issue.number, ack.id);
                 self.index().rearmed.remove(&at);
                 Ok(if ack.duplicate {
@@ -482,7 +497,7 @@ impl Forge {
     }
 
     /// A verified webhook event (`delivery`: its id). Each delivery id is acted on at most
-    /// once, durably (see `Forge::first_delivery`): a redelivery is [`Handled::Duplicate`]
+    /// once, durably (see [`Forge::delivery_seen`]): a redelivery is [`Handled::Duplicate`]
     /// whatever happened since.
     pub async fn deliver(&self, event: &ForgeEvent, delivery: &str) -> Result<Handled, FlowError> {
         match event {
@@ -595,10 +610,8 @@ impl Forge {
             Plan::Start { .. } => self.clone_url(repo, &at).await?,
             _ => String::new(),
         };
-        if !self.first_delivery(delivery).await? {
-            return Ok(Handled::Duplicate);
-        }
-        self.perform(plan, repo, &issue, delivery, &clone_url).await
+        self.perform(plan, repo, &issue, delivery, Some(delivery), &clone_url)
+            .await
     }
 
     /// Where a task of `repo` clones from: the payload's `clone_url` when it is on the
@@ -647,21 +660,27 @@ impl Forge {
         )
     }
 
-    /// Records `delivery` as seen and tells whether it is new. The record is durable: the
-    /// delivery id is the idempotency key of a signal to the forge-sync instance (which only
-    /// takes such signals away), so a redelivery finds it after any restart. Recorded just
-    /// before acting, once everything that may fail for a while (the forge's answers) is in.
-    async fn first_delivery(&self, delivery: &str) -> Result<bool, FlowError> {
-        self.record(&format!("delivery/{delivery}")).await
+    /// Whether `delivery` was acted on already: a read, nothing is committed. A delivery is
+    /// recorded as an engine once-key ([`delivery_key`]) in the same commit as what is done
+    /// for it (a task started or signalled), or alone when nothing is; so a redelivery finds
+    /// it after any restart, and a crash before that commit leaves it to be redelivered.
+    /// Stores written before once-keys recorded deliveries as signal keys on forge-sync: those
+    /// are looked up too.
+    async fn delivery_seen(&self, delivery: &str) -> Result<bool, FlowError> {
+        let engine = self.engine()?;
+        if engine.once_seen(&delivery_key(delivery))? {
+            return Ok(true);
+        }
+        let id = self.sync_id().await?;
+        Ok(engine.signal_key_seen(id, &format!("delivery/{delivery}"))?)
     }
 
-    /// Whether `delivery` was recorded by [`Forge::first_delivery`] already: a read, nothing is
-    /// committed (a delivery seen for the first time is recorded once it is acted on).
-    async fn delivery_seen(&self, delivery: &str) -> Result<bool, FlowError> {
-        let id = self.sync_id().await?;
-        Ok(self
-            .engine()?
-            .signal_key_seen(id, &format!("delivery/{delivery}"))?)
+    /// Records the once-key of a delivery (when there is one) on its own; whether it is new.
+    async fn record_delivery(&self, once: Option<&str>) -> Result<bool, FlowError> {
+        match once {
+            Some(once) => Ok(self.engine()?.record_once(once).await?),
+            None => Ok(true),
+        }
     }
 
     /// The live forge-sync instance (started if need be, then cached).
@@ -675,8 +694,7 @@ impl Forge {
         Ok(id)
     }
 
-    /// Records `key` durably on forge-sync (the idempotency key of a signal to it) and tells
-    /// whether it is new.
+    /// Records `key` durably on forge-sync (the idempotency key of a signal to it).
     async fn record(&self, key: &str) -> Result<bool, FlowError> {
         let engine = self.engine()?;
         for _ in 0..2 {
@@ -761,6 +779,7 @@ impl Forge {
             .await
     }
 
+    /// Tells task `id` of forge activity, once per `delivery`.
     async fn signal(
         &self,
         id: u64,
@@ -775,21 +794,49 @@ impl Forge {
             }
             Err(e) => return Err(e.into()),
         }
-        if !self.first_delivery(delivery).await? {
+        if self.delivery_seen(delivery).await? {
             return Ok(Handled::Duplicate);
         }
-        match engine
-            .signal::<AgentTask>(id, signal, &format!("hook/{delivery}"))
+        let once = delivery_key(delivery);
+        self.signal_task(id, signal, &format!("hook/{delivery}"), Some(&once))
             .await
-        {
-            Ok(_) => Ok(Handled::Signalled(id)),
-            Err(EngineError::Finished { status, .. }) => Ok(Handled::Ignored(format!(
-                "task {id} has ended ({})",
-                status.as_str()
-            ))),
+    }
+
+    /// Sends `signal` to task `id` under `key`, guarded by the delivery's once-key `once`; a
+    /// task that has ended is told nothing (the delivery is still recorded).
+    async fn signal_task(
+        &self,
+        id: u64,
+        signal: &TaskSignal,
+        key: &str,
+        once: Option<&str>,
+    ) -> Result<Handled, FlowError> {
+        let engine = self.engine()?;
+        let sent = match once {
+            None => engine.signal::<AgentTask>(id, signal, key).await.map(Some),
+            Some(once) => engine.signal_once::<AgentTask>(id, signal, key, once).await,
+        };
+        match sent {
+            Ok(Some(_)) => Ok(Handled::Signalled(id)),
+            Ok(None) => Ok(Handled::Duplicate),
+            // It ended meanwhile: there is nothing left to tell it.
+            Err(EngineError::Finished { status, .. }) => {
+                if !self.record_delivery(once).await? {
+                    return Ok(Handled::Duplicate);
+                }
+                Ok(Handled::Ignored(format!(
+                    "task {id} has ended ({})",
+                    status.as_str()
+                )))
+            }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The engine once-key of a webhook delivery.
+fn delivery_key(delivery: &str) -> String {
+    format!("forgejo/delivery/{delivery}")
 }
 
 /// What an issue calls for (see [`Forge::ingest`]).

@@ -12,8 +12,7 @@
 //! Webhooks only make things faster; this alone gets every issue to its task.
 //!
 //! The instance is also the forge's durable memory, written through the idempotency keys of
-//! signals to it (their payload is `()`): `delivery/<id>` for each webhook delivery acted on (a
-//! redelivery runs into it, `Forge::first_delivery`), `repo/<owner>/<name>` for a repository
+//! signals to it (their payload is `()`): `repo/<owner>/<name>` for a repository
 //! webhooks came from, `rearm/<owner>/<name>#<issue>/<generation>` for an issue whose last task
 //! ended and whose trigger was seen removed since (adding it again starts a new task, after a
 //! restart too). Each step takes the signals and keeps what their keys say in its state.

@@ -626,6 +626,31 @@ impl Engine {
         state: &W::State,
         key: Option<&str>,
     ) -> Result<StartAck, EngineError> {
+        match self.start_inner::<W>(state, key, None).await? {
+            Some(ack) => Ok(ack),
+            None => Err(EngineError::Internal("a start without a once-key".into())),
+        }
+    }
+
+    /// [`Engine::start_ack`] guarded by `once`, a caller's own idempotency key (a webhook
+    /// delivery id, say), recorded in the same commit as the start: `None` when `once` was
+    /// recorded before (by any op guarded by it, or by [`Engine::record_once`]), and then
+    /// nothing is started.
+    pub async fn start_once<W: Workflow>(
+        &self,
+        state: &W::State,
+        key: Option<&str>,
+        once: &str,
+    ) -> Result<Option<StartAck>, EngineError> {
+        self.start_inner::<W>(state, key, Some(once)).await
+    }
+
+    async fn start_inner<W: Workflow>(
+        &self,
+        state: &W::State,
+        key: Option<&str>,
+        once: Option<&str>,
+    ) -> Result<Option<StartAck>, EngineError> {
         if !self
             .inner
             .defs
@@ -636,7 +661,7 @@ impl Engine {
                 version: W::VERSION,
             });
         }
-        if let Some(k) = key {
+        for k in key.iter().chain(once.iter()) {
             check_key(k)?;
         }
         let op = Op::Start {
@@ -644,9 +669,11 @@ impl Engine {
             version: W::VERSION,
             state: codec::encode_value(state)?,
             key: key.map(str::to_string),
+            once: once.map(str::to_string),
         };
         match self.inner.writer.submit(op).await? {
-            Reply::Started { id, duplicate } => Ok(StartAck { id, duplicate }),
+            Reply::Started { id, duplicate } => Ok(Some(StartAck { id, duplicate })),
+            Reply::OnceSeen => Ok(None),
             other => Err(other.unexpected()),
         }
     }
@@ -659,17 +686,77 @@ impl Engine {
         signal: &W::Signal,
         idempotency_key: &str,
     ) -> Result<SignalAck, EngineError> {
+        match self
+            .signal_inner::<W>(id, signal, idempotency_key, None)
+            .await?
+        {
+            Some(ack) => Ok(ack),
+            None => Err(EngineError::Internal("a signal without a once-key".into())),
+        }
+    }
+
+    /// [`Engine::signal`] guarded by `once` (see [`Engine::start_once`]): `None` when `once`
+    /// was recorded before, and then nothing is sent. A refused signal (the instance ended,
+    /// say) records nothing.
+    pub async fn signal_once<W: Workflow>(
+        &self,
+        id: InstanceId,
+        signal: &W::Signal,
+        idempotency_key: &str,
+        once: &str,
+    ) -> Result<Option<SignalAck>, EngineError> {
+        self.signal_inner::<W>(id, signal, idempotency_key, Some(once))
+            .await
+    }
+
+    async fn signal_inner<W: Workflow>(
+        &self,
+        id: InstanceId,
+        signal: &W::Signal,
+        idempotency_key: &str,
+        once: Option<&str>,
+    ) -> Result<Option<SignalAck>, EngineError> {
         check_key(idempotency_key)?;
+        if let Some(o) = once {
+            check_key(o)?;
+        }
         let op = Op::Signal {
             id,
             workflow: Some(W::NAME.to_string()),
             key: idempotency_key.to_string(),
             payload: codec::encode_value(signal)?,
+            once: once.map(str::to_string),
         };
         match self.inner.writer.submit(op).await? {
-            Reply::Signalled { seq, duplicate } => Ok(SignalAck { seq, duplicate }),
+            Reply::Signalled { seq, duplicate } => Ok(Some(SignalAck { seq, duplicate })),
+            Reply::OnceSeen => Ok(None),
             other => Err(other.unexpected()),
         }
+    }
+
+    /// Records the once-key `once` alone (see [`Engine::start_once`]), durably: whether it is
+    /// new. Nothing else is written and no instance is woken.
+    pub async fn record_once(&self, once: &str) -> Result<bool, EngineError> {
+        check_key(once)?;
+        match self
+            .inner
+            .writer
+            .submit(Op::Once {
+                key: once.to_string(),
+            })
+            .await?
+        {
+            Reply::Done => Ok(true),
+            Reply::OnceSeen => Ok(false),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Whether the once-key `once` was recorded (read-only, no commit): lets a caller answer
+    /// a repeated request before doing any work for it. A key recorded after this look is
+    /// still caught by the op it guards.
+    pub fn once_seen(&self, once: &str) -> Result<bool, EngineError> {
+        self.key_seen(&super::writer::once_key(once))
     }
 
     /// Whether a signal to `id` with `idempotency_key` was committed (read-only, no commit):
@@ -680,11 +767,14 @@ impl Engine {
         id: InstanceId,
         idempotency_key: &str,
     ) -> Result<bool, EngineError> {
+        self.key_seen(&format!("signal/{id}/{idempotency_key}"))
+    }
+
+    fn key_seen(&self, scoped: &str) -> Result<bool, EngineError> {
         use redb::ReadableDatabase;
-        let scoped = format!("signal/{id}/{idempotency_key}");
         let txn = self.inner.store.db.begin_read()?;
         let table = txn.open_table(super::store::IDEMPOTENCY)?;
-        Ok(table.get(scoped.as_str())?.is_some())
+        Ok(table.get(scoped)?.is_some())
     }
 
     /// Sends `signal` like [`Engine::signal`], then waits up to `wait` for the step that takes

@@ -40,12 +40,18 @@ pub(crate) enum Op {
         version: u32,
         state: Vec<u8>,
         key: Option<String>,
+        once: Option<String>,
     },
     Signal {
         id: InstanceId,
         workflow: Option<String>,
         key: String,
         payload: Vec<u8>,
+        once: Option<String>,
+    },
+    /// Records a once-key alone (see [`Reply::OnceSeen`]).
+    Once {
+        key: String,
     },
     Transition {
         id: InstanceId,
@@ -107,6 +113,9 @@ pub(crate) enum Reply {
     CancelTooLate {
         status: Status,
     },
+    /// The op's once-key (a caller's own idempotency key, e.g. a webhook delivery id) was
+    /// recorded before: nothing was done. Otherwise the key is recorded with the op.
+    OnceSeen,
     IntentFresh,
     IntentUnresolved(Vec<u8>),
     IntentResolved(Vec<u8>),
@@ -372,6 +381,11 @@ fn apply_batch(
     Ok(results)
 }
 
+/// Where a once-key is kept in the idempotency table.
+pub(crate) fn once_key(key: &str) -> String {
+    format!("once/{key}")
+}
+
 /// The tables of one write transaction, and the op logic on them.
 struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
@@ -420,13 +434,18 @@ impl<'txn> Tables<'txn> {
                 version,
                 state,
                 key,
-            } => self.start(workflow, version, state, key, now, n),
+                once,
+            } => self.once(once, now, |t| {
+                t.start(workflow, version, state, key, now, n)
+            }),
             Op::Signal {
                 id,
                 workflow,
                 key,
                 payload,
-            } => self.signal(id, workflow, key, payload, now, n),
+                once,
+            } => self.once(once, now, |t| t.signal(id, workflow, key, payload, now, n)),
+            Op::Once { key } => self.once(Some(key), now, |_| Ok(Reply::Done)),
             Op::Transition {
                 id,
                 expected_step,
@@ -523,6 +542,26 @@ impl<'txn> Tables<'txn> {
     }
 
     // ---- ops -----------------------------------------------------------------------------
+
+    /// Runs `op` unless the once-key was recorded before ([`Reply::OnceSeen`]); records the
+    /// key (its value: the commit time) when the op succeeds, in the same transaction.
+    fn once(
+        &mut self,
+        once: Option<String>,
+        now: Timestamp,
+        op: impl FnOnce(&mut Self) -> Result<Reply, EngineError>,
+    ) -> Result<Reply, EngineError> {
+        let Some(once) = once else {
+            return op(self);
+        };
+        let scoped = once_key(&once);
+        if self.idem.get(scoped.as_str())?.is_some() {
+            return Ok(Reply::OnceSeen);
+        }
+        let reply = op(self)?;
+        self.idem.insert(scoped.as_str(), now.0)?;
+        Ok(reply)
+    }
 
     fn start(
         &mut self,
