@@ -5,6 +5,7 @@
 //! comment or review means.
 
 pub mod client;
+mod sparse;
 pub mod types;
 pub mod webhook;
 
