@@ -116,8 +116,11 @@ struct Inner {
     agents: HashMap<InstanceId, AgentEntry>,
     by_name: HashMap<String, InstanceId>,
     by_hash: HashMap<[u8; 32], InstanceId>,
-    queue: BTreeMap<QueueKey, Offer>,
-    queued: HashMap<InstanceId, QueueKey>,
+    /// The open tasks, one line per [`Line`] (what an agent must offer to take them), each in
+    /// queue order: a dequeue looks at the head of each line its agent may take, whatever
+    /// the number of tasks no agent can take.
+    lines: HashMap<Line, BTreeMap<QueueKey, Offer>>,
+    queued: HashMap<InstanceId, (Line, QueueKey)>,
     /// Tasks a dequeue is claiming right now: other dequeues pass them by.
     reserved: HashSet<InstanceId>,
     /// Tasks each agent holds.
@@ -125,6 +128,42 @@ struct Inner {
     /// Recent dequeues that claimed a task: (agent, request key) → (task, epoch), so that a
     /// dequeue sent again with the same key gets the same task back.
     grants: HashMap<(InstanceId, String), (InstanceId, u64)>,
+}
+
+/// What an agent must offer to take a task: the open tasks are queued by it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Line {
+    kind: String,
+    capabilities: Vec<String>,
+    only_agent: Option<InstanceId>,
+}
+
+impl Line {
+    fn of(o: &Offer) -> Line {
+        let mut capabilities = o.capabilities.clone();
+        capabilities.sort();
+        capabilities.dedup();
+        Line {
+            kind: o.kind.clone(),
+            capabilities,
+            only_agent: o.only_agent,
+        }
+    }
+}
+
+impl Inner {
+    /// Takes `task` off its line, if queued.
+    fn unqueue(&mut self, task: InstanceId) {
+        let Some((line, k)) = self.queued.remove(&task) else {
+            return;
+        };
+        if let Some(offers) = self.lines.get_mut(&line) {
+            offers.remove(&k);
+            if offers.is_empty() {
+                self.lines.remove(&line);
+            }
+        }
+    }
 }
 
 /// Dequeue answers remembered for resends; the oldest are forgotten beyond this.
@@ -214,20 +253,16 @@ impl Board {
     /// Opens a task to pull agents (again: the entry is replaced).
     pub fn offer(&self, offer: Offer) {
         let mut b = self.lock();
-        if let Some(old) = b.queued.remove(&offer.task_id) {
-            b.queue.remove(&old);
-        }
+        b.unqueue(offer.task_id);
         let k = key(&offer);
-        b.queued.insert(offer.task_id, k);
-        b.queue.insert(k, offer);
+        let line = Line::of(&offer);
+        b.queued.insert(offer.task_id, (line.clone(), k));
+        b.lines.entry(line).or_default().insert(k, offer);
     }
 
     /// Takes a task off the pull queue (claimed, routed to a host, cancelled, ended).
     pub fn withdraw(&self, task: InstanceId) {
-        let mut b = self.lock();
-        if let Some(k) = b.queued.remove(&task) {
-            b.queue.remove(&k);
-        }
+        self.lock().unqueue(task);
     }
 
     /// Reserves the first task in queue order that `agent` may claim and no other dequeue is
@@ -235,14 +270,20 @@ impl Board {
     pub fn reserve_next(&self, agent: &AgentEntry) -> Option<InstanceId> {
         let mut b = self.lock();
         let found = b
-            .queue
-            .values()
-            .find(|o| {
-                !b.reserved.contains(&o.task_id)
-                    && o.only_agent.is_none_or(|a| a == agent.id)
-                    && agent.offers(&o.kind, &o.capabilities)
+            .lines
+            .iter()
+            .filter(|(line, _)| {
+                line.only_agent.is_none_or(|a| a == agent.id)
+                    && agent.offers(&line.kind, &line.capabilities)
             })
-            .map(|o| o.task_id)?;
+            // The first of each line that no other dequeue is claiming (few are).
+            .filter_map(|(_, offers)| {
+                offers
+                    .iter()
+                    .find(|(_, o)| !b.reserved.contains(&o.task_id))
+            })
+            .min_by_key(|(k, _)| **k)
+            .map(|(_, o)| o.task_id)?;
         b.reserved.insert(found);
         Some(found)
     }
@@ -254,9 +295,7 @@ impl Board {
     /// Records that `agent` holds `task` (its claim was granted).
     pub fn hold(&self, agent: InstanceId, task: InstanceId) {
         let mut b = self.lock();
-        if let Some(k) = b.queued.remove(&task) {
-            b.queue.remove(&k);
-        }
+        b.unqueue(task);
         b.held.entry(agent).or_default().insert(task);
     }
 
@@ -361,6 +400,41 @@ mod tests {
             board.reserve_next(&agent(8, &["claude"], &["gpu"])),
             Some(1)
         );
+    }
+
+    #[test]
+    fn dequeue_order_holds_across_kinds_and_assignments_and_passes_over_reserved_tasks() {
+        let board = Board::new(Duration::from_secs(90));
+        for id in 100..1100 {
+            let mut o = offer(id, Priority::High, 0, &[]);
+            o.kind = "codex".into();
+            board.offer(o);
+        }
+        board.offer(offer(1, Priority::Normal, 10, &["gpu"]));
+        board.offer(offer(2, Priority::Normal, 5, &[]));
+        let mut mine = offer(3, Priority::Low, 1, &[]);
+        mine.only_agent = Some(9);
+        board.offer(mine);
+        let mut theirs = offer(4, Priority::High, 1, &[]);
+        theirs.only_agent = Some(8);
+        board.offer(theirs);
+        board.offer(offer(5, Priority::Normal, 20, &["gpu", "gpu"]));
+        let a = agent(9, &["claude"], &["gpu"]);
+        let order: Vec<_> = std::iter::from_fn(|| board.reserve_next(&a)).collect();
+        assert_eq!(
+            order,
+            vec![2, 1, 5, 3],
+            "priority then age, whatever the line"
+        );
+        board.unreserve(1);
+        assert_eq!(
+            board.reserve_next(&a),
+            Some(1),
+            "free again once unreserved"
+        );
+        board.withdraw(2);
+        board.unreserve(2);
+        assert_eq!(board.reserve_next(&a), None, "a withdrawn task is gone");
     }
 
     #[test]
