@@ -5,31 +5,19 @@
 //! with the feedback in the prompt and the session resumed → merge → verified receipt → one
 //! receipt comment, `status:done`.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/forgejo.rs"]
-mod forgejo;
+#[path = "support/forge_rig.rs"]
+mod forge_rig;
 #[path = "support/sshd.rs"]
 mod sshd;
 
 use std::time::Duration;
 
-use daemon::{DEMO_AGENT, Fleet, Setup, story};
-use forgejo::{DeliveryMode, FakeForgejo, ReviewKind};
-use serde_json::Value;
+use forge_rig::daemon::{DEMO_AGENT, Setup, story};
+use forge_rig::forgejo::{self, DeliveryMode, ReviewKind};
+use forge_rig::{
+    FORGE_TOKEN, REPO, Rig, SECRET, back_in_review, line_comment, pr_of, prompt_of_run, run_dir,
+};
 use sshd::{ClientKey, Sshd};
-
-const FORGE_TOKEN: &str = "e2e-forge-token-9c1d";
-const SECRET: &str = "e2e-webhook-secret-77aa";
-const REPO: &str = "acme/widgets";
-const LONG: Duration = Duration::from_secs(90);
-
-struct Rig {
-    forge: FakeForgejo,
-    /// Stopped before the fleet's directory goes.
-    _servers: Vec<Sshd>,
-    fleet: Fleet,
-}
 
 struct Options {
     reconcile: &'static str,
@@ -47,6 +35,15 @@ impl Default for Options {
             delivery: DeliveryMode::Normal,
             ssh: false,
         }
+    }
+}
+
+/// Reconciliation every second, webhooks delivered as `delivery` says.
+fn reconciling(delivery: DeliveryMode) -> Options {
+    Options {
+        delivery,
+        reconcile: "1s",
+        ..Options::default()
     }
 }
 
@@ -74,198 +71,72 @@ fn ssh_host(root: &std::path::Path) -> (Sshd, String) {
     (server, entry)
 }
 
-impl Rig {
-    async fn start(o: Options) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let forge = FakeForgejo::start(dir.path(), FORGE_TOKEN);
-        forge.create_repo("acme", "widgets").await;
-        forge.set_delivery(o.delivery).await;
-        let envdump = dir.path().join("envdump-agent");
-        std::fs::write(
-            &envdump,
-            format!("#!/bin/sh\nenv > \"$ENVDUMP_FILE\"\nexec {DEMO_AGENT} \"$@\"\n"),
-        )
+/// The rig of these tests: the local host (or an SSH one) also offers `envdump`, an agent that
+/// writes its environment to `envdump.txt` before it runs the demo agent.
+async fn start(o: Options) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let envdump = dir.path().join("envdump-agent");
+    std::fs::write(
+        &envdump,
+        format!("#!/bin/sh\nenv > \"$ENVDUMP_FILE\"\nexec {DEMO_AGENT} \"$@\"\n"),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&envdump)
+        .status()
         .unwrap();
-        std::process::Command::new("chmod")
-            .arg("+x")
-            .arg(&envdump)
-            .status()
-            .unwrap();
-        let envdump_file = dir.path().join("envdump.txt").display().to_string();
-        let extra = format!(
-            r#"
-[forgejo]
-base_url = "{url}"
-token_env = "E2E_FORGE_TOKEN"
-webhook_secret_env = "E2E_FORGE_SECRET"
-repos = ["{REPO}"]
-reconcile_interval = "{reconcile}"
-review_debounce = "300ms"
-default_agent = "demo"
-
+    let envdump_file = dir.path().join("envdump.txt").display().to_string();
+    let extra = format!(
+        r#"
 [[agents]]
 name = "envdump"
 cli_template = "{envdump} --prompt-file {{prompt_file}}"
 output_format = "claude-json"
 "#,
-            url = forge.url(),
-            reconcile = o.reconcile,
-            envdump = envdump.display(),
-        );
-        let mut servers = Vec::new();
-        let hosts = if o.ssh {
-            let (server, entry) = ssh_host(dir.path());
-            servers.push(server);
-            entry
-        } else {
-            format!(
-                "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\", \"envdump\"]\nmax_concurrent = 2\nwork_root = \"{}\"\n",
-                dir.path().join("work").display()
-            )
-        };
-        let fleet = Fleet::start_in(
-            dir,
-            Setup {
-                extra,
-                hosts: Some(hosts),
-                dispatch: format!("max_reviews = {}", o.max_reviews),
-                env: vec![
-                    ("E2E_FORGE_TOKEN", FORGE_TOKEN.to_string()),
-                    ("E2E_FORGE_SECRET", SECRET.to_string()),
-                    ("ENVDUMP_FILE", envdump_file),
-                ],
-                ..Setup::default()
-            },
+        envdump = envdump.display(),
+    );
+    let mut servers = Vec::new();
+    let hosts = if o.ssh {
+        let (server, entry) = ssh_host(dir.path());
+        servers.push(server);
+        entry
+    } else {
+        format!(
+            "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\", \"envdump\"]\nmax_concurrent = 2\nwork_root = \"{}\"\n",
+            dir.path().join("work").display()
         )
-        .await;
-        let rig = Rig {
-            forge,
-            _servers: servers,
-            fleet,
-        };
-        rig.hook();
-        rig
+    };
+    let options = forge_rig::Options {
+        reconcile: Some(o.reconcile),
+        delivery: o.delivery,
+        setup: Setup {
+            extra,
+            hosts: Some(hosts),
+            dispatch: format!("max_reviews = {}", o.max_reviews),
+            env: vec![("ENVDUMP_FILE", envdump_file)],
+            ..Setup::default()
+        },
+        ..forge_rig::Options::default()
+    };
+    let mut rig = Rig::start_in(dir, options).await;
+    for server in servers {
+        rig.servers.push(Box::new(server));
     }
-
-    /// Points the forge's webhook at the daemon (its port changes on every start).
-    fn hook(&self) {
-        self.forge
-            .set_webhook(&self.fleet.api("/webhooks/forgejo"), SECRET);
-    }
-
-    async fn restart(&mut self) {
-        self.fleet.kill();
-        self.fleet.spawn().await;
-        self.hook();
-    }
-
-    /// The task of issue `n`, once there is one.
-    async fn task_of(&self, n: u64) -> Value {
-        let source = format!("{REPO}#{n}");
-        let deadline = std::time::Instant::now() + LONG;
-        loop {
-            let (status, list) = self.fleet.get("/tasks").await;
-            if status == 200
-                && let Some(t) = list["tasks"]
-                    .as_array()
-                    .and_then(|ts| ts.iter().find(|t| t["source"] == source.as_str()))
-            {
-                return t.clone();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no task for issue #{n}; daemon log:\n{}",
-                self.fleet.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn until(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = std::time::Instant::now() + LONG;
-        loop {
-            let t = self.fleet.task(id).await;
-            if pred(&t) {
-                return t;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "task {id} never {what}:\n{}",
-                story(&t)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn eventually(&self, what: &str, pred: impl Fn() -> bool) {
-        assert!(
-            daemon::eventually(LONG, pred).await,
-            "never {what}; daemon log:\n{}",
-            self.fleet.log()
-        );
-    }
-
-    fn receipts(&self, n: u64) -> usize {
-        self.marked(n, ":effect=receipt -->")
-    }
-
-    fn marked(&self, n: u64, marker: &str) -> usize {
-        self.forge
-            .comments(REPO, n)
-            .iter()
-            .filter(|c| c.body.contains(marker))
-            .count()
-    }
-
-    fn status_labels(&self, n: u64) -> Vec<String> {
-        self.forge
-            .issue_labels(REPO, n)
-            .into_iter()
-            .filter(|l| l.starts_with("status:"))
-            .collect()
-    }
-
-    fn assert_honest(&self) {
-        let v = self.forge.violations();
-        assert!(
-            v.is_empty(),
-            "requests the real Forgejo would refuse: {v:#?}"
-        );
-    }
-}
-
-fn id_of(t: &Value) -> String {
-    t["id"].as_str().unwrap().to_string()
-}
-
-fn pr_of(t: &Value) -> u64 {
-    t["pr_number"].as_u64().expect("a pull request number")
+    rig
 }
 
 /// The whole loop: issue → PR → "request changes" → second round (feedback in the prompt,
 /// session resumed) → approve + merge → completed, one receipt comment, `status:done`.
 async fn full_loop(rig: &mut Rig, kills: bool) {
-    let n = rig
-        .forge
-        .open_issue(
-            REPO,
-            "Add a greeting",
-            "Say hello in the README.",
-            &["agent-fleet"],
-        )
+    let (n, id) = rig
+        .issue_task("Add a greeting", "Say hello in the README.")
         .await;
-    let task = rig.task_of(n).await;
-    let id = id_of(&task);
     if kills {
-        rig.until(&id, "started", |t| {
-            t["runs"].as_array().is_some_and(|r| !r.is_empty())
-        })
-        .await;
+        rig.until_started(&id).await;
         rig.restart().await;
     }
-    let t = rig
-        .until(&id, "got to review", |t| t["status"] == "review_pending")
-        .await;
+    let t = rig.until_status(&id, "review_pending").await;
     let pr = pr_of(&t);
     let pulls = rig.forge.pulls(REPO);
     assert_eq!(pulls.len(), 1, "exactly one pull request: {pulls:?}");
@@ -284,29 +155,19 @@ async fn full_loop(rig: &mut Rig, kills: bool) {
             pr,
             ReviewKind::RequestChanges,
             "Almost: see the comment.",
-            vec![(
-                "DEMO-AGENT.md".to_string(),
-                1,
-                "Say it in French too".to_string(),
-            )],
+            line_comment("Say it in French too"),
         )
         .await;
     let t = rig
-        .until(&id, "ran a second round", |t| {
-            t["review_count"] == 1
-                && t["runs"].as_array().is_some_and(|r| r.len() == 2)
-                && t["status"] == "review_pending"
-        })
+        .until(&id, "ran a second round", |t| back_in_review(t, 1))
         .await;
     if kills {
         rig.restart().await;
     }
-    let second = &t["runs"][1];
-    let run_dir = second["run_dir"].as_str().unwrap();
-    let prompt = std::fs::read_to_string(format!("{run_dir}/prompt.md")).unwrap();
+    let prompt = prompt_of_run(&t, 1);
     assert!(prompt.contains("Say it in French too"), "{prompt}");
     assert!(prompt.contains("Almost: see the comment."), "{prompt}");
-    let command = std::fs::read_to_string(format!("{run_dir}/command.sh")).unwrap();
+    let command = std::fs::read_to_string(format!("{}/command.sh", run_dir(&t, 1))).unwrap();
     let first_session = t["runs"][0]["session_id"].as_str().unwrap();
     assert!(
         command.contains(&format!("--resume {first_session}")),
@@ -317,9 +178,7 @@ async fn full_loop(rig: &mut Rig, kills: bool) {
         .review(REPO, pr, ReviewKind::Approve, "LGTM", vec![])
         .await;
     rig.forge.merge(REPO, pr).await;
-    let t = rig
-        .until(&id, "completed", |t| t["status"] == "completed")
-        .await;
+    let t = rig.until_status(&id, "completed").await;
     assert_eq!(t["pr_merged"], true, "{}", story(&t));
     rig.eventually("one receipt comment and status:done", || {
         rig.receipts(n) == 1 && rig.status_labels(n) == ["status:done"]
@@ -335,28 +194,21 @@ async fn full_loop(rig: &mut Rig, kills: bool) {
 
 #[tokio::test]
 async fn an_issue_goes_all_the_way_to_a_merged_pull_request() {
-    let mut rig = Rig::start(Options::default()).await;
+    let mut rig = start(Options::default()).await;
     full_loop(&mut rig, false).await;
 }
 
 #[tokio::test]
 async fn duplicated_webhooks_and_three_sigkills_change_nothing() {
-    let mut rig = Rig::start(Options {
-        delivery: DeliveryMode::Duplicate,
-        reconcile: "1s",
-        ..Options::default()
-    })
-    .await;
+    let mut rig = start(reconciling(DeliveryMode::Duplicate)).await;
     full_loop(&mut rig, true).await;
 }
 
 #[tokio::test]
 async fn on_an_ssh_host_duplicated_webhooks_and_three_sigkills_change_nothing() {
-    let mut rig = Rig::start(Options {
-        delivery: DeliveryMode::Duplicate,
-        reconcile: "1s",
+    let mut rig = start(Options {
         ssh: true,
-        ..Options::default()
+        ..reconciling(DeliveryMode::Duplicate)
     })
     .await;
     full_loop(&mut rig, true).await;
@@ -364,12 +216,7 @@ async fn on_an_ssh_host_duplicated_webhooks_and_three_sigkills_change_nothing() 
 
 #[tokio::test]
 async fn reconciliation_alone_gets_there_when_every_webhook_is_lost() {
-    let mut rig = Rig::start(Options {
-        delivery: DeliveryMode::Drop,
-        reconcile: "1s",
-        ..Options::default()
-    })
-    .await;
+    let mut rig = start(reconciling(DeliveryMode::Drop)).await;
     full_loop(&mut rig, false).await;
     let delivered = rig
         .forge
@@ -382,19 +229,13 @@ async fn reconciliation_alone_gets_there_when_every_webhook_is_lost() {
 
 #[tokio::test]
 async fn too_many_review_rounds_fail_the_task_and_escalate() {
-    let rig = Rig::start(Options {
+    let rig = start(Options {
         max_reviews: 1,
         ..Options::default()
     })
     .await;
-    let n = rig
-        .forge
-        .open_issue(REPO, "Polish", "Make it shine.", &["agent-fleet"])
-        .await;
-    let id = id_of(&rig.task_of(n).await);
-    let t = rig
-        .until(&id, "got to review", |t| t["status"] == "review_pending")
-        .await;
+    let (n, id) = rig.issue_task("Polish", "Make it shine.").await;
+    let t = rig.until_status(&id, "review_pending").await;
     let pr = pr_of(&t);
     for round in 1..=2u32 {
         rig.forge
@@ -413,7 +254,7 @@ async fn too_many_review_rounds_fail_the_task_and_escalate() {
             .await;
         }
     }
-    let t = rig.until(&id, "failed", |t| t["status"] == "failed").await;
+    let t = rig.until_status(&id, "failed").await;
     assert!(
         t["failure"].as_str().unwrap().contains("max_reviews"),
         "{}",
@@ -432,19 +273,11 @@ async fn too_many_review_rounds_fail_the_task_and_escalate() {
 
 #[tokio::test]
 async fn a_pull_request_closed_without_merging_cancels_the_task() {
-    let rig = Rig::start(Options::default()).await;
-    let n = rig
-        .forge
-        .open_issue(REPO, "Maybe", "Try something.", &["agent-fleet"])
-        .await;
-    let id = id_of(&rig.task_of(n).await);
-    let t = rig
-        .until(&id, "got to review", |t| t["status"] == "review_pending")
-        .await;
+    let rig = start(Options::default()).await;
+    let (n, id) = rig.issue_task("Maybe", "Try something.").await;
+    let t = rig.until_status(&id, "review_pending").await;
     rig.forge.close_pull(REPO, pr_of(&t)).await;
-    let t = rig
-        .until(&id, "cancelled", |t| t["status"] == "cancelled")
-        .await;
+    let t = rig.until_status(&id, "cancelled").await;
     assert!(
         t["failure"]
             .as_str()
@@ -460,18 +293,11 @@ async fn a_pull_request_closed_without_merging_cancels_the_task() {
 
 #[tokio::test]
 async fn an_agent_that_claims_success_without_commits_gets_no_pull_request() {
-    let rig = Rig::start(Options::default()).await;
-    let n = rig
-        .forge
-        .open_issue(
-            REPO,
-            "Lie",
-            "Pretend.\n\ndemo-agent: no-commit\n",
-            &["agent-fleet"],
-        )
+    let rig = start(Options::default()).await;
+    let (n, id) = rig
+        .issue_task("Lie", "Pretend.\n\ndemo-agent: no-commit\n")
         .await;
-    let id = id_of(&rig.task_of(n).await);
-    let t = rig.until(&id, "failed", |t| t["status"] == "failed").await;
+    let t = rig.until_status(&id, "failed").await;
     assert!(
         t["failure"].as_str().unwrap().contains("made no commit"),
         "{}",
@@ -487,35 +313,26 @@ async fn an_agent_that_claims_success_without_commits_gets_no_pull_request() {
 
 #[tokio::test]
 async fn removing_the_trigger_label_before_the_start_cancels_the_task() {
-    let rig = Rig::start(Options::default()).await;
+    let rig = start(Options::default()).await;
     // No host offers this kind: the task waits, undecided.
-    let n = rig
-        .forge
-        .open_issue(REPO, "Later", "Wait.", &["agent:claude"])
+    let (n, id) = rig
+        .labelled_issue_task("Later", "Wait.", &["agent:claude"])
         .await;
-    let id = id_of(&rig.task_of(n).await);
     rig.forge.set_issue_labels(REPO, n, &["bug"]).await;
-    let t = rig
-        .until(&id, "cancelled", |t| t["status"] == "cancelled")
-        .await;
+    let t = rig.until_status(&id, "cancelled").await;
     assert!(story(&t).contains("trigger label"), "{}", story(&t));
     rig.assert_honest();
 }
 
 #[tokio::test]
 async fn the_forge_token_never_reaches_the_agent() {
-    let rig = Rig::start(Options::default()).await;
-    let n = rig
-        .forge
-        .open_issue(REPO, "Env", "Show me.", &["agent:envdump"])
+    let rig = start(Options::default()).await;
+    let (_, id) = rig
+        .labelled_issue_task("Env", "Show me.", &["agent:envdump"])
         .await;
-    let id = id_of(&rig.task_of(n).await);
-    let t = rig
-        .until(&id, "got to review", |t| t["status"] == "review_pending")
-        .await;
-    let run_dir = t["runs"][0]["run_dir"].as_str().unwrap().to_string();
-    let prompt = std::fs::read_to_string(format!("{run_dir}/prompt.md")).unwrap();
-    let command = std::fs::read_to_string(format!("{run_dir}/command.sh")).unwrap();
+    let t = rig.until_status(&id, "review_pending").await;
+    let prompt = prompt_of_run(&t, 0);
+    let command = std::fs::read_to_string(format!("{}/command.sh", run_dir(&t, 0))).unwrap();
     let env = std::fs::read_to_string(rig.fleet.path("envdump.txt")).unwrap();
     assert!(
         env.contains("PATH="),

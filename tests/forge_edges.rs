@@ -9,178 +9,34 @@
 //! - reconciliation covers every repository with live tasks (not only `forgejo.repos`), and the
 //!   memory that an issue's trigger was removed after its task ended survives a restart.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/forgejo.rs"]
-mod forgejo;
+#[path = "support/forge_rig.rs"]
+mod forge_rig;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use daemon::{Fleet, Setup, story};
-use forgejo::FakeForgejo;
+use forge_rig::daemon::story;
+use forge_rig::forgejo::DeliveryMode;
+use forge_rig::{Options, REPO, Rig, events, history, pr_of};
 use serde_json::Value;
 
-const FORGE_TOKEN: &str = "edges-forge-token-7d21";
-const SECRET: &str = "edges-webhook-secret-c9e4";
-const REPO: &str = "acme/widgets";
-const LONG: Duration = Duration::from_secs(90);
 const CREATE_PULL: &str = "/repos/{owner}/{repo}/pulls";
 
-struct Rig {
-    forge: FakeForgejo,
-    fleet: Fleet,
-}
-
-impl Rig {
-    /// A daemon on the fake forge; `repos`: the `forgejo.repos` list (TOML).
-    async fn start(repos: &str) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let forge = FakeForgejo::start(dir.path(), FORGE_TOKEN);
-        forge.create_repo("acme", "widgets").await;
-        let extra = format!(
-            r#"
-[forgejo]
-base_url = "{url}"
-token_env = "EDGES_FORGE_TOKEN"
-webhook_secret_env = "EDGES_FORGE_SECRET"
-repos = {repos}
-reconcile_interval = "1s"
-review_debounce = "300ms"
-default_agent = "demo"
-"#,
-            url = forge.url(),
-        );
-        let fleet = Fleet::start_in(
-            dir,
-            Setup {
-                extra,
-                env: vec![
-                    ("EDGES_FORGE_TOKEN", FORGE_TOKEN.to_string()),
-                    ("EDGES_FORGE_SECRET", SECRET.to_string()),
-                ],
-                ..Setup::default()
-            },
-        )
-        .await;
-        forge.set_webhook(&fleet.api("/webhooks/forgejo"), SECRET);
-        Rig { forge, fleet }
-    }
-
-    /// The ids of the tasks of issue `n`, oldest first.
-    async fn tasks_of(&self, n: u64) -> Vec<String> {
-        let source = format!("{REPO}#{n}");
-        let (status, list) = self.fleet.get("/tasks").await;
-        assert_eq!(status, 200, "{list}");
-        let mut ids: Vec<String> = list["tasks"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| t["source"] == source.as_str())
-            .filter_map(|t| t["id"].as_str().map(str::to_string))
-            .collect();
-        ids.sort_by_key(|id| id.parse::<u64>().unwrap_or(u64::MAX));
-        ids
-    }
-
-    /// Waits until issue `n` has `count` tasks; the newest one.
-    async fn nth_task(&self, n: u64, count: usize) -> String {
-        let deadline = Instant::now() + LONG;
-        loop {
-            let ids = self.tasks_of(n).await;
-            if ids.len() >= count {
-                assert_eq!(ids.len(), count, "more tasks than expected: {ids:?}");
-                return ids[count - 1].clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "issue #{n} never had {count} task(s) ({ids:?}); daemon log:\n{}",
-                self.fleet.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn until(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + LONG;
-        loop {
-            let t = self.fleet.task(id).await;
-            if pred(&t) {
-                return t;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "task {id} never {what}:\n{}\nlog:\n{}",
-                story(&t),
-                self.fleet.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until the issue's status labels are `want` (and stay so for a second).
-    async fn labels_settle(&self, n: u64, want: &[&str]) {
-        let status_labels = || {
-            let mut l: Vec<String> = self
-                .forge
-                .issue_labels(REPO, n)
-                .into_iter()
-                .filter(|l| l.starts_with("status:"))
-                .collect();
-            l.sort();
-            l
-        };
-        let deadline = Instant::now() + LONG;
-        let mut since: Option<Instant> = None;
-        loop {
-            if status_labels() == want {
-                let at = *since.get_or_insert_with(Instant::now);
-                if at.elapsed() > Duration::from_secs(1) {
-                    return;
-                }
-            } else {
-                since = None;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "issue #{n} has status labels {:?}, not {want:?}; daemon log:\n{}",
-                status_labels(),
-                self.fleet.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn assert_honest(&self) {
-        let v = self.forge.violations();
-        assert!(
-            v.is_empty(),
-            "requests the real Forgejo would refuse: {v:#?}"
-        );
-    }
-}
-
-fn history(t: &Value) -> String {
-    t["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["text"].as_str())
-        .collect::<Vec<_>>()
-        .join("\n")
+/// A daemon on the fake forge; `repos`: the `forgejo.repos` list (TOML).
+async fn start(repos: &str) -> Rig {
+    Rig::start(Options {
+        repos: Some(repos.to_string()),
+        ..Options::default()
+    })
+    .await
 }
 
 #[tokio::test]
 async fn publish_looks_the_pull_request_up_by_base_and_head_without_listing_every_pull() {
-    let rig = Rig::start(&format!("[\"{REPO}\"]")).await;
-    let n = rig
-        .forge
-        .open_issue(REPO, "Add a changelog", "Do it.", &["agent-fleet"])
-        .await;
+    let rig = start(&format!("[\"{REPO}\"]")).await;
+    let n = rig.open_triggered("Add a changelog", "Do it.").await;
     let id = rig.nth_task(n, 1).await;
-    let t = rig
-        .until(&id, "got to review", |t| t["status"] == "review_pending")
-        .await;
-    let pr = t["pr_number"].as_u64().expect("a pull request");
+    let t = rig.until_status(&id, "review_pending").await;
+    let pr = pr_of(&t);
     let head = rig.forge.pull(REPO, pr).expect("the pull request").head;
     let requests = rig.forge.requests();
     let lookup = format!(
@@ -204,14 +60,11 @@ async fn publish_looks_the_pull_request_up_by_base_and_head_without_listing_ever
 
 #[tokio::test]
 async fn a_409_from_a_create_that_had_succeeded_finds_the_pull_request_and_the_task_goes_on() {
-    let rig = Rig::start(&format!("[\"{REPO}\"]")).await;
+    let rig = start(&format!("[\"{REPO}\"]")).await;
     // The first create is carried out, but its answer is lost behind a 503 (a proxy), which the
     // client takes as "not acted on" and sends again: the forge answers 409.
     rig.forge.fail_after_acting("POST", CREATE_PULL, 503, 1);
-    let n = rig
-        .forge
-        .open_issue(REPO, "Add a licence", "Do it.", &["agent-fleet"])
-        .await;
+    let n = rig.open_triggered("Add a licence", "Do it.").await;
     let id = rig.nth_task(n, 1).await;
     let t = rig
         .until(&id, "got to review or failed", |t| {
@@ -236,19 +89,13 @@ async fn a_409_from_a_create_that_had_succeeded_finds_the_pull_request_and_the_t
     assert_eq!(posts, 2, "the create and its repetition");
     // The merge completes it: the pull request found again is the task's.
     rig.forge.merge(REPO, pulls[0].number).await;
-    rig.until(&id, "completed", |t| t["status"] == "completed")
-        .await;
+    rig.until_status(&id, "completed").await;
     rig.assert_honest();
 }
 
 /// Whether every `forge.labels` effect queued on the task has been delivered.
 fn labels_delivered(t: &Value) -> bool {
-    let texts: Vec<&str> = t["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e["text"].as_str())
-        .collect();
+    let texts = events(t);
     let queued: Vec<String> = texts
         .iter()
         .filter_map(|x| x.strip_suffix(" (forge.labels) queued"))
@@ -264,12 +111,9 @@ fn labels_delivered(t: &Value) -> bool {
 
 #[tokio::test]
 async fn an_older_tasks_late_label_delivery_does_not_overwrite_the_newer_tasks_status() {
-    let rig = Rig::start(&format!("[\"{REPO}\"]")).await;
+    let rig = start(&format!("[\"{REPO}\"]")).await;
     rig.forge.set_latency(Duration::from_millis(30)); // a slow forge
-    let n = rig
-        .forge
-        .open_issue(REPO, "Add a notice", "Do it.", &["agent-fleet"])
-        .await;
+    let n = rig.open_triggered("Add a notice", "Do it.").await;
     let first = rig.nth_task(n, 1).await;
     let t = rig
         .until(&first, "got to review with its labels", |t| {
@@ -281,11 +125,8 @@ async fn an_older_tasks_late_label_delivery_does_not_overwrite_the_newer_tasks_s
     // first task's last label delivery keeps failing and is retried with backoff.
     rig.forge
         .fail("POST", "/repos/{owner}/{repo}/labels", 503, u32::MAX);
-    rig.forge
-        .merge(REPO, t["pr_number"].as_u64().unwrap())
-        .await;
-    rig.until(&first, "completed", |t| t["status"] == "completed")
-        .await;
+    rig.forge.merge(REPO, pr_of(&t)).await;
+    rig.until_status(&first, "completed").await;
     // Meanwhile the issue (closed by the merge) is taken up again: reopened, its trigger
     // removed, then added back; a second task.
     rig.forge.reopen_issue(REPO, n).await;
@@ -309,75 +150,45 @@ async fn an_older_tasks_late_label_delivery_does_not_overwrite_the_newer_tasks_s
 #[tokio::test]
 async fn reconciliation_covers_a_repository_with_live_tasks_when_forgejo_repos_is_empty() {
     // `repos = []`: webhooks are taken from every repository.
-    let rig = Rig::start("[]").await;
+    let rig = start("[]").await;
     let busy = rig
-        .forge
-        .open_issue(
-            REPO,
-            "Take your time",
-            "demo-agent: sleep 60\n",
-            &["agent-fleet"],
-        )
+        .open_triggered("Take your time", "demo-agent: sleep 60\n")
         .await;
     let live = rig.nth_task(busy, 1).await;
-    rig.until(&live, "started a run", |t| {
-        t["runs"].as_array().is_some_and(|r| !r.is_empty())
-    })
-    .await;
+    rig.until_started(&live).await;
     // The next issue's webhook is lost (as one refused with 503 while the daemon recovers is).
-    rig.forge.set_delivery(forgejo::DeliveryMode::Drop).await;
-    let n = rig
-        .forge
-        .open_issue(REPO, "Add a readme badge", "Do it.", &["agent-fleet"])
-        .await;
+    rig.forge.set_delivery(DeliveryMode::Drop).await;
+    let n = rig.open_triggered("Add a readme badge", "Do it.").await;
     // Reconciliation (every second) finds it in the repository of the live task.
     let id = rig.nth_task(n, 1).await;
-    rig.until(&id, "got to review", |t| t["status"] == "review_pending")
-        .await;
+    rig.until_status(&id, "review_pending").await;
     rig.assert_honest();
 }
 
 #[tokio::test]
 async fn an_issue_rearmed_before_a_restart_gets_a_new_task_when_its_trigger_comes_back() {
-    let mut rig = Rig::start(&format!("[\"{REPO}\"]")).await;
+    let mut rig = start(&format!("[\"{REPO}\"]")).await;
     let n = rig
-        .forge
-        .open_issue(
-            REPO,
-            "Try again later",
-            "demo-agent: sleep 60\n",
-            &["agent-fleet"],
-        )
+        .open_triggered("Try again later", "demo-agent: sleep 60\n")
         .await;
     let first = rig.nth_task(n, 1).await;
-    let (status, body) = rig
-        .fleet
-        .post(&format!("/tasks/{first}/cancel"), serde_json::json!({}))
-        .await;
-    assert_eq!(status, 202, "{body}");
-    rig.until(&first, "was cancelled", |t| t["status"] == "cancelled")
-        .await;
+    rig.cancel(&first, serde_json::json!({})).await;
+    rig.until_status(&first, "cancelled").await;
     // The trigger is removed after the task ended: the issue is re-armed (acknowledged webhook).
     rig.forge.set_issue_labels(REPO, n, &[]).await;
     rig.forge.flush().await;
     // A restart (SIGKILL) in between.
-    rig.fleet.kill();
-    rig.fleet.spawn().await;
-    rig.forge
-        .set_webhook(&rig.fleet.api("/webhooks/forgejo"), SECRET);
+    rig.restart().await;
     rig.forge.set_issue_labels(REPO, n, &["agent-fleet"]).await;
     let second = rig.nth_task(n, 2).await;
     assert_ne!(second, first);
-    rig.until(&second, "started a run", |t| {
-        t["runs"].as_array().is_some_and(|r| !r.is_empty())
-    })
-    .await;
+    rig.until_started(&second).await;
     rig.assert_honest();
 }
 
 #[tokio::test]
 async fn label_deliveries_of_many_issues_at_once_create_each_status_label_once() {
-    let rig = Rig::start(&format!("[\"{REPO}\"]")).await;
+    let rig = start(&format!("[\"{REPO}\"]")).await;
     rig.forge.set_latency(Duration::from_millis(20));
     // Creating a label is slow: a delivery that does not wait for another's creation to end
     // creates the same label again (Forgejo does not refuse a duplicate name).
@@ -388,10 +199,7 @@ async fn label_deliveries_of_many_issues_at_once_create_each_status_label_once()
     );
     let mut issues = Vec::new();
     for i in 0..4 {
-        let n = rig
-            .forge
-            .open_issue(REPO, &format!("Chore {i}"), "Do it.", &["agent-fleet"])
-            .await;
+        let n = rig.open_triggered(&format!("Chore {i}"), "Do it.").await;
         issues.push(n);
     }
     for &n in &issues {

@@ -8,27 +8,15 @@
 //! an issue from a webhook is checked like an API submission; a payload never chooses where a
 //! task clones from; every refusal is the API's JSON error.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/forgejo.rs"]
-mod forgejo;
+#[path = "support/forge_rig.rs"]
+mod forge_rig;
 
 use std::time::Duration;
 
-use daemon::{Fleet, Setup};
-use forgejo::FakeForgejo;
-use hmac::{Hmac, Mac};
+use forge_rig::daemon::story;
+use forge_rig::{Delivery, Options, REPO, Rig};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
-const REFERENCE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/reference/forgejo/webhooks"
-);
-/// The secret the reference deliveries are signed with.
-const SECRET: &str = "webhook-secret-for-tests";
-const FORGE_TOKEN: &str = "replay-forge-token";
-const REPO: &str = "acme/widgets";
 /// The reference deliveries' issue.
 const ISSUE: u64 = 42;
 /// With trigger label `agent:ready`, `issues-labeled` (labels `agent:task`, `agent:ready`)
@@ -38,92 +26,38 @@ const UNTRIGGERED: &[&str] = &["agent:task"];
 /// The outcome of a delivery whose id was handled before.
 const DUPLICATE: &str = "delivery handled before: nothing done";
 
-struct Rig {
-    forge: FakeForgejo,
-    fleet: Fleet,
-    /// The forge's clone URL of acme/widgets (a bare repository's path in the fake).
-    clone_url: String,
+/// The fake forge with acme/widgets and its issues #1..=`issues` (the last ones labelled
+/// `TRIGGERED`), and a daemon whose `base_url` is the fake. No webhook target is set: the test
+/// sends every delivery itself. `repos` is empty, so reconciliation lists nothing.
+async fn start(issues: u64) -> Rig {
+    Rig::start(Options {
+        issues: (1..=issues)
+            .map(|n| if n >= ISSUE { TRIGGERED } else { &[] })
+            .collect(),
+        ..Options::deliveries_only("agent:ready")
+    })
+    .await
 }
 
 impl Rig {
-    /// The fake forge with acme/widgets and its issues #1..=`issues` (the last ones labelled
-    /// `TRIGGERED`), and a daemon whose `base_url` is the fake. No webhook target is set: the
-    /// test sends every delivery itself. `repos` is empty, so reconciliation lists nothing.
-    async fn start(issues: u64) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        let forge = FakeForgejo::start(dir.path(), FORGE_TOKEN);
-        let repo = forge.create_repo("acme", "widgets").await;
-        for n in 1..=issues {
-            let labels: &[&str] = if n >= ISSUE { TRIGGERED } else { &[] };
-            let got = forge
-                .open_issue(REPO, &format!("issue {n}"), "", labels)
-                .await;
-            assert_eq!(got, n);
-        }
-        let extra = format!(
-            r#"
-[forgejo]
-base_url = "{url}"
-token_env = "REPLAY_FORGE_TOKEN"
-webhook_secret_env = "REPLAY_FORGE_SECRET"
-trigger_label = "agent:ready"
-default_agent = "remote"
-
-# No host offers `remote`: a task waits, unstarted (nothing is cloned).
-[[agents]]
-name = "remote"
-cli_template = "remote {{prompt_file}}"
-output_format = "raw"
-"#,
-            url = forge.url(),
-        );
-        let fleet = Fleet::start_in(
-            dir,
-            Setup {
-                extra,
-                env: vec![
-                    ("REPLAY_FORGE_TOKEN", FORGE_TOKEN.to_string()),
-                    ("REPLAY_FORGE_SECRET", SECRET.to_string()),
-                ],
-                // Pull agents may register: the kind no host offers is theirs.
-                server: "registration_token_env = \"E2E_FLEET_REGISTRATION_TOKEN\"".into(),
-                ..Setup::default()
-            },
-        )
-        .await;
-        Rig {
-            forge,
-            fleet,
-            clone_url: repo.clone_url,
-        }
-    }
-
     async fn labels(&self, labels: &[&str]) {
         self.forge.set_issue_labels(REPO, ISSUE, labels).await;
     }
 
-    async fn send(&self, d: &Delivery) -> (u16, Value) {
-        let mut req = self.fleet.http.post(self.fleet.api("/webhooks/forgejo"));
-        for (k, v) in &d.headers {
-            req = req.header(k, v);
-        }
-        let r = req.body(d.body.clone()).send().await.unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+    /// The forge shows the trigger and `labeled` is sent: its outcome, and the only task there is.
+    async fn trigger(&self, labeled: &Delivery) -> (String, String) {
+        self.labels(TRIGGERED).await;
+        let outcome = self.send_ok(labeled).await;
+        (outcome, self.only_task().await)
     }
 
-    async fn send_ok(&self, d: &Delivery) -> String {
-        let (status, answer) = self.send(d).await;
-        assert_eq!(status, 200, "{answer}\nlog:\n{}", self.fleet.log());
-        answer["outcome"].as_str().unwrap_or_default().to_string()
-    }
-
-    async fn tasks(&self) -> Vec<Value> {
-        let (status, list) = self.fleet.get("/tasks").await;
-        assert_eq!(status, 200, "{list}");
-        let mut tasks = list["tasks"].as_array().cloned().unwrap_or_default();
-        tasks.sort_by_key(|t| t["id"].as_str().unwrap_or("").parse::<u64>().unwrap_or(0));
-        tasks
+    /// The forge shows the trigger gone and `unlabeled` is sent: task `id` is cancelled.
+    async fn withdraw(&self, id: &str, unlabeled: &Delivery) {
+        self.labels(UNTRIGGERED).await;
+        self.send_ok(unlabeled).await;
+        self.fleet
+            .wait_status(id, "cancelled", Duration::from_secs(20))
+            .await;
     }
 
     /// The only task there is.
@@ -132,74 +66,6 @@ output_format = "raw"
         assert_eq!(tasks.len(), 1, "{tasks:#?}");
         tasks[0]["id"].as_str().unwrap().to_string()
     }
-
-    /// The task's status stays `status` for a while (its inbox is worked off meanwhile).
-    async fn stays(&self, id: &str, status: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_millis(1500);
-        while std::time::Instant::now() < deadline {
-            let t = self.fleet.task(id).await;
-            assert_eq!(t["status"], status, "{}", daemon::story(&t));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// A delivery: its headers (name, value) and its exact body.
-#[derive(Clone)]
-struct Delivery {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Delivery {
-    /// A reference delivery, verbatim.
-    fn reference(name: &str) -> Delivery {
-        let headers = std::fs::read_to_string(format!("{REFERENCE}/{name}.headers")).unwrap();
-        let headers = headers
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Delivery {
-            headers,
-            body: std::fs::read(format!("{REFERENCE}/{name}.json")).unwrap(),
-        }
-    }
-
-    /// The same body under another delivery id (a new delivery of the same event).
-    fn with_id(mut self, id: &str) -> Delivery {
-        for (k, v) in &mut self.headers {
-            if k.ends_with("-Delivery") {
-                *v = id.to_string();
-            }
-        }
-        self
-    }
-
-    /// The payload changed by `edit`, then signed again with the webhook secret.
-    fn edited(mut self, edit: impl FnOnce(&mut Value)) -> Delivery {
-        let mut payload: Value = serde_json::from_slice(&self.body).unwrap();
-        edit(&mut payload);
-        self.body = serde_json::to_vec_pretty(&payload).unwrap();
-        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(&self.body);
-        let signature = hex::encode(mac.finalize().into_bytes());
-        self.headers.retain(|(k, _)| !k.starts_with("X-Hub-"));
-        for (k, v) in &mut self.headers {
-            if k.ends_with("-Signature") {
-                *v = signature.clone();
-            }
-        }
-        self
-    }
-
-    fn id(&self) -> String {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == "X-Forgejo-Delivery")
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    }
 }
 
 // ---- point 3: a delivery id is acted on once; stale events never withdraw -------------------
@@ -207,20 +73,13 @@ impl Delivery {
 /// labeled → unlabeled → the first labeled delivery again (same id): no second task.
 #[tokio::test]
 async fn a_labeled_delivery_replayed_after_unlabeling_starts_no_second_task() {
-    let rig = Rig::start(ISSUE).await;
+    let rig = start(ISSUE).await;
     let labeled = Delivery::reference("issues-labeled");
     let unlabeled = Delivery::reference("issues-unlabeled");
 
-    rig.labels(TRIGGERED).await;
-    let outcome = rig.send_ok(&labeled).await;
+    let (outcome, first) = rig.trigger(&labeled).await;
     assert!(outcome.contains("created"), "{outcome}");
-    let first = rig.only_task().await;
-
-    rig.labels(UNTRIGGERED).await;
-    rig.send_ok(&unlabeled).await;
-    rig.fleet
-        .wait_status(&first, "cancelled", Duration::from_secs(20))
-        .await;
+    rig.withdraw(&first, &unlabeled).await;
 
     // Forgejo's "redeliver" (or a proxy's retry): the very same delivery, later.
     let outcome = rig.send_ok(&labeled).await;
@@ -247,18 +106,12 @@ async fn a_labeled_delivery_replayed_after_unlabeling_starts_no_second_task() {
 /// newer task is not touched.
 #[tokio::test]
 async fn an_unlabeled_delivery_replayed_never_cancels_the_newer_task() {
-    let rig = Rig::start(ISSUE).await;
+    let rig = start(ISSUE).await;
     let labeled = Delivery::reference("issues-labeled");
     let unlabeled = Delivery::reference("issues-unlabeled");
 
-    rig.labels(TRIGGERED).await;
-    rig.send_ok(&labeled).await;
-    let first = rig.only_task().await;
-    rig.labels(UNTRIGGERED).await;
-    rig.send_ok(&unlabeled).await;
-    rig.fleet
-        .wait_status(&first, "cancelled", Duration::from_secs(20))
-        .await;
+    let (_, first) = rig.trigger(&labeled).await;
+    rig.withdraw(&first, &unlabeled).await;
 
     rig.labels(TRIGGERED).await;
     let relabeled = labeled
@@ -279,7 +132,7 @@ async fn an_unlabeled_delivery_replayed_never_cancels_the_newer_task() {
     assert_eq!(outcome, DUPLICATE);
     rig.stays(&second, "created").await;
     let task = rig.fleet.task(&second).await;
-    assert_eq!(task["labels"], json!(TRIGGERED), "{}", daemon::story(&task));
+    assert_eq!(task["labels"], json!(TRIGGERED), "{}", story(&task));
     assert_eq!(rig.tasks().await.len(), 2);
 }
 
@@ -287,28 +140,22 @@ async fn an_unlabeled_delivery_replayed_never_cancels_the_newer_task() {
 /// back; the events crossed): the forge shows the trigger, the task stays.
 #[tokio::test]
 async fn a_stale_unlabeled_event_never_withdraws_the_task() {
-    let rig = Rig::start(ISSUE).await;
-    rig.labels(TRIGGERED).await;
-    rig.send_ok(&Delivery::reference("issues-labeled")).await;
-    let id = rig.only_task().await;
+    let rig = start(ISSUE).await;
+    let (_, id) = rig.trigger(&Delivery::reference("issues-labeled")).await;
 
     let late = Delivery::reference("issues-unlabeled").with_id("late-unlabeled-1");
     rig.send_ok(&late).await;
     rig.stays(&id, "created").await;
 
     // Once the forge really shows the trigger gone, a (new) event withdraws it.
-    rig.labels(UNTRIGGERED).await;
     let real = Delivery::reference("issues-unlabeled").with_id("real-unlabeled-2");
-    rig.send_ok(&real).await;
-    rig.fleet
-        .wait_status(&id, "cancelled", Duration::from_secs(20))
-        .await;
+    rig.withdraw(&id, &real).await;
 }
 
 /// A labeled event that arrives after the trigger was removed on the forge starts nothing.
 #[tokio::test]
 async fn a_stale_labeled_event_starts_no_task_the_forge_no_longer_asks_for() {
-    let rig = Rig::start(ISSUE).await;
+    let rig = start(ISSUE).await;
     rig.labels(UNTRIGGERED).await;
     let outcome = rig.send_ok(&Delivery::reference("issues-labeled")).await;
     assert!(!outcome.contains("created"), "{outcome}");
@@ -320,7 +167,7 @@ async fn a_stale_labeled_event_starts_no_task_the_forge_no_longer_asks_for() {
 /// A 200 KB title and issue number 0 are refused like the API refuses them (422, JSON error).
 #[tokio::test]
 async fn a_webhook_issue_is_checked_like_an_api_submission() {
-    let rig = Rig::start(ISSUE).await;
+    let rig = start(ISSUE).await;
     let long = "t".repeat(200 * 1024);
 
     let (status, api) = rig
@@ -332,7 +179,7 @@ async fn a_webhook_issue_is_checked_like_an_api_submission() {
     let huge = Delivery::reference("issues-labeled")
         .with_id("huge-title")
         .edited(|p| p["issue"]["title"] = json!(long.clone()));
-    let (status, answer) = rig.send(&huge).await;
+    let (status, answer) = huge.send(&rig.fleet).await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["error"]["code"], api["error"]["code"], "{answer}");
     assert_eq!(
@@ -345,14 +192,14 @@ async fn a_webhook_issue_is_checked_like_an_api_submission() {
         .edited(|p| {
             p["issue"]["number"] = json!(0);
         });
-    let (status, answer) = rig.send(&zero).await;
+    let (status, answer) = zero.send(&rig.fleet).await;
     assert_eq!(status, 422, "{answer}");
     assert!(answer["error"]["message"].is_string(), "{answer}");
 
     let blank = Delivery::reference("issues-labeled")
         .with_id("blank-title")
         .edited(|p| p["issue"]["title"] = json!("   "));
-    let (status, answer) = rig.send(&blank).await;
+    let (status, answer) = blank.send(&rig.fleet).await;
     assert_eq!(status, 422, "{answer}");
 
     assert!(rig.tasks().await.is_empty(), "{:#?}", rig.tasks().await);
@@ -362,7 +209,7 @@ async fn a_webhook_issue_is_checked_like_an_api_submission() {
 /// forge (or not a URL at all) is never used; one on the forge is.
 #[tokio::test]
 async fn a_payloads_clone_url_off_the_forge_is_never_used() {
-    let rig = Rig::start(ISSUE + 3).await;
+    let rig = start(ISSUE + 3).await;
     let hostile = [
         "::::",
         "https://evil.example/acme/widgets.git",
@@ -376,7 +223,7 @@ async fn a_payloads_clone_url_off_the_forge_is_never_used() {
                 p["issue"]["number"] = json!(n);
                 p["repository"]["clone_url"] = json!(url);
             });
-        let (status, answer) = rig.send(&d).await;
+        let (status, answer) = d.send(&rig.fleet).await;
         assert!(status == 200 || status == 422, "{url}: {status} {answer}");
     }
     let on_forge = format!("{}/acme/widgets.git", rig.forge.url());
@@ -393,7 +240,7 @@ async fn a_payloads_clone_url_off_the_forge_is_never_used() {
     for t in &tasks {
         let repo = t["repo"].as_str().unwrap();
         assert!(
-            repo == rig.clone_url || repo == on_forge,
+            repo == rig.repo.clone_url || repo == on_forge,
             "task {} clones from {repo}",
             t["id"]
         );
@@ -405,7 +252,7 @@ async fn a_payloads_clone_url_off_the_forge_is_never_used() {
 /// long to be a key) is refused with the API's JSON error, never an empty 400.
 #[tokio::test]
 async fn a_control_character_in_the_delivery_id_is_a_json_error() {
-    let rig = Rig::start(1).await;
+    let rig = start(1).await;
     let long = "d".repeat(300);
     let bad: [&[u8]; 7] = [
         b"abc\tdef",

@@ -19,6 +19,14 @@ pub const TOKEN: &str = "e2e-admin-token";
 /// config names that variable in `server.registration_token_env`, see [`Setup::server`]).
 pub const REGISTRATION_TOKEN: &str = "e2e-registration-token";
 pub const DEMO_AGENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo-agent");
+/// An `[[agents]]` entry of a kind no host offers (pull agents may register for it): its tasks
+/// wait for a pull agent and, without one, nothing is cloned.
+pub const REMOTE_AGENT: &str = r#"
+[[agents]]
+name = "remote"
+cli_template = "remote {prompt_file}"
+output_format = "raw"
+"#;
 
 /// Options of the test fleet's config.
 pub struct Setup {
