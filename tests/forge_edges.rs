@@ -218,6 +218,6 @@ async fn label_deliveries_of_many_issues_at_once_create_each_status_label_once()
         .into_iter()
         .filter(|l| l.starts_with("status:"))
         .collect();
-    assert_eq!(status, ["status:doing", "status:review"]);
+    assert_eq!(status, ["status:doing", "status:review", "status:todo"]);
     rig.assert_honest();
 }

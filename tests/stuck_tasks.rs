@@ -224,3 +224,34 @@ async fn a_task_whose_host_was_removed_from_the_config_runs_on_another_host() {
         story(&task)
     );
 }
+
+#[tokio::test]
+async fn a_task_left_to_pull_agents_gets_the_pull_timeout_of_the_config_it_restarts_with() {
+    // Parked in Pull under a deadline an hour away (an older build set none at all): after the
+    // restart, the config's 2 s apply.
+    let mut fleet = start_one_slot("undecided_timeout = \"1s\"\npull_timeout = \"1h\"").await;
+    occupy_the_host(&fleet, 5).await;
+    let agent = Agent::register(&fleet, "idle").await;
+    let id = fleet.submit("wanted", "").await;
+    fleet
+        .wait_for(&id, Duration::from_secs(20), |t| {
+            t["execution_mode"] == "http_pull"
+        })
+        .await;
+    agent.deregister().await;
+    fleet.kill();
+    let text = std::fs::read_to_string(&fleet.config).unwrap();
+    let shorter = text.replace("pull_timeout = \"1h\"", "pull_timeout = \"2s\"");
+    assert_ne!(shorter, text);
+    std::fs::write(&fleet.config, shorter).unwrap();
+    fleet.spawn().await;
+    let task = fleet
+        .wait_status(&id, "completed", Duration::from_secs(40))
+        .await;
+    assert_eq!(run_hosts(&task), ["local"], "{}", story(&task));
+    assert!(
+        story(&task).contains("routed to hosts again"),
+        "{}",
+        story(&task)
+    );
+}

@@ -335,7 +335,10 @@ impl Workflow for AgentTask {
             let note = remarks.join("; ");
             outcome.note(note)
         };
-        review::status_effects(forge, ctx.instance(), before, &mut outcome)?;
+        // The first step shows the new task's status on its issue (`status:todo`), however
+        // long it waits for a host: until then no status change has queued the labels.
+        let first = ctx.step_number() == 0;
+        review::status_effects(forge, ctx.instance(), before, first, &mut outcome)?;
         Ok(outcome)
     }
 
@@ -350,9 +353,13 @@ impl Workflow for AgentTask {
     ) -> crate::workflow::Cleanup<TaskState> {
         let mut report = self.cleanup_task(ctx, s, reason).await;
         let mut outcome = review::cancelled(s.clone(), reason.to_string());
-        if let Err(e) =
-            review::status_effects(self.rt.forge(), ctx.instance(), s.status, &mut outcome)
-        {
+        if let Err(e) = review::status_effects(
+            self.rt.forge(),
+            ctx.instance(),
+            s.status,
+            false,
+            &mut outcome,
+        ) {
             report.push_str(&format!("; the forge's labels are not updated: {}", e.0));
             outcome.effects.clear();
         }

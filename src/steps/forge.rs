@@ -8,9 +8,10 @@
 //! clones only from the configured forge), and delivers the two outbox effects that keep the
 //! forge in step: the status labels and the assignees of an issue (read from the current state
 //! of the issue's latest task, so deliveries in any order, of any of its tasks, converge; a
-//! person's own assignment is never undone) and one comment per receipt or failure (✅ / ❌ / 🙋,
-//! every artifact linked), found again by its hidden marker
-//! `<!-- agent-fleet:task=<id>:effect=<key> -->` so that no replay posts twice.
+//! person's own assignment is never undone, and is noted once in the task's history) and one
+//! comment per receipt or failure (✅ / ❌ / 🙋, every artifact linked), found again by its
+//! hidden marker `<!-- agent-fleet:task=<id>:effect=<key> -->` so that no replay posts twice.
+//! The per-issue and per-repository locks of the labels effect live only while in use.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -99,6 +100,71 @@ impl std::fmt::Display for Handled {
 /// Taken while an issue's labels are read and written.
 type IssueLock = Arc<tokio::sync::Mutex<()>>;
 
+/// One lock per key (an issue, a repository), made on first use and dropped once nobody holds
+/// or waits for it, so the map holds only the keys in use, not every key ever seen.
+struct LockMap<K> {
+    locks: Mutex<HashMap<K, IssueLock>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> LockMap<K> {
+    fn new() -> Self {
+        LockMap {
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<K, IssueLock>> {
+        // A panic while holding it leaves the map consistent (single inserts and removes).
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the lock of `key`; held until the returned guard is dropped.
+    async fn lock(&self, key: K) -> Held<'_, K> {
+        let lock = self.map().entry(key.clone()).or_default().clone();
+        // Made before waiting: a waiter dropped while it waits still gives its key back.
+        let mut held = Held {
+            map: self,
+            key,
+            lock: lock.clone(),
+            guard: None,
+        };
+        held.guard = Some(lock.lock_owned().await);
+        held
+    }
+
+    /// Keys with a lock (held, waited for, or about to be).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
+}
+
+/// The lock of one key of a [`LockMap`], held.
+struct Held<'a, K: std::hash::Hash + Eq + Clone> {
+    map: &'a LockMap<K>,
+    key: K,
+    lock: IssueLock,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Held<'_, K> {
+    fn drop(&mut self) {
+        // Under the map's lock, so nobody takes a clone of this lock meanwhile: every holder or
+        // waiter has one (taken under the map's lock too), so when only the map and this guard
+        // have it, nobody else holds or waits for it and the key can go. Whoever comes next
+        // makes a new lock, which nobody else holds either: the exclusion is kept.
+        let mut map = self.map.map();
+        self.guard = None;
+        if Arc::strong_count(&self.lock) == 2
+            && map
+                .get(&self.key)
+                .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Index {
     /// (repository, issue) → its tasks, oldest first.
@@ -132,11 +198,11 @@ pub struct Forge {
     sync: Mutex<Option<u64>>,
     /// One lock per issue for [`LabelsHandler`]: two deliveries of the labels effect (an old
     /// status and the new one, after a restart say) must not interleave their reads and writes.
-    label_locks: Mutex<HashMap<(String, u64), IssueLock>>,
+    label_locks: LockMap<(String, u64)>,
     /// One lock per repository around finding or creating its status labels: Forgejo creates
     /// a second label of the same name rather than refusing it, so two issues' deliveries must
     /// not both create `status:doing`.
-    repo_label_locks: Mutex<HashMap<String, IssueLock>>,
+    repo_label_locks: LockMap<String>,
 }
 
 impl Forge {
@@ -175,8 +241,8 @@ impl Forge {
             engine: OnceLock::new(),
             index: Mutex::new(Index::default()),
             sync: Mutex::new(None),
-            label_locks: Mutex::new(HashMap::new()),
-            repo_label_locks: Mutex::new(HashMap::new()),
+            label_locks: LockMap::new(),
+            repo_label_locks: LockMap::new(),
         })))
     }
 
@@ -1007,14 +1073,7 @@ impl EffectHandler for LabelsHandler {
                 .map_err(|e| EffectError::Transient(e.to_string()))?;
             // The state is read under the issue's lock: the delivery that goes last reads the
             // latest status, and its labels are what stays.
-            let lock = forge
-                .label_locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry((p.repo.clone(), p.issue))
-                .or_default()
-                .clone();
-            let _serial = lock.lock().await;
+            let _serial = forge.label_locks.lock((p.repo.clone(), p.issue)).await;
             // The issue's LATEST task decides: a delivery of an older task of the issue, retried
             // after a newer task set its status, must not bring the older status back.
             let task = forge
@@ -1052,15 +1111,41 @@ impl EffectHandler for LabelsHandler {
             if !missing.is_empty() {
                 add_labels(forge, &repo, &p, &missing).await?;
             }
-            keep_assignees(
+            let taken = keep_assignees(
                 forge,
                 &repo,
                 p.issue,
                 state.status,
                 &issue.assignee_logins(),
             )
-            .await
+            .await?;
+            if let Some(person) = taken {
+                note_own_assignment(engine, task, &repo, p.issue, &person).await;
+            }
+            Ok(())
         })
+    }
+}
+
+/// Tells task `task` (in its history, through a `Note` signal its next step takes) that its
+/// issue is assigned to `person`, whose assignment the daemon leaves alone: once per task and
+/// person (the signal's key). A task that has ended is told nothing; a signal that cannot be
+/// committed is only logged (the labels are done, and the next delivery tries again).
+async fn note_own_assignment(engine: &Engine, task: u64, repo: &RepoRef, issue: u64, person: &str) {
+    let text = format!(
+        "issue {repo}#{issue} is assigned to {person}: its assignees are left alone (a person's \
+         own assignment is never changed)"
+    );
+    let key = format!("forge/own-assignment/{}", person.to_lowercase());
+    match engine
+        .signal::<AgentTask>(task, &TaskSignal::Note { text }, &key)
+        .await
+    {
+        Ok(_) | Err(EngineError::Finished { .. }) => {}
+        Err(e) => tracing::warn!(
+            task,
+            "cannot note {person}'s assignment in the history: {e}"
+        ),
     }
 }
 
@@ -1072,15 +1157,8 @@ async fn add_labels(
     missing: &[&str],
 ) -> Result<(), EffectError> {
     // Taken inside the issue's lock, never the other way round.
-    let repo_lock = forge
-        .repo_label_locks
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(p.repo.clone())
-        .or_default()
-        .clone();
     let labels = {
-        let _creating = repo_lock.lock().await;
+        let _creating = forge.repo_label_locks.lock(p.repo.clone()).await;
         forge
             .client
             .ensure_labels(repo, missing)
@@ -1174,25 +1252,27 @@ fn same_logins(a: &[String], b: &[String]) -> bool {
 /// and changes nothing, when a login is no user or may not be assigned: the forge is then
 /// asked which users can be, the others are left out (with a warning naming the key to fix)
 /// and the edit is sent again, so a misconfigured login is never retried for ever.
+///
+/// Returns the person whose own assignment was left alone, if one is assigned.
 async fn keep_assignees(
     forge: &Forge,
     repo: &RepoRef,
     issue: u64,
     status: TaskStatus,
     current: &[String],
-) -> Result<(), EffectError> {
+) -> Result<Option<String>, EffectError> {
     let mut wanted = match assignees_plan(&forge.config, status, current) {
-        AssigneesPlan::Keep => return Ok(()),
+        AssigneesPlan::Keep => return Ok(None),
         AssigneesPlan::TakenBy(person) => {
             tracing::info!(
                 "issue {repo}#{issue} is assigned to {person}: its assignees are left alone"
             );
-            return Ok(());
+            return Ok(Some(person));
         }
         AssigneesPlan::Set(wanted) => wanted,
     };
     let refused = match forge.client.set_assignees(repo, issue, &wanted).await {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(None),
         Err(e) if e.status().is_some_and(|s| s >= 500) && !wanted.is_empty() => e,
         Err(e) => return Err(effect_error(e)),
     };
@@ -1209,14 +1289,14 @@ async fn keep_assignees(
         left_out.join(", ")
     );
     if same_logins(&kept, current) {
-        return Ok(());
+        return Ok(None);
     }
     forge
         .client
         .set_assignees(repo, issue, &kept)
         .await
         .map_err(effect_error)?;
-    Ok(())
+    Ok(None)
 }
 
 /// Delivers [`COMMENT_EFFECT`]: posts the comment with its marker unless a comment of the
@@ -1544,6 +1624,50 @@ mod tests {
 
     fn logins(l: &[&str]) -> Vec<String> {
         l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_issue_lock_nobody_holds_or_waits_for_leaves_the_map() {
+        let locks = LockMap::new();
+        let key = ("acme/widgets".to_string(), 4);
+        let first = locks.lock(key.clone()).await;
+        assert_eq!(locks.len(), 1);
+        drop(first);
+        assert_eq!(locks.len(), 0, "a lock nobody holds is kept");
+        for n in 1..=50 {
+            drop(locks.lock(("acme/widgets".to_string(), n)).await);
+        }
+        assert_eq!(locks.len(), 0, "one lock kept per issue ever seen");
+    }
+
+    #[tokio::test]
+    async fn an_issue_lock_is_kept_while_someone_waits_for_it_and_stays_exclusive() {
+        let locks = Arc::new(LockMap::new());
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let held = locks.lock("acme/widgets".to_string()).await;
+        let mut waiters = Vec::new();
+        for _ in 0..8 {
+            let (locks, inside, most) = (locks.clone(), inside.clone(), most.clone());
+            waiters.push(tokio::spawn(async move {
+                let _g = locks.lock("acme/widgets".to_string()).await;
+                let now = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }));
+        }
+        tokio::task::yield_now().await;
+        drop(held);
+        for w in waiters {
+            w.await.expect("a waiter");
+        }
+        assert_eq!(
+            most.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "two holders at once"
+        );
+        assert_eq!(locks.len(), 0);
     }
 
     #[test]

@@ -41,7 +41,7 @@ use hosts::HostWatch;
 use pull_mode::Pin;
 use runtime::Runtime;
 
-use crate::workflow::{Timestamp, Workflow};
+use crate::workflow::{Status, Timestamp, Workflow};
 
 /// Registers every workflow definition and effect handler of the daemon on `builder`.
 ///
@@ -74,6 +74,7 @@ pub async fn start_services(engine: &Engine, rt: &Runtime) -> Result<(), EngineE
 /// host, the host queue (every task in Route keeps its place, so the first in line are woken),
 /// the pull agents (each online one gets a fresh lease: agents cannot heartbeat a daemon that
 /// is down), the tasks open to pull agents and those agents hold — then lets tasks be routed.
+/// Tasks parked in `Pull` are woken once, so that their deadline follows the config.
 pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
     let now = Timestamp::now();
     let grace = now.after(rt.board().lease());
@@ -142,6 +143,16 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
         };
         if open {
             rt.board().offer(pull_mode::offer_of(info.id, &state));
+        }
+        // A task parked in Pull gets its deadline from its own step (`dispatch.pull_timeout`,
+        // see `stuck`): one parked by an older build has none, one parked under another
+        // `pull_timeout` has the old one. Its step runs once now and sets the deadline the
+        // config asks for (a task pinned to one agent has none).
+        if state.phase == Phase::Pull
+            && !matches!(state.pin, Some(Pin::Agent(_)))
+            && info.status == Status::Waiting
+        {
+            engine.waker().wake(info.id);
         }
         if state.phase == Phase::Claimed
             && let Some(c) = &state.claim

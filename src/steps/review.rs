@@ -133,15 +133,19 @@ pub(super) fn take_forge_signals(ctx: &mut StepCtx<TaskSignal>, s: &mut TaskStat
 }
 
 /// The effects that keep the forge in step with a status change: the status labels, and one
-/// comment for a receipt or a failure.
+/// comment for a receipt or a failure. `first`: the task's first step, whose status is the one
+/// it was started with (`todo`), which no effect has shown on the issue yet: the labels effect
+/// is added even though the status did not change (the handler sets the labels of the status
+/// the task has when it delivers, so a second delivery changes nothing).
 pub(super) fn status_effects(
     forge: Option<&Forge>,
     id: u64,
     before: TaskStatus,
+    first: bool,
     outcome: &mut Outcome<TaskState>,
 ) -> Result<(), StepError> {
     let s = &mut outcome.state;
-    if forge.is_none() || s.status == before {
+    if forge.is_none() || (s.status == before && !first) {
         return Ok(());
     }
     let Some((repo, issue)) = s.forge.as_ref().map(|f| (f.repo.clone(), f.issue)) else {
@@ -150,6 +154,9 @@ pub(super) fn status_effects(
     outcome
         .effects
         .push(forge::labels_effect(id, &repo, issue)?);
+    if s.status == before {
+        return Ok(());
+    }
     let web = forge.map(|f| f.repo_web_url(&repo)).unwrap_or_default();
     let comment = match s.status {
         TaskStatus::Completed => Some(("receipt".to_string(), forge::receipt_comment(id, s, &web))),
@@ -226,7 +233,9 @@ impl AgentTask {
     }
 
     /// Publish: `task/<id>` on the forge (pushed from the worktree if the agent did not), with
-    /// at least one commit ahead of its base, and exactly one pull request for it.
+    /// at least one commit ahead of its base, and exactly one pull request for it. A worktree
+    /// on a host removed from the config cannot be pushed from: the branch is published as the
+    /// forge has it if it is there at the verified commit, else the task is routed again.
     pub(super) async fn publish(
         &self,
         ctx: &mut StepCtx<TaskSignal>,
@@ -260,17 +269,6 @@ impl AgentTask {
         let (forge, repo) = self.forge_parts(&s).map_err(Trouble::Retry)?;
         let branch = self.rt.names().map_err(Trouble::Retry)?.branch(id);
         let mut notes = Vec::new();
-        if let Some(ws) = s.workspace.clone() {
-            let shell = self.rt.shell(&ws.host).map_err(Trouble::Retry)?;
-            match workspace::push_branch(shell.as_ref(), &ws).await {
-                Ok(true) => notes.push(format!("pushed {branch}")),
-                Ok(false) => notes.push(format!("{branch} was already pushed")),
-                Err(workspace::WorkspaceError::Shell(e)) => {
-                    return Err(Trouble::Retry(StepError::msg(e.to_string())));
-                }
-                Err(e) => return Err(Trouble::Fail(format!("cannot push {branch}: {e}"))),
-            }
-        }
         let base = s
             .workspace
             .as_ref()
@@ -278,6 +276,34 @@ impl AgentTask {
             .or_else(|| s.receipt.as_ref().map(|r| r.base.clone()))
             .or_else(|| s.spec.base.clone())
             .unwrap_or_else(|| "main".into());
+        if let Some(ws) = s.workspace.clone() {
+            if self.rt.config().host(&ws.host).is_none() {
+                // The verified commits are in the workspace on a host this daemon can no longer
+                // reach. Unless the branch reached the forge at the verified commit (the agent
+                // pushed it, or a push finished before a restart), the work is done again.
+                if !self
+                    .on_forge_at_receipt(forge, &repo, &base, &branch, &s)
+                    .await?
+                {
+                    return Ok(self.host_removed(ctx, s, &ws.host));
+                }
+                notes.push(format!(
+                    "host {} is no longer in the config; {branch} is on the forge at the \
+                     verified commit: published from there",
+                    ws.host
+                ));
+            } else {
+                let shell = self.rt.shell(&ws.host).map_err(Trouble::Retry)?;
+                match workspace::push_branch(shell.as_ref(), &ws).await {
+                    Ok(true) => notes.push(format!("pushed {branch}")),
+                    Ok(false) => notes.push(format!("{branch} was already pushed")),
+                    Err(workspace::WorkspaceError::Shell(e)) => {
+                        return Err(Trouble::Retry(StepError::msg(e.to_string())));
+                    }
+                    Err(e) => return Err(Trouble::Fail(format!("cannot push {branch}: {e}"))),
+                }
+            }
+        }
         let ahead = forge
             .client
             .compare(&repo, &base, &branch)
@@ -368,6 +394,29 @@ impl AgentTask {
         s.phase = Phase::Review;
         s.last_activity_at = Some(ctx.now());
         Ok(Outcome::next(s).note(notes.join("; ")))
+    }
+
+    /// Whether `branch` on the forge holds the commit verified for the task (its receipt's
+    /// head): a branch the forge does not have is not.
+    async fn on_forge_at_receipt(
+        &self,
+        forge: &Forge,
+        repo: &RepoRef,
+        base: &str,
+        branch: &str,
+        s: &TaskState,
+    ) -> Result<bool, Trouble> {
+        let Some(head) = pushed_head(s) else {
+            return Ok(false);
+        };
+        match forge.client.compare(repo, base, branch).await {
+            Ok(c) => Ok(c.commits.iter().any(|c| c.sha == head)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(trouble(
+                &format!("looking for {branch} on the forge (its host was removed)"),
+                e,
+            )),
+        }
     }
 
     /// The open pull request of `branch` into `base`: asked by base and head first; when the

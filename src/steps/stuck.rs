@@ -1,6 +1,7 @@
 //! What keeps a task from never ending (issue 14, points 7 and 8): the cap on consecutive step
 //! errors of the phases that hold a host (the run then ends as failed and the retry policy
-//! decides), tasks whose host was removed from the config (routed again at once, with a note),
+//! decides), tasks whose host was removed from the config (routed again at once, with a note;
+//! in Publish too, unless the branch is on the forge at the verified commit already),
 //! and the deadline of pull mode (`dispatch.pull_timeout`: a task no pull agent claims is
 //! routed to hosts again, still open to pull agents).
 
@@ -22,6 +23,7 @@ fn phase_name(p: &Phase) -> &'static str {
         Phase::Await => "watching the run",
         Phase::Parse => "reading the run's output",
         Phase::Verify => "verifying the run's commits",
+        Phase::Publish => "publishing the work",
         _ => "the step",
     }
 }
@@ -78,6 +80,12 @@ impl AgentTask {
                     r.outcome = RunOutcome::HostLost;
                     note.push_str(&format!("; run {} is left there as lost", r.run_id));
                 }
+            }
+            Phase::Publish => {
+                note.push_str(
+                    "; the verified commits stayed there, never pushed to the forge: the work is \
+                     done again",
+                );
             }
             _ => {}
         }
