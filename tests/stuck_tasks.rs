@@ -8,20 +8,14 @@ mod daemon;
 
 use std::time::Duration;
 
-use daemon::{Fleet, Setup, story};
+use daemon::{Fleet, Setup, occupy_the_host, one_slot, rename_the_host, run_hosts, story};
 use serde_json::{Value, json};
 
-/// One local host with a single slot, so that a sleeping task keeps it busy.
-fn one_slot(fleet_dir: &str) -> String {
-    format!(
-        "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\"]\n\
-         max_concurrent = 1\nwork_root = \"{fleet_dir}/work\"\n"
-    )
-}
-
+/// A fleet with one local host of ONE slot (a sleeping task keeps it busy), `dispatch` added to
+/// its `[dispatch]`.
 async fn start_one_slot(dispatch: &str) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
-    let hosts = one_slot(&dir.path().display().to_string());
+    let hosts = one_slot(dir.path());
     let setup = Setup {
         hosts: Some(hosts),
         dispatch: dispatch.to_string(),
@@ -74,25 +68,32 @@ impl Agent {
     }
 }
 
-/// The hosts of the task's runs, in order.
-fn run_hosts(task: &Value) -> Vec<String> {
-    task["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["host"].as_str().unwrap_or_default().to_string())
-        .collect()
+/// A task no pull agent claims: the only slot is busy for 5 s, an agent that could take the task
+/// is online while it is left to pull agents, then leaves. The task's id.
+async fn left_to_pull_agents(fleet: &Fleet) -> String {
+    occupy_the_host(fleet, 5).await;
+    let agent = Agent::register(fleet, "idle").await;
+    let id = fleet.submit("wanted", "").await;
+    fleet
+        .wait_for(&id, Duration::from_secs(20), |t| {
+            t["execution_mode"] == "http_pull"
+        })
+        .await;
+    agent.deregister().await;
+    id
 }
 
-/// A task holding the only slot for a while.
-async fn occupy_the_host(fleet: &Fleet, seconds: u32) -> String {
-    let busy = fleet
-        .submit("busy", &format!("demo-agent: sleep {seconds}"))
+/// Task `id` completes on the host `local`, routed to the hosts again.
+async fn completes_routed_to_the_hosts_again(fleet: &Fleet, id: &str) {
+    let task = fleet
+        .wait_status(id, "completed", Duration::from_secs(40))
         .await;
-    fleet
-        .wait_status(&busy, "running", Duration::from_secs(20))
-        .await;
-    busy
+    assert_eq!(run_hosts(&task), ["local"], "{}", story(&task));
+    assert!(
+        story(&task).contains("routed to hosts again"),
+        "{}",
+        story(&task)
+    );
 }
 
 #[tokio::test]
@@ -127,27 +128,10 @@ async fn a_task_whose_pull_agent_is_lost_is_routed_to_the_hosts_again() {
 
 #[tokio::test]
 async fn a_task_no_pull_agent_claims_is_routed_to_the_hosts_after_the_pull_timeout() {
+    // Left to pull agents after 1 s; nobody claims it, the agent even leaves.
     let fleet = start_one_slot("undecided_timeout = \"1s\"\npull_timeout = \"2s\"").await;
-    occupy_the_host(&fleet, 5).await;
-    // An online agent that could take the task: it is left to pull agents after 1 s.
-    let agent = Agent::register(&fleet, "idle").await;
-    let id = fleet.submit("wanted", "").await;
-    fleet
-        .wait_for(&id, Duration::from_secs(20), |t| {
-            t["execution_mode"] == "http_pull"
-        })
-        .await;
-    // Nobody claims it; the agent even leaves.
-    agent.deregister().await;
-    let task = fleet
-        .wait_status(&id, "completed", Duration::from_secs(40))
-        .await;
-    assert_eq!(run_hosts(&task), ["local"], "{}", story(&task));
-    assert!(
-        story(&task).contains("routed to hosts again"),
-        "{}",
-        story(&task)
-    );
+    let id = left_to_pull_agents(&fleet).await;
+    completes_routed_to_the_hosts_again(&fleet, &id).await;
 }
 
 #[tokio::test]
@@ -200,17 +184,7 @@ async fn a_task_whose_host_was_removed_from_the_config_runs_on_another_host() {
         .await;
     fleet.kill();
     // The same machine under another name and work root: `local` is gone from the config.
-    let text = std::fs::read_to_string(&fleet.config).unwrap();
-    let work = fleet.path("work").display().to_string();
-    let spare = fleet.path("spare").display().to_string();
-    let moved = text
-        .replace("host_id = \"local\"", "host_id = \"spare\"")
-        .replace(
-            &format!("work_root = \"{work}\""),
-            &format!("work_root = \"{spare}\""),
-        );
-    assert_ne!(moved, text);
-    std::fs::write(&fleet.config, moved).unwrap();
+    rename_the_host(&fleet);
     fleet.spawn().await;
     // `max_retries = 0`: the move spends no attempt.
     let task = fleet
@@ -230,28 +204,12 @@ async fn a_task_left_to_pull_agents_gets_the_pull_timeout_of_the_config_it_resta
     // Parked in Pull under a deadline an hour away (an older build set none at all): after the
     // restart, the config's 2 s apply.
     let mut fleet = start_one_slot("undecided_timeout = \"1s\"\npull_timeout = \"1h\"").await;
-    occupy_the_host(&fleet, 5).await;
-    let agent = Agent::register(&fleet, "idle").await;
-    let id = fleet.submit("wanted", "").await;
-    fleet
-        .wait_for(&id, Duration::from_secs(20), |t| {
-            t["execution_mode"] == "http_pull"
-        })
-        .await;
-    agent.deregister().await;
+    let id = left_to_pull_agents(&fleet).await;
     fleet.kill();
     let text = std::fs::read_to_string(&fleet.config).unwrap();
     let shorter = text.replace("pull_timeout = \"1h\"", "pull_timeout = \"2s\"");
     assert_ne!(shorter, text);
     std::fs::write(&fleet.config, shorter).unwrap();
     fleet.spawn().await;
-    let task = fleet
-        .wait_status(&id, "completed", Duration::from_secs(40))
-        .await;
-    assert_eq!(run_hosts(&task), ["local"], "{}", story(&task));
-    assert!(
-        story(&task).contains("routed to hosts again"),
-        "{}",
-        story(&task)
-    );
+    completes_routed_to_the_hosts_again(&fleet, &id).await;
 }

@@ -371,3 +371,52 @@ pub async fn eventually(within: Duration, pred: impl Fn() -> bool) -> bool {
     }
     pred()
 }
+
+// ---- one host of one slot, renamed ---------------------------------------------------------
+
+/// The `[[hosts]]` entry of one local host `local` of ONE slot running the demo agent, its work
+/// root in `dir` (for [`Setup::hosts`]): a task holding the slot keeps the others waiting.
+pub fn one_slot(dir: &Path) -> String {
+    format!(
+        "[[hosts]]\nhost_id = \"local\"\nhostname = \"localhost\"\nagents = [\"demo\"]\n\
+         max_concurrent = 1\nwork_root = \"{}\"\n",
+        dir.join("work").display()
+    )
+}
+
+/// A task holding a slot for `seconds`, once it runs.
+pub async fn occupy_the_host(fleet: &Fleet, seconds: u32) -> String {
+    let busy = fleet
+        .submit("busy", &format!("demo-agent: sleep {seconds}"))
+        .await;
+    fleet
+        .wait_status(&busy, "running", Duration::from_secs(20))
+        .await;
+    busy
+}
+
+/// The hosts of the task's runs, in order.
+pub fn run_hosts(task: &Value) -> Vec<String> {
+    task["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["host"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Renames the host `local` `spare`, with another work root, in the config of the stopped
+/// `fleet` (the same machine under another name): `local` is gone from the config.
+pub fn rename_the_host(fleet: &Fleet) {
+    let text = std::fs::read_to_string(&fleet.config).unwrap();
+    let work = fleet.path("work").display().to_string();
+    let spare = fleet.path("spare").display().to_string();
+    let moved = text
+        .replace("host_id = \"local\"", "host_id = \"spare\"")
+        .replace(
+            &format!("work_root = \"{work}\""),
+            &format!("work_root = \"{spare}\""),
+        );
+    assert_ne!(moved, text, "no host `local` in the config");
+    std::fs::write(&fleet.config, moved).unwrap();
+}

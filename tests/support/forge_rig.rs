@@ -195,6 +195,15 @@ impl Rig {
         self.hook();
     }
 
+    /// SIGKILLs the daemon, renames its host `local` `spare` ([`rename_the_host`]), starts it
+    /// again and points the webhook at it: the tasks' host is gone from the config.
+    pub async fn restart_with_the_host_renamed(&mut self) {
+        self.fleet.kill();
+        daemon::rename_the_host(&self.fleet);
+        self.fleet.spawn().await;
+        self.hook();
+    }
+
     /// Every task, oldest first.
     pub async fn tasks(&self) -> Vec<Value> {
         let (status, list) = self.fleet.get("/tasks").await;
@@ -266,6 +275,20 @@ impl Rig {
         labels: &[&str],
     ) -> (u64, String) {
         let n = self.forge.open_issue(REPO, title, body, labels).await;
+        (n, self.task_of(n).await)
+    }
+
+    /// An issue `who` assigns to themself before labelling it with the trigger: its number and
+    /// its task, once there is one.
+    pub async fn self_assigned_issue_task(
+        &self,
+        who: &str,
+        title: &str,
+        body: &str,
+    ) -> (u64, String) {
+        let n = self.forge.open_issue(REPO, title, body, &[]).await;
+        self.forge.assign(REPO, n, &[who]).await;
+        self.forge.set_issue_labels(REPO, n, &["agent-fleet"]).await;
         (n, self.task_of(n).await)
     }
 
