@@ -73,11 +73,12 @@ async fn a_cancel_racing_the_step_that_completes_the_task_sends_no_receipt() {
         rig.status_labels(n) == ["status:review"]
     })
     .await;
-    // The merged step reads the pull request's commits: slowly.
+    // The merged step reads the pull request's commits: slowly enough that the cancel lands
+    // while it waits, even on a loaded machine.
     rig.forge.slow_down(
         "GET",
         "/repos/{owner}/{repo}/pulls/{index}/commits",
-        Duration::from_secs(3),
+        Duration::from_secs(8),
     );
     let commit_reads = || {
         rig.forge

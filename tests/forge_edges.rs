@@ -221,3 +221,27 @@ async fn label_deliveries_of_many_issues_at_once_create_each_status_label_once()
     assert_eq!(status, ["status:doing", "status:review", "status:todo"]);
     rig.assert_honest();
 }
+
+/// The daemon remembers the ids of the status labels it found or created, so a status change
+/// costs no listing of the repository's labels. A label deleted on the forge meanwhile (Forgejo
+/// silently skips an unknown id when adding) is looked up and created again: the next issue
+/// still gets it, once.
+#[tokio::test]
+async fn a_status_label_deleted_from_the_repository_is_created_again_when_next_needed() {
+    let rig = Rig::start(Options::default()).await;
+    let (first, id) = rig.issue_task("First", "Do it.").await;
+    rig.until_status(&id, "review_pending").await;
+    rig.labels_settle(first, &["status:review"]).await;
+    assert!(rig.forge.delete_label(REPO, "status:review").await);
+    let (second, id) = rig.issue_task("Second", "Do it too.").await;
+    rig.until_status(&id, "review_pending").await;
+    rig.labels_settle(second, &["status:review"]).await;
+    let review: Vec<String> = rig
+        .forge
+        .repo_labels(REPO)
+        .into_iter()
+        .filter(|l| l == "status:review")
+        .collect();
+    assert_eq!(review, ["status:review"], "created again, once");
+    rig.assert_honest();
+}

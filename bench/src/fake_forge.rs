@@ -1,8 +1,9 @@
 //! A small, fast fake Forgejo on loopback for the `webhooks` benchmark: just enough REST API for
 //! what the daemon asks while deliveries arrive. `GET /repos/{o}/{r}/issues/{n}` answers the
 //! issue as it is "now" (the reference payload's issue, numbered `n`, open, with the trigger
-//! label), `GET /repos/{o}/{r}` the repository; the label and comment calls of the tasks'
-//! status effects get plausible empty answers; anything else is a 404. Requests are counted by
+//! label), `GET /repos/{o}/{r}` the repository; the repository's labels are kept as created
+//! (listed after, like Forgejo does); the other label and comment calls of the tasks' status
+//! effects get plausible empty answers; anything else is a 404. Requests are counted by
 //! route, and the issue reads per second of the run are kept (to line them up with the acks).
 //!
 //! Deliberately not the integration tests' fake (tests/support/forgejo.rs), which validates
@@ -35,6 +36,8 @@ struct Shared {
     delay: Duration,
     started: Instant,
     counts: Mutex<BTreeMap<String, u64>>,
+    /// The repository's labels, as created (like Forgejo, a created label is listed after).
+    labels: Mutex<Vec<Value>>,
     /// Issue reads per whole second since the fake started.
     issue_reads: Mutex<Vec<u64>>,
 }
@@ -59,6 +62,7 @@ impl FakeForge {
             delay,
             started: Instant::now(),
             counts: Mutex::new(BTreeMap::new()),
+            labels: Mutex::new(Vec::new()),
             issue_reads: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(answer).with_state(shared.clone());
@@ -138,11 +142,18 @@ async fn answer(State(s): State<Arc<Shared>>, method: Method, uri: Uri, body: By
             }
             _ => ("GET issue", StatusCode::NOT_FOUND, not_found()),
         },
-        (&Method::GET, [_, _, "labels"]) => ("GET repo labels", StatusCode::OK, json!([])),
+        (&Method::GET, [_, _, "labels"]) => (
+            "GET repo labels",
+            StatusCode::OK,
+            Value::Array(lock(&s.labels).clone()),
+        ),
         (&Method::POST, [_, _, "labels"]) => {
             let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let label = json!({"id": 1, "name": asked["name"], "color": asked["color"],
-                "description": "", "exclusive": false, "is_archived": false, "url": ""});
+            let mut labels = lock(&s.labels);
+            let label = json!({"id": labels.len() + 1, "name": asked["name"],
+                "color": asked["color"], "description": "", "exclusive": false,
+                "is_archived": false, "url": ""});
+            labels.push(label.clone());
             ("POST repo label", StatusCode::CREATED, label)
         }
         (&Method::GET, [_, _, "issues", _, "labels"]) => {

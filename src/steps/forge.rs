@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::config::{Config, ForgejoConfig};
 use crate::io::forgejo::webhook::{ForgeEvent, IssueInfo, PullInfo, RepoInfo};
-use crate::io::forgejo::{ForgeError, Forgejo, Issue, RepoRef};
+use crate::io::forgejo::{ForgeError, Forgejo, Issue, Label, RepoRef};
 use crate::workflow::{Delivery, EffectError, EffectHandler, Engine, EngineError, Timestamp};
 
 use super::agent_task::{AgentTask, TaskSignal, TaskState};
@@ -203,6 +203,10 @@ pub struct Forge {
     /// a second label of the same name rather than refusing it, so two issues' deliveries must
     /// not both create `status:doing`.
     repo_label_locks: LockMap<String>,
+    /// The ids of the labels found or created per repository (name → id), so that a status
+    /// change costs no listing of the repository's labels. Dropped for a repository when the
+    /// forge no longer knows one of them (it silently skips unknown ids when adding).
+    label_ids: Mutex<HashMap<String, HashMap<String, i64>>>,
 }
 
 impl Forge {
@@ -243,7 +247,36 @@ impl Forge {
             sync: Mutex::new(None),
             label_locks: LockMap::new(),
             repo_label_locks: LockMap::new(),
+            label_ids: Mutex::new(HashMap::new()),
         })))
+    }
+
+    /// Whether the issue's assignees follow its task (`forgejo.assignee` or `reviewer` set).
+    fn assigns(&self) -> bool {
+        login(&self.config.assignee).is_some() || login(&self.config.reviewer).is_some()
+    }
+
+    fn label_ids(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, i64>>> {
+        self.label_ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ids of the labels `names` of `repo`, if all are known.
+    fn known_label_ids(&self, repo: &str, names: &[&str]) -> Option<Vec<i64>> {
+        let ids = self.label_ids();
+        let known = ids.get(repo)?;
+        names.iter().map(|n| known.get(*n).copied()).collect()
+    }
+
+    fn remember_label_ids(&self, repo: &str, labels: &[Label]) {
+        let mut ids = self.label_ids();
+        let known = ids.entry(repo.to_string()).or_default();
+        for l in labels {
+            known.insert(l.name.clone(), l.id);
+        }
+    }
+
+    fn forget_label_ids(&self, repo: &str) {
+        self.label_ids().remove(repo);
     }
 
     pub fn secret(&self) -> &[u8] {
@@ -1087,6 +1120,13 @@ impl EffectHandler for LabelsHandler {
             if state.forge.as_ref().is_some_and(|f| f.escalated) {
                 wanted.push(&forge.config.escalation_label);
             }
+            if !forge.assigns() && !wanted.is_empty() {
+                // One request: adding what is wanted answers the issue's labels after it, and
+                // only status labels that are not wanted are left to remove.
+                let after = add_labels(forge, &repo, &p, &wanted).await?;
+                remove_unwanted(forge, &repo, p.issue, &after, &wanted).await?;
+                return Ok(());
+            }
             // One read gives both the labels and the assignees.
             let issue = forge
                 .client
@@ -1094,15 +1134,7 @@ impl EffectHandler for LabelsHandler {
                 .await
                 .map_err(effect_error)?;
             let current = &issue.labels;
-            for l in current {
-                if STATUS_LABELS.contains(&l.name.as_str()) && !wanted.contains(&l.name.as_str()) {
-                    forge
-                        .client
-                        .remove_label(&repo, p.issue, l.id)
-                        .await
-                        .map_err(effect_error)?;
-                }
-            }
+            remove_unwanted(forge, &repo, p.issue, current, &wanted).await?;
             let missing: Vec<&str> = wanted
                 .iter()
                 .copied()
@@ -1149,29 +1181,67 @@ async fn note_own_assignment(engine: &Engine, task: u64, repo: &RepoRef, issue: 
     }
 }
 
-/// Adds the labels named `missing` to the issue, creating those the repository lacks.
+/// Removes from the issue the status labels of `current` that are not `wanted`.
+async fn remove_unwanted(
+    forge: &Forge,
+    repo: &RepoRef,
+    issue: u64,
+    current: &[Label],
+    wanted: &[&str],
+) -> Result<(), EffectError> {
+    for l in current {
+        if STATUS_LABELS.contains(&l.name.as_str()) && !wanted.contains(&l.name.as_str()) {
+            forge
+                .client
+                .remove_label(repo, issue, l.id)
+                .await
+                .map_err(effect_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds the labels `names` to the issue, creating those the repository lacks; answers the
+/// issue's labels after it. Label ids come from [`Forge::label_ids`] when all are known there;
+/// an id the forge no longer knows (the label was deleted: the forge skips it) drops the
+/// repository's ids and the delivery is tried again, which looks them up afresh.
 async fn add_labels(
     forge: &Forge,
     repo: &RepoRef,
     p: &LabelsPayload,
-    missing: &[&str],
-) -> Result<(), EffectError> {
-    // Taken inside the issue's lock, never the other way round.
-    let labels = {
-        let _creating = forge.repo_label_locks.lock(p.repo.clone()).await;
-        forge
-            .client
-            .ensure_labels(repo, missing)
-            .await
-            .map_err(effect_error)?
+    names: &[&str],
+) -> Result<Vec<Label>, EffectError> {
+    let cached = forge.known_label_ids(&p.repo, names);
+    let ids = match &cached {
+        Some(ids) => ids.clone(),
+        None => {
+            // Taken inside the issue's lock, never the other way round.
+            let _creating = forge.repo_label_locks.lock(p.repo.clone()).await;
+            let labels = forge
+                .client
+                .ensure_labels(repo, names)
+                .await
+                .map_err(effect_error)?;
+            forge.remember_label_ids(&p.repo, &labels);
+            labels.iter().map(|l| l.id).collect()
+        }
     };
-    let ids: Vec<i64> = labels.iter().map(|l| l.id).collect();
-    forge
-        .client
-        .add_labels(repo, p.issue, &ids)
-        .await
-        .map_err(effect_error)?;
-    Ok(())
+    let after = match forge.client.add_labels(repo, p.issue, &ids).await {
+        Ok(after) => after,
+        Err(e) => {
+            forge.forget_label_ids(&p.repo);
+            return Err(effect_error(e));
+        }
+    };
+    if let Some(name) = names.iter().find(|n| !after.iter().any(|l| l.name == **n)) {
+        forge.forget_label_ids(&p.repo);
+        return Err(EffectError::Transient(format!(
+            "label `{name}` is not on issue {}#{} after adding it (deleted from the repository?); \
+             its id is looked up again",
+            p.repo, p.issue
+        )));
+    }
+    Ok(after)
 }
 
 /// What becomes of an issue's assignees (see [`assignees_plan`]).

@@ -417,6 +417,28 @@ impl FakeForgejo {
             .await
     }
 
+    /// `alice` deletes the repository's label `name` (as in the web UI): it goes from every
+    /// issue too, without a webhook per issue. Returns whether there was one.
+    pub async fn delete_label(&self, repo: &str, name: &str) -> bool {
+        let (repo, name) = (repo.to_string(), name.to_string());
+        self.run(move |i| {
+            let mut st = i.lock();
+            let r = st.repo_mut(&repo)?;
+            let ids: Vec<u64> = r
+                .labels
+                .iter()
+                .filter(|l| l.name == name)
+                .map(|l| l.id)
+                .collect();
+            r.labels.retain(|l| l.name != name);
+            for issue in r.issues.values_mut() {
+                issue.labels.retain(|id| !ids.contains(id));
+            }
+            Ok(!ids.is_empty())
+        })
+        .await
+    }
+
     /// `alice` sets the issue's assignees (logins; empty: nobody), as the web UI does: one
     /// `issue_assign` webhook per login assigned or unassigned.
     pub async fn assign(&self, repo: &str, number: u64, logins: &[&str]) {
