@@ -160,7 +160,15 @@ async fn answer(State(s): State<Arc<Shared>>, method: Method, uri: Uri, body: By
             ("GET issue labels", StatusCode::OK, json!([]))
         }
         (&Method::POST | &Method::PUT, [_, _, "issues", _, "labels"]) => {
-            ("POST issue labels", StatusCode::OK, json!([]))
+            // Like Forgejo: the issue's labels after the change (its trigger label, and the
+            // asked ones the repository has).
+            let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let labels = lock(&s.labels);
+            let mut after: Vec<Value> = s.issue["labels"].as_array().cloned().unwrap_or_default();
+            for id in asked["labels"].as_array().into_iter().flatten() {
+                after.extend(labels.iter().find(|l| l["id"] == *id).cloned());
+            }
+            ("POST issue labels", StatusCode::OK, Value::Array(after))
         }
         (&Method::DELETE, [_, _, "issues", _, "labels", ..]) => {
             ("DELETE issue label", StatusCode::NO_CONTENT, Value::Null)

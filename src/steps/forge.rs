@@ -1217,13 +1217,19 @@ async fn add_labels(
         None => {
             // Taken inside the issue's lock, never the other way round.
             let _creating = forge.repo_label_locks.lock(p.repo.clone()).await;
-            let labels = forge
-                .client
-                .ensure_labels(repo, names)
-                .await
-                .map_err(effect_error)?;
-            forge.remember_label_ids(&p.repo, &labels);
-            labels.iter().map(|l| l.id).collect()
+            // Whoever held the lock before may have found them.
+            match forge.known_label_ids(&p.repo, names) {
+                Some(ids) => ids,
+                None => {
+                    let labels = forge
+                        .client
+                        .ensure_labels(repo, names)
+                        .await
+                        .map_err(effect_error)?;
+                    forge.remember_label_ids(&p.repo, &labels);
+                    labels.iter().map(|l| l.id).collect()
+                }
+            }
         }
     };
     let after = match forge.client.add_labels(repo, p.issue, &ids).await {
