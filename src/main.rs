@@ -1,6 +1,6 @@
 //! The `agent-fleet` binary: command-line parsing, logging, and the daemon's lifecycle
 //! (`serve`: listen first, open and recover the engine in the background, stop cleanly on
-//! SIGTERM/SIGINT).
+//! SIGTERM/SIGINT, and exit non-zero when the store fails so that a supervisor restarts it).
 
 mod cli;
 mod hosts_cmd;
@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_fleet::api::{self, AppState};
 use agent_fleet::config::{Config, ConfigError, ConfigErrors};
@@ -205,6 +206,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             stop(engine).await?;
             return Err(err);
         }
+        reason = engine.failed() => {
+            return stop_failed(engine, reason, stop_http, stop_checks, http).await;
+        }
     };
     tracing::info!("{sig} received; shutting down (a second signal exits at once)");
     tokio::spawn(async move {
@@ -260,6 +264,43 @@ fn admin_token(config: &Config) -> anyhow::Result<String> {
              (named by server.admin_token_env), e.g. {name}=$(openssl rand -hex 16)"
         )),
     }
+}
+
+/// How long the daemon keeps answering after its store failed (writes with 503 `store_failed`,
+/// `/readyz` with 503 `failed`), so that requests in flight get their answer and a probe sees
+/// why before the port closes.
+const FAILED_LINGER: Duration = Duration::from_secs(1);
+
+/// How long the open connections get to end once the HTTP server stops after a store failure.
+const FAILED_HTTP_DRAIN: Duration = Duration::from_secs(2);
+
+/// The store failed (disk full, I/O error): stops the HTTP server and the engine, then returns
+/// the reason as the error that makes the process exit non-zero. A supervisor restarts the
+/// daemon, and reopening the store repairs it. Bounded: a failed writer is never waited for.
+async fn stop_failed(
+    engine: Engine,
+    reason: String,
+    stop_http: CancellationToken,
+    stop_checks: CancellationToken,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> anyhow::Result<()> {
+    tracing::error!(
+        %reason,
+        "the store failed: taking no more work; exiting so that the daemon is restarted"
+    );
+    stop_checks.cancel();
+    tokio::time::sleep(FAILED_LINGER).await;
+    stop_http.cancel();
+    if tokio::time::timeout(FAILED_HTTP_DRAIN, http).await.is_err() {
+        tracing::warn!("HTTP connections still open after the store failed; closing them");
+    }
+    if let Err(e) = stop(engine).await {
+        tracing::warn!("{e:#}");
+    }
+    Err(anyhow!(
+        "the store failed, so the daemon stopped ({reason}); restart it: the store is \
+         repaired when it reopens"
+    ))
 }
 
 /// Lets the commit in flight finish, then stops the engine.

@@ -209,29 +209,45 @@ async fn healthz() -> Json<Liveness> {
 
 /// Readiness
 ///
-/// The engine has opened the store and recovered every unfinished workflow.
+/// The engine has opened the store and recovered every unfinished workflow, and its store
+/// works. After a failed commit (disk full, I/O error) it answers `failed` with the reason
+/// until the daemon, which then stops, has exited.
 #[utoipa::path(get, path = "/readyz", tag = "daemon",
     responses(
         (status = 200, description = "Ready, with what recovery found", body = Readiness),
-        (status = 503, description = "Still recovering (`{\"status\": \"recovering\"}`)", body = Readiness),
+        (status = 503, description = "Still recovering (`{\"status\": \"recovering\"}`), or the \
+            store failed (`{\"status\": \"failed\", \"reason\": …}`): the daemon exits to be \
+            restarted", body = Readiness),
     ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    match state.engine() {
-        Ok(engine) => (
-            StatusCode::OK,
-            Json(Readiness {
-                status: ReadyStatus::Ready,
-                recovery: Some(RecoveryView::from(engine.recovery())),
-            }),
-        ),
-        Err(_) => (
+    let Ok(engine) = state.engine() else {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(Readiness {
                 status: ReadyStatus::Recovering,
                 recovery: None,
+                reason: None,
             }),
-        ),
+        );
+    };
+    if let Some(reason) = engine.failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Readiness {
+                status: ReadyStatus::Failed,
+                recovery: None,
+                reason: Some(reason),
+            }),
+        );
     }
+    (
+        StatusCode::OK,
+        Json(Readiness {
+            status: ReadyStatus::Ready,
+            recovery: Some(RecoveryView::from(engine.recovery())),
+            reason: None,
+        }),
+    )
 }
 
 /// This document

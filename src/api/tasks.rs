@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::steps::pull_mode::Refusal;
 use crate::steps::task::{Priority, Source, TaskSpec, TaskStatus, check_title};
 use crate::steps::tasks::{TaskError, Tasks};
-use crate::workflow::{EngineError, InstanceId, MAX_KEY_LEN};
+use crate::workflow::{EngineError, InstanceId, MAX_KEY_LEN, StoreError};
 
 const TAG: &str = "tasks";
 
@@ -68,6 +68,20 @@ impl From<TaskError> for ApiError {
                 "shutting_down",
                 "the daemon is stopping; retry once it is back",
             ),
+            TaskError::Engine(e) if e.is_store_failed() => {
+                let why = match e {
+                    EngineError::Store(StoreError::Failed { reason }) => reason,
+                    other => other.to_string(),
+                };
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_failed",
+                    format!(
+                        "the daemon's store failed ({why}): it takes no more work and exits to \
+                         be restarted; retry once it is back"
+                    ),
+                )
+            }
             TaskError::Engine(e) => ApiError::internal(&e),
         }
     }

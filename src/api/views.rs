@@ -310,12 +310,15 @@ pub struct Liveness {
     pub status: String,
 }
 
-/// `GET /readyz`: `ready` with what recovery found, or `recovering` (with a 503).
+/// `GET /readyz`: `ready` with what recovery found, or `recovering` or `failed` (with a 503).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Readiness {
     pub status: ReadyStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryView>,
+    /// Why the store failed (with `failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -323,6 +326,9 @@ pub struct Readiness {
 pub enum ReadyStatus {
     Ready,
     Recovering,
+    /// A commit failed (disk full, I/O error): the daemon takes no more work and exits, to be
+    /// restarted.
+    Failed,
 }
 
 /// What the engine found when it opened the store.

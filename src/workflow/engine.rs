@@ -94,6 +94,9 @@ pub struct InstanceInfo {
     pub updated: Timestamp,
 }
 
+/// How long a shutdown after a store failure waits for running steps (they cannot commit).
+const FAILED_GRACE: Duration = Duration::from_secs(1);
+
 /// Longest idempotency key accepted (a delivery id or a client key, never a payload).
 pub const MAX_KEY_LEN: usize = 256;
 
@@ -321,6 +324,10 @@ impl EngineBuilder {
         ));
         // Runs until the writer thread ends (it owns the sending side).
         tokio::spawn(notice_loop(Arc::downgrade(&inner), notice_rx));
+        tokio::spawn(stop_on_failure(
+            Arc::downgrade(&inner),
+            inner.writer.watch_failure(),
+        ));
         for id in runnable {
             inner.schedule(id);
         }
@@ -379,6 +386,23 @@ async fn notice_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedRecei
         for (tx, result) in commit.replies {
             let _ = tx.send(result);
         }
+    }
+}
+
+/// Once a commit failed, stops taking work: no step is scheduled any more, running steps see
+/// their shutdown token, timers and outbox stop (nothing they do could be committed).
+async fn stop_on_failure(
+    inner: std::sync::Weak<Inner>,
+    mut failure: watch::Receiver<Option<String>>,
+) {
+    // An error means the writer is gone without a failure: nothing to do.
+    if failure.wait_for(Option::is_some).await.is_err() {
+        return;
+    }
+    if let Some(inner) = inner.upgrade() {
+        tracing::error!("the engine stops taking work: its store failed");
+        inner.stop.cancel();
+        inner.background_stop.cancel();
     }
 }
 
@@ -586,6 +610,8 @@ impl Inner {
                 // Someone else advanced or ended it: nothing left for this loop.
                 Err(EngineError::Conflict { .. } | EngineError::Finished { .. }) => return,
                 Err(EngineError::UnknownInstance(_)) => return,
+                // Nothing commits any more; the instance resumes after the restart.
+                Err(e) if e.is_store_failed() => return,
                 Err(e) => {
                     tracing::error!(instance = id, error = %e, "transition not committed; will retry");
                     failures += 1;
@@ -960,6 +986,26 @@ impl Engine {
         self.inner.store.pending_effect_count()
     }
 
+    /// Why the store failed, once a commit failed (disk full, I/O error); `None` while it
+    /// works. A failed engine refuses every op with [`StoreError::Failed`] and has stopped
+    /// running steps: the process should exit and be restarted, which reopens (and repairs)
+    /// the store. Every op acknowledged before was committed.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.writer.failure()
+    }
+
+    /// Waits until the store fails (see [`Engine::failure`]) and returns why; never returns
+    /// while the store works.
+    pub async fn failed(&self) -> String {
+        let mut rx = self.inner.writer.watch_failure();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The writer's handle outlives this engine handle: cannot happen, but never
+            // report a failure that did not occur.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// Transactions committed by the writer since open (each is one fsync).
     pub fn commits(&self) -> u64 {
         self.inner.writer.stats.commits.load(Ordering::Relaxed)
@@ -972,12 +1018,17 @@ impl Engine {
 
     /// Stops taking work: no new step starts; running steps get `shutdown_grace` to finish and
     /// commit (the others are left to recovery); then the writer commits what is queued and
-    /// stops. Idempotent.
+    /// stops. Idempotent. After a store failure nothing can commit: steps get at most a
+    /// second to notice, and the writer has already stopped.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
         let inner = &self.inner;
         inner.stop.cancel();
         inner.tasks.close();
-        if tokio::time::timeout(inner.config.shutdown_grace, inner.tasks.wait())
+        let grace = match self.failure() {
+            Some(_) => inner.config.shutdown_grace.min(FAILED_GRACE),
+            None => inner.config.shutdown_grace,
+        };
+        if tokio::time::timeout(grace, inner.tasks.wait())
             .await
             .is_err()
         {

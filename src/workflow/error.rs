@@ -69,6 +69,10 @@ pub enum StoreError {
     BadStoreId { path: String, value: u64 },
     #[error("the store writer has stopped")]
     WriterGone,
+    /// A commit failed (disk full, I/O error): redb takes no more writes until the file is
+    /// reopened, so the engine refuses every op from then on and the daemon must restart.
+    #[error("the store failed and takes no more writes ({reason}); a restart reopens it")]
+    Failed { reason: String },
     #[error("store writer panicked")]
     WriterPanicked,
 }
@@ -95,5 +99,16 @@ impl EngineError {
     /// True when the error concerns the whole store (the batch failed), not one request.
     pub fn is_storage(&self) -> bool {
         matches!(self, EngineError::Store(_))
+    }
+
+    /// True when the store can take no more work until the daemon restarts: a commit failed
+    /// ([`StoreError::Failed`]), or redb refuses an operation after an earlier I/O error.
+    pub fn is_store_failed(&self) -> bool {
+        matches!(
+            self,
+            EngineError::Store(
+                StoreError::Failed { .. } | StoreError::Redb(redb::Error::PreviousIo)
+            )
+        )
     }
 }

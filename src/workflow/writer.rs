@@ -7,6 +7,12 @@
 //! the callers: one cross-thread wake-up per batch instead of one per caller. Each op checks everything it can refuse before it writes, so a refused
 //! op fails only its own caller; a storage failure fails the whole batch, and then no caller is
 //! told its request committed.
+//!
+//! A failed commit (disk full, I/O error) is final: redb answers `PreviousIo` to everything
+//! after an I/O error until the file is reopened. The writer then records the reason (see
+//! [`Writer::failure`]), refuses the failed batch, everything queued and every later op with
+//! [`StoreError::Failed`], and stops; the daemon is expected to exit and be restarted (redb
+//! repairs the file when it reopens).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use redb::{Durability, ReadableTable, Table, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::InstanceId;
 use super::codec::{decode, encode};
@@ -193,6 +199,8 @@ impl Commit {
 pub(crate) struct Writer {
     tx: mpsc::UnboundedSender<Request>,
     pub stats: Arc<WriterStats>,
+    /// Why the store failed, once a commit failed (set before any caller hears of it).
+    failure: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Writer {
@@ -205,29 +213,64 @@ impl Writer {
     ) -> Result<(Writer, JoinHandle<()>), std::io::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(WriterStats::default());
+        let failure = Arc::new(watch::Sender::new(None));
         let thread_stats = stats.clone();
+        let thread_failure = failure.clone();
         let handle = std::thread::Builder::new()
             .name("fleet-writer".into())
-            .spawn(move || run(store, rx, thread_stats, history_cap, deliver))?;
-        Ok((Writer { tx, stats }, handle))
+            .spawn(move || {
+                run(
+                    store,
+                    rx,
+                    thread_stats,
+                    history_cap,
+                    deliver,
+                    &thread_failure,
+                )
+            })?;
+        Ok((Writer { tx, stats, failure }, handle))
+    }
+
+    /// Why the store failed, once a commit failed; `None` while it works.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.borrow().clone()
+    }
+
+    /// Sees the failure as soon as it is recorded (see [`Writer::failure`]).
+    pub(crate) fn watch_failure(&self) -> watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
+    /// The error of a request the writer did not answer: the store's failure if it failed
+    /// (the writer stopped after it), else the writer is gone.
+    fn unanswered(&self) -> EngineError {
+        match self.failure() {
+            Some(reason) => EngineError::Store(StoreError::Failed { reason }),
+            None => EngineError::Store(StoreError::WriterGone),
+        }
     }
 
     /// Submits `op` without waiting for its commit (nobody hears whether it was refused).
     pub(crate) fn send(&self, op: Op) -> Result<(), EngineError> {
+        if let Some(reason) = self.failure() {
+            return Err(EngineError::Store(StoreError::Failed { reason }));
+        }
         let (reply, _) = oneshot::channel();
         self.tx
             .send(Request { op, reply })
-            .map_err(|_| EngineError::Store(StoreError::WriterGone))
+            .map_err(|_| self.unanswered())
     }
 
     /// Submits `op` and waits until it is committed (or refused).
     pub(crate) async fn submit(&self, op: Op) -> Result<Reply, EngineError> {
+        if let Some(reason) = self.failure() {
+            return Err(EngineError::Store(StoreError::Failed { reason }));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request { op, reply })
-            .map_err(|_| EngineError::Store(StoreError::WriterGone))?;
-        rx.await
-            .map_err(|_| EngineError::Store(StoreError::WriterGone))?
+            .map_err(|_| self.unanswered())?;
+        rx.await.map_err(|_| self.unanswered())?
     }
 }
 
@@ -237,6 +280,7 @@ fn run(
     stats: Arc<WriterStats>,
     history_cap: u64,
     deliver: impl Fn(Commit),
+    failure: &watch::Sender<Option<String>>,
 ) {
     let mut batch: Vec<Request> = Vec::new();
     let mut stopping = false;
@@ -280,18 +324,40 @@ fn run(
                 deliver(Commit { notices, replies });
             }
             Err(e) => {
-                tracing::error!(error = %e, ops, "store commit failed; batch refused");
-                let msg = e.to_string();
-                for req in batch.drain(..) {
-                    let _ = req
-                        .reply
-                        .send(Err(EngineError::Internal(format!("commit failed: {msg}"))));
+                let reason = match &e {
+                    EngineError::Store(s) => format!("a commit failed: {s}"),
+                    other => format!("a commit failed: {other}"),
+                };
+                tracing::error!(
+                    error = %e,
+                    ops,
+                    "store commit failed; the store takes no more writes until it is reopened"
+                );
+                // Recorded before any caller hears of it: whoever sees the error sees the
+                // failure too.
+                failure.send_replace(Some(reason.clone()));
+                refuse_all(batch.drain(..), &reason);
+                rx.close();
+                let mut queued = Vec::new();
+                while let Ok(r) = rx.try_recv() {
+                    queued.push(r);
                 }
+                refuse_all(queued.into_iter(), &reason);
+                return;
             }
         }
     }
     // Refuse anything still queued.
     rx.close();
+}
+
+/// Answers each request with [`StoreError::Failed`].
+fn refuse_all(requests: impl Iterator<Item = Request>, reason: &str) {
+    for req in requests {
+        let _ = req.reply.send(Err(EngineError::Store(StoreError::Failed {
+            reason: reason.to_string(),
+        })));
+    }
 }
 
 /// Commits slower than [`SlowCommits::THRESHOLD`] (a slow disk flush holds every caller of the

@@ -219,6 +219,23 @@ timeout = "{timeout}"
         }
     }
 
+    /// Waits up to `within` for the daemon to exit by itself: its exit status, or `None` when
+    /// it still runs (or was not running).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.url)
     }
