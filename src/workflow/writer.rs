@@ -92,6 +92,15 @@ pub(crate) enum Op {
     Stop,
 }
 
+impl Op {
+    /// Ops whose caller is a background task that nobody waits on (an effect's delivery
+    /// outcome: a crash before it commits only means one more delivery under the same key):
+    /// they may wait a little to share a commit with other ops.
+    fn is_background(&self) -> bool {
+        matches!(self, Op::EffectAttempt { .. })
+    }
+}
+
 /// The result of one delivery attempt of an effect.
 #[derive(Debug, Clone)]
 pub(crate) enum EffectOutcome {
@@ -299,6 +308,9 @@ fn run(
                 Err(_) => break,
             }
         }
+        if batch.iter().all(|r| r.op.is_background()) {
+            linger(&mut rx, &mut batch);
+        }
         if let Some(pos) = batch.iter().position(|r| matches!(r.op, Op::Stop)) {
             stopping = true;
             // Everything queued after the stop is refused below (dropped senders → WriterGone).
@@ -395,6 +407,38 @@ impl SlowCommits {
             self.since_report = 0;
             self.worst = std::time::Duration::ZERO;
             self.last_report = Some(now);
+        }
+    }
+}
+
+/// How long a batch of background ops alone waits for other ops to share its commit.
+const BACKGROUND_LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Lets a batch of background ops (nobody waits on them: see [`Op::is_background`]) wait up to
+/// [`BACKGROUND_LINGER`] for an op someone waits on, and commits them together: recording an
+/// effect's delivery then costs no commit of its own while anything else is being written.
+fn linger(rx: &mut mpsc::UnboundedReceiver<Request>, batch: &mut Vec<Request>) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < BACKGROUND_LINGER && batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(r) => {
+                let foreground = !r.op.is_background();
+                batch.push(r);
+                if foreground {
+                    // Take what came with it, and commit at once.
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    return;
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
         }
     }
 }
@@ -1160,5 +1204,54 @@ impl<'txn> Tables<'txn> {
             self.save(instance, rec)?;
         }
         Ok(Reply::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(op: Op) -> Request {
+        Request {
+            op,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn delivered(effect: u64) -> Op {
+        Op::EffectAttempt {
+            effect,
+            outcome: EffectOutcome::Delivered,
+        }
+    }
+
+    #[test]
+    fn background_ops_take_the_next_foreground_op_and_what_came_with_it_into_their_commit() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for op in [delivered(2), Op::Wake { id: 7 }, delivered(3)] {
+            tx.send(request(op)).unwrap();
+        }
+        let mut batch = vec![request(delivered(1))];
+        linger(&mut rx, &mut batch);
+        let background: Vec<bool> = batch.iter().map(|r| r.op.is_background()).collect();
+        assert_eq!(background, [true, true, false, true]);
+    }
+
+    #[test]
+    fn background_ops_alone_are_committed_after_the_linger() {
+        let (_tx, mut rx) = mpsc::unbounded_channel::<Request>();
+        let mut batch = vec![request(delivered(1))];
+        let started = std::time::Instant::now();
+        linger(&mut rx, &mut batch);
+        let waited = started.elapsed();
+        assert_eq!(batch.len(), 1);
+        assert!(waited >= BACKGROUND_LINGER, "waited {waited:?}");
+    }
+
+    #[test]
+    fn only_effect_outcomes_are_background() {
+        assert!(delivered(1).is_background());
+        assert!(!Op::Wake { id: 1 }.is_background());
+        assert!(!Op::Stop.is_background());
     }
 }
