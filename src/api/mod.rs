@@ -56,7 +56,9 @@ use utoipa_axum::routes;
 use crate::config::Config;
 use crate::steps::runtime::Runtime;
 use crate::workflow::Engine;
-use views::{ErrorBody, ErrorDetail, Liveness, Readiness, ReadyStatus, RecoveryView};
+use views::{
+    ErrorBody, ErrorDetail, Liveness, Readiness, ReadyStatus, RecoveryView, UnreadableView,
+};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -214,7 +216,8 @@ async fn healthz() -> Json<Liveness> {
 /// until the daemon, which then stops, has exited.
 #[utoipa::path(get, path = "/readyz", tag = "daemon",
     responses(
-        (status = 200, description = "Ready, with what recovery found", body = Readiness),
+        (status = 200, description = "Ready, with what recovery found, and the ended \
+            instances whose record cannot be read (`unreadable`, left untouched)", body = Readiness),
         (status = 503, description = "Still recovering (`{\"status\": \"recovering\"}`), or the \
             store failed (`{\"status\": \"failed\", \"reason\": …}`): the daemon exits to be \
             restarted", body = Readiness),
@@ -227,6 +230,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
                 status: ReadyStatus::Recovering,
                 recovery: None,
                 reason: None,
+                unreadable: Vec::new(),
             }),
         );
     };
@@ -237,6 +241,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
                 status: ReadyStatus::Failed,
                 recovery: None,
                 reason: Some(reason),
+                unreadable: Vec::new(),
             }),
         );
     }
@@ -246,6 +251,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) 
             status: ReadyStatus::Ready,
             recovery: Some(RecoveryView::from(engine.recovery())),
             reason: None,
+            unreadable: engine
+                .unreadable()
+                .into_iter()
+                .map(|(id, reason)| UnreadableView { id, reason })
+                .collect(),
         }),
     )
 }

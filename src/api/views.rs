@@ -319,6 +319,18 @@ pub struct Readiness {
     /// Why the store failed (with `failed` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Ended tasks (or other instances) whose stored record cannot be read: left untouched in
+    /// the store, never run; the daemon works on without them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<UnreadableView>,
+}
+
+/// An ended instance whose record cannot be read.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UnreadableView {
+    pub id: u64,
+    /// What failed to decode, and why.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -90,7 +90,15 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
         let task = if info.workflow == AgentTask::NAME
             && (rt.forge().is_some() || !info.status.is_terminal())
         {
-            let state = engine.state::<AgentTask>(info.id)?;
+            let state = match engine.state::<AgentTask>(info.id) {
+                Ok(state) => state,
+                // An ended task that cannot be read is left as it is, and reported.
+                Err(e) if info.status.is_terminal() => {
+                    engine.report_unreadable(info.id, &e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(forge) = rt.forge() {
                 forge::index_task(forge, info.id, &state);
             }

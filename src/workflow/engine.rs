@@ -301,6 +301,7 @@ impl EngineBuilder {
             writer_thread: Mutex::new(Some(writer_thread)),
             closed: AtomicBool::new(false),
             waiters: Mutex::new(HashMap::new()),
+            unreadable: Mutex::new(std::collections::BTreeMap::new()),
         });
         let outbox = Arc::new(Outbox {
             store: store.clone(),
@@ -374,6 +375,8 @@ struct Inner {
     closed: AtomicBool,
     /// Callers of `update` waiting for a step to take their signal.
     waiters: Mutex<Waiters>,
+    /// Ended instances that cannot be read (see [`Engine::report_unreadable`]).
+    unreadable: Mutex<std::collections::BTreeMap<InstanceId, String>>,
 }
 
 /// Acts on each committed batch (schedule, trip cancel tokens, wake timers, queue effects,
@@ -931,13 +934,46 @@ impl Engine {
         self.inner.store.history(id)
     }
 
-    /// Every instance, in id order.
+    /// Every instance that can be read, in id order. An ended record that cannot be decoded
+    /// is passed over (left untouched) and reported (see [`Engine::unreadable`]); a live one
+    /// is an error.
     pub fn list(&self) -> Result<Vec<InstanceInfo>, EngineError> {
         let mut out = Vec::new();
-        self.inner
+        let unreadable = self
+            .inner
             .store
             .scan_instances(|id, rec| out.push(InstanceInfo::of(id, rec)))?;
+        for (id, why) in unreadable {
+            self.report_unreadable(id, &why);
+        }
         Ok(out)
+    }
+
+    /// Records that the ended instance `id` cannot be read (its record, or its state by its
+    /// definition): it is left untouched, and reported by [`Engine::unreadable`] and in the
+    /// log (once).
+    pub fn report_unreadable(&self, id: InstanceId, why: &str) {
+        let mut known = self
+            .inner
+            .unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if known.insert(id, why.to_string()).is_none() {
+            tracing::error!(
+                instance = id,
+                "an ended instance cannot be read ({why}); it is left untouched in the store"
+            );
+        }
+    }
+
+    /// The ended instances found unreadable so far (id, why), in id order.
+    pub fn unreadable(&self) -> Vec<(InstanceId, String)> {
+        let known = self
+            .inner
+            .unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        known.iter().map(|(id, why)| (*id, why.clone())).collect()
     }
 
     fn record(&self, id: InstanceId) -> Result<InstanceRecord, EngineError> {

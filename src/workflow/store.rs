@@ -255,18 +255,27 @@ impl Store {
     }
 
     /// Calls `f` with every instance record, in id order. Stops at the first undecodable record.
+    /// Calls `f` with every instance that can be read, in id order; returns the ended ones
+    /// that cannot be decoded (id, why), passed over and left untouched. A live instance that
+    /// cannot be decoded is an error: the engine cannot run it.
     pub fn scan_instances(
         &self,
         mut f: impl FnMut(InstanceId, InstanceRecord),
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<(InstanceId, String)>, EngineError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(INSTANCES)?;
+        let live = txn.open_table(LIVE)?;
+        let mut unreadable = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
             let id = k.value();
-            f(id, decode_instance(id, v.value())?);
+            match decode_instance(id, v.value()) {
+                Ok(rec) => f(id, rec),
+                Err(e) if live.get(id)?.is_none() => unreadable.push((id, e.to_string())),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(())
+        Ok(unreadable)
     }
 }
 
