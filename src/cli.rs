@@ -28,6 +28,17 @@ pub enum Command {
     /// Check the configured hosts from this machine: reachability, agent CLIs, load.
     #[command(subcommand)]
     Hosts(HostsCommand),
+    /// Inspect the store file (while the daemon is stopped).
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Read every instance record of the configured store and list those that cannot be
+    /// decoded; exit 1 if there is one (or the file cannot be opened: stop the daemon first,
+    /// it holds the file). Writes nothing, except redb's repair of a file left by a crash.
+    Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]

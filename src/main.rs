@@ -25,7 +25,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{CheckArgs, Cli, Command, ConfigCommand, ServeArgs};
+use crate::cli::{CheckArgs, Cli, Command, ConfigCommand, ServeArgs, StoreCommand};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check(args)) => config_check(&args),
         Command::Task(command) => runtime().block_on(task_cmd::run(command)),
         Command::Hosts(command) => runtime().block_on(hosts_cmd::run(command)),
+        Command::Store(StoreCommand::Check(args)) => store_check(&args),
         // The secrets leave the environment before the runtime starts its threads.
         Command::Serve(args) => match load_sealed(&args).and_then(|c| runtime().block_on(serve(c)))
         {
@@ -101,6 +102,73 @@ fn config_check(args: &CheckArgs) -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `agent-fleet store check`: exit 0 when every instance record of the configured store can be
+/// read, 1 otherwise (or when the config or the file cannot be opened).
+fn store_check(args: &CheckArgs) -> ExitCode {
+    let path = &args.config.config;
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            print_config_errors(path, &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = &config.storage.path;
+    let shown = store.display().to_string();
+    let check = match agent_fleet::workflow::check_store(store) {
+        Ok(check) => check,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "ok": false, "store": shown, "error": e.to_string() })
+                );
+            } else {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let ok = check.unreadable.is_empty();
+    if args.json {
+        let unreadable: Vec<_> = check
+            .unreadable
+            .iter()
+            .map(|(id, live, why)| json!({ "id": id, "live": live, "reason": why }))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "ok": ok,
+                "store": shown,
+                "instances": check.instances,
+                "live": check.live,
+                "unreadable": unreadable,
+            })
+        );
+    } else {
+        println!(
+            "store {shown}: {} instances ({} live), {} unreadable",
+            check.instances,
+            check.live,
+            check.unreadable.len()
+        );
+        for (id, live, why) in &check.unreadable {
+            let what = if *live {
+                "live: the daemon will not start until it is repaired or removed"
+            } else {
+                "ended: left untouched, the daemon runs without it"
+            };
+            println!("instance {id} ({what}): {why}");
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

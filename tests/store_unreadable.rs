@@ -106,3 +106,41 @@ async fn an_unreadable_live_task_stops_the_daemon_with_a_message_naming_it() {
         "names the instance and the store:\n{stderr}"
     );
 }
+
+/// Runs `agent-fleet store check` on the fleet's config: (success, stdout).
+fn store_check(fleet: &Fleet) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["store", "check", "--config"])
+        .arg(&fleet.config)
+        .current_dir(fleet.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), format!("{stdout}{stderr}"))
+}
+
+#[tokio::test]
+async fn store_check_lists_the_records_that_cannot_be_read() {
+    let mut fleet = Fleet::start(Setup::default()).await;
+    let id = fleet.submit("One", "demo-agent: echo one").await;
+    fleet
+        .wait_status(&id, "completed", Duration::from_secs(60))
+        .await;
+    let (ok, _) = store_check(&fleet);
+    assert!(
+        !ok,
+        "the daemon holds the store: the check says so and fails"
+    );
+    fleet.kill();
+    let (ok, out) = store_check(&fleet);
+    assert!(ok, "{out}");
+    assert!(out.contains("0 unreadable"), "{out}");
+    damage(&fleet, &id);
+    let (ok, out) = store_check(&fleet);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("instance {id} (ended")),
+        "names it: {out}"
+    );
+}

@@ -30,5 +30,5 @@ pub use engine::{
 pub use error::{EngineError, StoreError};
 pub use outbox::{Backoff, Delivery, EffectError, EffectHandler, EffectKey};
 pub use record::{Event, EventKind, Status, Timestamp, Wake};
-pub use store::STORE_FORMAT;
+pub use store::{STORE_FORMAT, StoreCheck, check as check_store};
 pub use store_id::StoreId;

@@ -279,6 +279,47 @@ impl Store {
     }
 }
 
+/// What [`check`] found in a store file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreCheck {
+    /// Instance records, readable or not.
+    pub instances: u64,
+    /// Of which have not ended (by the `live` index).
+    pub live: u64,
+    /// Records that cannot be decoded: (id, live, why).
+    pub unreadable: Vec<(InstanceId, bool, String)>,
+}
+
+/// Reads every instance record of the store at `path` (while no daemon has it open) and lists
+/// those that cannot be decoded. Nothing is written, except the repair redb makes when it
+/// opens a file left by a crash (as the daemon's open would).
+pub fn check(path: &Path) -> Result<StoreCheck, EngineError> {
+    let opened = std::panic::catch_unwind(|| Database::open(path)).unwrap_or_else(|_| {
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+            "redb could not read the file (a malformed page)".into(),
+        )))
+    });
+    let db = opened.map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let txn = db.begin_read()?;
+    let table = txn.open_table(INSTANCES)?;
+    let live = txn.open_table(LIVE)?;
+    let mut out = StoreCheck::default();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        let id = k.value();
+        let is_live = live.get(id)?.is_some();
+        out.instances += 1;
+        out.live += u64::from(is_live);
+        if let Err(e) = decode_instance(id, v.value()) {
+            out.unreadable.push((id, is_live, e.to_string()));
+        }
+    }
+    Ok(out)
+}
+
 fn decode_instance(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, EngineError> {
     decode(bytes).map_err(|source| EngineError::Corrupt {
         what: format!("instance {id}"),
