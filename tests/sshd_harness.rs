@@ -133,10 +133,11 @@ fn dropping_connections_ends_sessions_but_not_detached_processes() {
     let server = Sshd::start(tmp.path(), "drop", "127.0.0.2", &key, &[]);
     let hosts = tmp.path().join("known_hosts");
     known_hosts(&hosts, &[&server]);
+    // Both files are written whole, then renamed: seen only once their pids are in.
     let pids = tmp.path().join("pids");
     let detached_pid = tmp.path().join("detached.pid");
     let script = format!(
-        "setsid sh -c 'echo $$ > {detached}; exec sleep 30' < /dev/null > /dev/null 2>&1 &
+        "setsid sh -c 'echo $$ > {detached}.tmp && mv {detached}.tmp {detached}; exec sleep 30' < /dev/null > /dev/null 2>&1 &
 sleep 30 &
 echo $$ $! > {pids}.tmp && mv {pids}.tmp {pids}
 wait",
