@@ -440,19 +440,7 @@ async fn closed_loop(addr: &str, plan: &Plan, connections: usize) -> anyhow::Res
             (lat, failures)
         }));
     }
-    let mut outcome = Outcome {
-        started,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        failures: Vec::new(),
-    };
-    for c in clients {
-        let (lat, failures) = c.await?;
-        outcome.latencies.extend(lat);
-        outcome.failures.extend(failures);
-    }
-    outcome.elapsed = started.elapsed();
-    Ok(outcome)
+    gather(started, clients).await
 }
 
 /// Open loop: send `k` is due at `k / rate` s; [`STEADY_CONNECTIONS`] connections take the due
@@ -490,19 +478,7 @@ async fn open_loop(addr: &str, plan: &Plan, rate: u32) -> anyhow::Result<Outcome
         tx.send((k, due)).context("the clients are gone")?;
     }
     drop(tx);
-    let mut outcome = Outcome {
-        started,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-        failures: Vec::new(),
-    };
-    for c in clients {
-        let (lat, failures) = c.await?;
-        outcome.latencies.extend(lat);
-        outcome.failures.extend(failures);
-    }
-    outcome.elapsed = started.elapsed();
-    Ok(outcome)
+    gather(started, clients).await
 }
 
 fn record(
@@ -755,6 +731,29 @@ async fn tasks_per_issue(addr: &str, issues: u64) -> anyhow::Result<(u64, Vec<(u
     );
     Ok((one, bad))
 }
+
+/// Every client's latencies and failures, once all have ended.
+async fn gather(
+    started: Instant,
+    clients: Vec<tokio::task::JoinHandle<ClientResult>>,
+) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome {
+        started,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        failures: Vec::new(),
+    };
+    for c in clients {
+        let (lat, failures) = c.await?;
+        outcome.latencies.extend(lat);
+        outcome.failures.extend(failures);
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// What one client measured: (send time, latency) pairs, and its failures.
+type ClientResult = (Vec<(f64, f64)>, Vec<(u16, String)>);
 
 #[cfg(test)]
 mod tests {

@@ -70,17 +70,7 @@ impl Store {
                 source: redb::DatabaseError::Storage(redb::StorageError::Io(e)),
             })?;
         }
-        // redb reports most damage as an error, but a few malformed pages trip assertions inside
-        // it; a damaged file must still be an error here, not an abort of the daemon.
-        let opened = std::panic::catch_unwind(|| Database::create(path)).unwrap_or_else(|_| {
-            Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
-                "redb could not read the file (a malformed page)".into(),
-            )))
-        });
-        let db = opened.map_err(|source| StoreError::Open {
-            path: shown.clone(),
-            source,
-        })?;
+        let db = open_db(path, |p| Database::create(p))?;
         let txn = db.begin_write()?;
         let store_id;
         {
@@ -254,7 +244,6 @@ impl Store {
         Ok((due, None))
     }
 
-    /// Calls `f` with every instance record, in id order. Stops at the first undecodable record.
     /// Calls `f` with every instance that can be read, in id order; returns the ended ones
     /// that cannot be decoded (id, why), passed over and left untouched. A live instance that
     /// cannot be decoded is an error: the engine cannot run it.
@@ -262,19 +251,15 @@ impl Store {
         &self,
         mut f: impl FnMut(InstanceId, InstanceRecord),
     ) -> Result<Vec<(InstanceId, String)>, EngineError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(INSTANCES)?;
-        let live = txn.open_table(LIVE)?;
         let mut unreadable = Vec::new();
-        for row in table.iter()? {
-            let (k, v) = row?;
-            let id = k.value();
-            match decode_instance(id, v.value()) {
+        each_record(&self.db, |id, is_live, rec| {
+            match rec {
                 Ok(rec) => f(id, rec),
-                Err(e) if live.get(id)?.is_none() => unreadable.push((id, e.to_string())),
+                Err(e) if !is_live => unreadable.push((id, e.to_string())),
                 Err(e) => return Err(e),
             }
-        }
+            Ok(())
+        })?;
         Ok(unreadable)
     }
 }
@@ -294,30 +279,52 @@ pub struct StoreCheck {
 /// those that cannot be decoded. Nothing is written, except the repair redb makes when it
 /// opens a file left by a crash (as the daemon's open would).
 pub fn check(path: &Path) -> Result<StoreCheck, EngineError> {
-    let opened = std::panic::catch_unwind(|| Database::open(path)).unwrap_or_else(|_| {
+    let db = open_db(path, |p| Database::open(p))?;
+    let mut out = StoreCheck::default();
+    each_record(&db, |id, is_live, rec| {
+        out.instances += 1;
+        out.live += u64::from(is_live);
+        if let Err(e) = rec {
+            out.unreadable.push((id, is_live, e.to_string()));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Opens the redb file at `path` with `open` (create or open). redb reports most damage as an
+/// error, but a few malformed pages trip assertions inside it; a damaged file must still be an
+/// error here, not an abort of the daemon.
+fn open_db(
+    path: &Path,
+    open: impl FnOnce(&Path) -> Result<Database, redb::DatabaseError> + std::panic::UnwindSafe,
+) -> Result<Database, StoreError> {
+    let opened = std::panic::catch_unwind(|| open(path)).unwrap_or_else(|_| {
         Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
             "redb could not read the file (a malformed page)".into(),
         )))
     });
-    let db = opened.map_err(|source| StoreError::Open {
+    opened.map_err(|source| StoreError::Open {
         path: path.display().to_string(),
         source,
-    })?;
+    })
+}
+
+/// Calls `f` with every instance record in id order: its id, whether it is live (by the `live`
+/// index), and the record decoded (or why it cannot be).
+fn each_record(
+    db: &Database,
+    mut f: impl FnMut(InstanceId, bool, Result<InstanceRecord, EngineError>) -> Result<(), EngineError>,
+) -> Result<(), EngineError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(INSTANCES)?;
     let live = txn.open_table(LIVE)?;
-    let mut out = StoreCheck::default();
     for row in table.iter()? {
         let (k, v) = row?;
         let id = k.value();
-        let is_live = live.get(id)?.is_some();
-        out.instances += 1;
-        out.live += u64::from(is_live);
-        if let Err(e) = decode_instance(id, v.value()) {
-            out.unreadable.push((id, is_live, e.to_string()));
-        }
+        f(id, live.get(id)?.is_some(), decode_instance(id, v.value()))?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn decode_instance(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, EngineError> {
