@@ -13,7 +13,7 @@
 //! for every task that waits for one, then [`Fleet::mark_ready`], which wakes the first), so a
 //! recovered daemon never over-commits a host and parked tasks are woken again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::workflow::Timestamp;
 
+use super::lines::{Lines, QueueKey, capability_set};
 use super::task::Priority;
 
 /// A task asking for a host.
@@ -34,9 +35,6 @@ pub struct Ticket {
     /// Assigned by a coordinator to this host only.
     pub host: Option<String>,
 }
-
-/// Queue order: higher priority first, then older, then lower id.
-type QueueKey = (std::cmp::Reverse<Priority>, Timestamp, u64);
 
 fn queue_key(t: &Ticket) -> QueueKey {
     (std::cmp::Reverse(t.priority), t.created, t.task_id)
@@ -134,13 +132,10 @@ struct Class {
 
 impl Class {
     fn of(t: &Ticket) -> Class {
-        let mut capabilities = t.capabilities.clone();
-        capabilities.sort();
-        capabilities.dedup();
         Class {
             agent: t.agent.clone(),
             host: t.host.clone(),
-            capabilities,
+            capabilities: capability_set(&t.capabilities),
         }
     }
 }
@@ -148,44 +143,23 @@ impl Class {
 #[derive(Debug, Default)]
 struct Slots {
     hosts: Vec<Host>,
-    /// The waiting tickets, one line per class, each in queue order.
-    lines: HashMap<Class, BTreeMap<QueueKey, Queued>>,
-    /// The class and queue key of each waiting task.
-    keys: HashMap<u64, (Class, QueueKey)>,
+    /// The waiting tickets, one line per class.
+    waiting: Lines<Class, Queued>,
 }
 
 impl Slots {
     /// Puts `t` in the queue (replacing the task's earlier ticket), not woken.
     fn enqueue(&mut self, t: &Ticket) {
-        self.dequeue(t.task_id);
-        let key = queue_key(t);
-        let class = Class::of(t);
-        self.lines.entry(class.clone()).or_default().insert(
-            key,
-            Queued {
-                ticket: t.clone(),
-                woken: false,
-            },
-        );
-        self.keys.insert(t.task_id, (class, key));
+        let queued = Queued {
+            ticket: t.clone(),
+            woken: false,
+        };
+        self.waiting
+            .insert(t.task_id, Class::of(t), queue_key(t), queued);
     }
 
     fn dequeue(&mut self, task_id: u64) -> bool {
-        let Some((class, key)) = self.keys.remove(&task_id) else {
-            return false;
-        };
-        let Some(line) = self.lines.get_mut(&class) else {
-            return false;
-        };
-        let removed = line.remove(&key).is_some();
-        if line.is_empty() {
-            self.lines.remove(&class);
-        }
-        removed
-    }
-
-    fn waiting(&self) -> usize {
-        self.keys.len()
+        self.waiting.remove(task_id)
     }
 
     /// Walks the queue in order, reserving for each ticket the least loaded free host that
@@ -197,9 +171,9 @@ impl Slots {
         let mut reserved: Vec<usize> = self.hosts.iter().map(|h| h.running.len()).collect();
         let mut out = Vec::new();
         let mut heads: Vec<_> = self
-            .lines
-            .values()
-            .map(|line| line.values().peekable())
+            .waiting
+            .lines()
+            .map(|(_, line)| line.values().peekable())
             .collect();
         loop {
             let free = self
@@ -263,11 +237,7 @@ impl Slots {
     fn take_wakes(&mut self, now: Timestamp) -> Vec<u64> {
         let mut out = Vec::new();
         for (task_id, _) in self.plan(now, None) {
-            let q = self
-                .keys
-                .get(&task_id)
-                .and_then(|(class, key)| self.lines.get_mut(class)?.get_mut(key));
-            if let Some(q) = q
+            if let Some(q) = self.waiting.get_mut(task_id)
                 && !q.woken
             {
                 q.woken = true;
@@ -559,7 +529,7 @@ impl Fleet {
 
     /// Tasks in the queue (waiting for a slot).
     pub fn queued(&self) -> usize {
-        self.slots().waiting()
+        self.slots().waiting.len()
     }
 
     /// When the first pause that keeps `t` off a host it could run on ends: a parked task asks

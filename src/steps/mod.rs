@@ -14,6 +14,7 @@ pub mod failure;
 pub mod forge;
 pub mod forge_sync;
 pub mod hosts;
+mod lines;
 pub mod names;
 pub mod parse;
 pub mod prompt;

@@ -8,7 +8,7 @@
 //! rebuilt from the stored states before the API opens ([`super::recover`]).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::workflow::{InstanceId, Timestamp};
 
+use super::lines::{Lines, QueueKey, capability_set};
 use super::task::Priority;
 
 /// Prefix of every pull-agent token (tells it apart from other secrets in logs and configs).
@@ -105,8 +106,6 @@ pub struct Offer {
     pub only_agent: Option<InstanceId>,
 }
 
-type QueueKey = (Reverse<Priority>, Timestamp, InstanceId);
-
 fn key(o: &Offer) -> QueueKey {
     (Reverse(o.priority), o.created, o.task_id)
 }
@@ -119,8 +118,7 @@ struct Inner {
     /// The open tasks, one line per [`Line`] (what an agent must offer to take them), each in
     /// queue order: a dequeue looks at the head of each line its agent may take, whatever
     /// the number of tasks no agent can take.
-    lines: HashMap<Line, BTreeMap<QueueKey, Offer>>,
-    queued: HashMap<InstanceId, (Line, QueueKey)>,
+    open: Lines<Line, Offer>,
     /// Tasks a dequeue is claiming right now: other dequeues pass them by.
     reserved: HashSet<InstanceId>,
     /// Tasks each agent holds.
@@ -140,28 +138,10 @@ struct Line {
 
 impl Line {
     fn of(o: &Offer) -> Line {
-        let mut capabilities = o.capabilities.clone();
-        capabilities.sort();
-        capabilities.dedup();
         Line {
             kind: o.kind.clone(),
-            capabilities,
+            capabilities: capability_set(&o.capabilities),
             only_agent: o.only_agent,
-        }
-    }
-}
-
-impl Inner {
-    /// Takes `task` off its line, if queued.
-    fn unqueue(&mut self, task: InstanceId) {
-        let Some((line, k)) = self.queued.remove(&task) else {
-            return;
-        };
-        if let Some(offers) = self.lines.get_mut(&line) {
-            offers.remove(&k);
-            if offers.is_empty() {
-                self.lines.remove(&line);
-            }
         }
     }
 }
@@ -252,17 +232,13 @@ impl Board {
 
     /// Opens a task to pull agents (again: the entry is replaced).
     pub fn offer(&self, offer: Offer) {
-        let mut b = self.lock();
-        b.unqueue(offer.task_id);
-        let k = key(&offer);
-        let line = Line::of(&offer);
-        b.queued.insert(offer.task_id, (line.clone(), k));
-        b.lines.entry(line).or_default().insert(k, offer);
+        let (id, line, k) = (offer.task_id, Line::of(&offer), key(&offer));
+        self.lock().open.insert(id, line, k, offer);
     }
 
     /// Takes a task off the pull queue (claimed, routed to a host, cancelled, ended).
     pub fn withdraw(&self, task: InstanceId) {
-        self.lock().unqueue(task);
+        self.lock().open.remove(task);
     }
 
     /// Reserves the first task in queue order that `agent` may claim and no other dequeue is
@@ -270,8 +246,8 @@ impl Board {
     pub fn reserve_next(&self, agent: &AgentEntry) -> Option<InstanceId> {
         let mut b = self.lock();
         let found = b
-            .lines
-            .iter()
+            .open
+            .lines()
             .filter(|(line, _)| {
                 line.only_agent.is_none_or(|a| a == agent.id)
                     && agent.offers(&line.kind, &line.capabilities)
@@ -295,7 +271,7 @@ impl Board {
     /// Records that `agent` holds `task` (its claim was granted).
     pub fn hold(&self, agent: InstanceId, task: InstanceId) {
         let mut b = self.lock();
-        b.unqueue(task);
+        b.open.remove(task);
         b.held.entry(agent).or_default().insert(task);
     }
 
