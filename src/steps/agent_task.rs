@@ -296,6 +296,12 @@ impl Workflow for AgentTask {
     type Signal = TaskSignal;
     const UPGRADES_FROM: &'static [u32] = &[1, 2, 3];
 
+    /// The task's status (`queued`, `running`, `review_pending`…): what the change feed's
+    /// readers (`task watch`, the status labels, chat) follow.
+    fn phase(state: &TaskState) -> Option<String> {
+        Some(state.status.as_str().to_string())
+    }
+
     fn upgrade(from: u32, state: &[u8]) -> Result<TaskState, CodecError> {
         let v3: TaskStateV3 = match from {
             1 => TaskStateV2::from(codec::decode_value::<TaskStateV1>(

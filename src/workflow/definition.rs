@@ -37,6 +37,13 @@ pub trait Workflow: Send + Sync + 'static {
         codec::decode_value("workflow state", state)
     }
 
+    /// The workflow's own short name for where an instance in `state` is (a task's status, say),
+    /// recorded on the change feed's rows of its start and of each step. None by default.
+    fn phase(state: &Self::State) -> Option<String> {
+        let _ = state;
+        None
+    }
+
     /// Runs one step from the last committed `state`. The returned outcome (new state, history
     /// note, effects, consumed signals) is committed atomically before anything else happens.
     fn step(
@@ -226,6 +233,8 @@ pub(crate) struct Plan {
     pub replies: Vec<(u64, Vec<u8>)>,
     /// Re-pins the instance to this definition version (its state was upgraded).
     pub pin: Option<u32>,
+    /// The phase of the new state (see [`Workflow::phase`]), for the feed.
+    pub phase: Option<String>,
     /// The plan of a cleanup (the step knew of the cancel). A step plan committed after a
     /// cancel raced it: see the writer's `transition`.
     pub cleanup: bool,
@@ -296,6 +305,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 seen_next_signal: input.next_signal,
                 replies: Vec::new(),
                 pin: None,
+                phase: None,
                 cleanup: false,
             };
             let decoded = self.decode(&input.state);
@@ -309,6 +319,7 @@ impl<W: Workflow> Definition for Typed<W> {
                         Cleanup::report(format!("cleanup skipped: the state cannot be read: {e}"))
                     }
                 };
+                let phase = cleanup.state.as_ref().and_then(W::phase);
                 let (state, report) = match cleanup.state.map(|s| codec::encode_value(&s)) {
                     None => (None, cleanup.report),
                     Some(Ok(bytes)) => (Some(bytes), cleanup.report),
@@ -329,6 +340,7 @@ impl<W: Workflow> Definition for Typed<W> {
                     seen_next_signal: input.next_signal,
                     replies: Vec::new(),
                     pin: None,
+                    phase,
                     cleanup: true,
                 };
             }
@@ -378,6 +390,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 seen_next_signal: input.next_signal,
                 replies: ctx.replies(),
                 pin: self.from.map(|_| W::VERSION),
+                phase: W::phase(&outcome.state),
                 cleanup: false,
             }
         })

@@ -283,6 +283,7 @@ impl EngineBuilder {
             })
             .map_err(|e| EngineError::Internal(format!("cannot start writer thread: {e}")))?;
         let (changes, _) = broadcast::channel(4096);
+        let (feed, _) = watch::channel(store.feed_last()?);
         let (effect_tx, effect_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             store: store.clone(),
@@ -297,6 +298,7 @@ impl EngineBuilder {
             timer_wake: Arc::new(TimerWake::default()),
             effects: effect_tx.clone(),
             changes,
+            feed,
             config: self.config.clone(),
             writer_thread: Mutex::new(Some(writer_thread)),
             closed: AtomicBool::new(false),
@@ -370,6 +372,8 @@ struct Inner {
     timer_wake: Arc<TimerWake>,
     effects: mpsc::UnboundedSender<(u64, Timestamp)>,
     changes: broadcast::Sender<Change>,
+    /// The last committed feed row.
+    feed: watch::Sender<u64>,
     config: EngineConfig,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -459,6 +463,13 @@ impl Inner {
         }
         for (id, status) in n.changed {
             let _ = self.changes.send(Change { id, status });
+        }
+        if let Some(last) = n.feed_last {
+            self.feed.send_if_modified(|v| {
+                let newer = last > *v;
+                *v = (*v).max(last);
+                newer
+            });
         }
     }
 
@@ -630,6 +641,18 @@ impl Engine {
     }
 
     /// What recovery found when this engine opened.
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn feed_receiver(&self) -> watch::Receiver<u64> {
+        self.inner.feed.subscribe()
+    }
+
+    pub(crate) async fn submit(&self, op: Op) -> Result<Reply, EngineError> {
+        self.inner.writer.submit(op).await
+    }
+
     pub fn recovery(&self) -> &RecoveryReport {
         &self.report
     }
@@ -699,6 +722,7 @@ impl Engine {
             state: codec::encode_value(state)?,
             key: key.map(str::to_string),
             once: once.map(str::to_string),
+            phase: W::phase(state),
         };
         match self.inner.writer.submit(op).await? {
             Reply::Started { id, duplicate } => Ok(Some(StartAck { id, duplicate })),

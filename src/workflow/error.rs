@@ -40,6 +40,15 @@ pub enum EngineError {
     UnknownIntent { id: InstanceId, name: String },
     #[error("idempotency key of {len} bytes: it must be 1 to {max} bytes")]
     InvalidKey { len: usize, max: usize },
+    #[error(
+        "feed consumer `{name}` is at row {found}, not {expected} (another copy of it advanced it?), or row {to} is not in the feed"
+    )]
+    ConsumerMoved {
+        name: String,
+        expected: u64,
+        found: u64,
+        to: u64,
+    },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("the engine is shutting down")]

@@ -11,6 +11,7 @@ mod context;
 mod definition;
 mod engine;
 pub mod error;
+mod feed;
 mod outbox;
 pub mod record;
 mod store;
@@ -28,7 +29,8 @@ pub use engine::{
     RecoveryReport, SignalAck, StartAck, Update, Waker,
 };
 pub use error::{EngineError, StoreError};
+pub use feed::{Consumer, FeedRow};
 pub use outbox::{Backoff, Delivery, EffectError, EffectHandler, EffectKey};
-pub use record::{Event, EventKind, Status, Timestamp, Wake};
+pub use record::{Event, EventKind, FeedEvent, Status, Timestamp, Wake};
 pub use store::{STORE_FORMAT, StoreCheck, check as check_store};
 pub use store_id::StoreId;

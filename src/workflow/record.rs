@@ -250,3 +250,81 @@ impl Record for IntentRecord {
     const NAME: &'static str = "intent";
     const VERSION: u8 = 1;
 }
+
+/// One row of the change feed (the `feed` table's value; its key is the row's sequence number).
+/// Rows are appended in the transaction of the change they describe, so the feed has no gap
+/// and never shows an uncommitted change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeedRecord {
+    pub instance: u64,
+    pub workflow: String,
+    /// The instance's status after the change.
+    pub status: Status,
+    /// The workflow's own name for where the instance is (see `Workflow::phase`), on the rows
+    /// of starts and steps; `None` on the others (unchanged by them).
+    pub phase: Option<String>,
+    pub event: FeedEvent,
+    pub at: Timestamp,
+}
+
+impl Record for FeedRecord {
+    const NAME: &'static str = "feed row";
+    const VERSION: u8 = 1;
+}
+
+/// What a feed row records. Short by design: the instance's history holds the details.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum FeedEvent {
+    Started,
+    /// A committed step; `outcome` as in [`EventKind::Step`] (`continue`, `wait`, `retry`,
+    /// `complete`, `fail`, `cancelled`, `error`).
+    Step {
+        outcome: String,
+    },
+    /// A signal reached the inbox.
+    Signal {
+        key: String,
+    },
+    /// The instance's timer fired and made it runnable.
+    Timer,
+    /// A wake (no signal) made a waiting instance runnable.
+    Woken,
+    CancelRequested {
+        reason: String,
+    },
+    EffectDelivered {
+        kind: String,
+    },
+    EffectAbandoned {
+        kind: String,
+        error: String,
+    },
+}
+
+impl FeedEvent {
+    /// The event's kind as filters and the HTTP feed name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FeedEvent::Started => "started",
+            FeedEvent::Step { .. } => "step",
+            FeedEvent::Signal { .. } => "signal",
+            FeedEvent::Timer => "timer",
+            FeedEvent::Woken => "woken",
+            FeedEvent::CancelRequested { .. } => "cancel_requested",
+            FeedEvent::EffectDelivered { .. } => "effect_delivered",
+            FeedEvent::EffectAbandoned { .. } => "effect_abandoned",
+        }
+    }
+
+    /// Every kind [`FeedEvent::kind`] returns.
+    pub const KINDS: &'static [&'static str] = &[
+        "started",
+        "step",
+        "signal",
+        "timer",
+        "woken",
+        "cancel_requested",
+        "effect_delivered",
+        "effect_abandoned",
+    ];
+}

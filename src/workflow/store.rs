@@ -11,6 +11,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use super::InstanceId;
 use super::codec::decode;
 use super::error::{EngineError, StoreError};
+use super::feed::FeedRow;
 use super::record::{EffectRecord, Event, InstanceRecord, SignalRecord, Timestamp};
 use super::store_id::{META_STORE_ID, StoreId};
 
@@ -40,6 +41,11 @@ pub(crate) const INTENTS: TableDefinition<(u64, &str), &[u8]> = TableDefinition:
 pub(crate) const REPLIES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("replies");
 /// Replies kept per instance (for redelivered updates); older ones are removed.
 pub(crate) const REPLIES_KEPT: u64 = 256;
+/// Sequence number → [`super::record::FeedRecord`]: the change feed, gap-free, appended in the
+/// transaction of each change (added without a format change, created on open).
+pub(crate) const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// Durable consumer name → the last feed row it has handled (see `Engine::consumer`).
+pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
 
 /// Store file format written by this build (the table layout above). Format 1 had no `live`
 /// table; opening such a file builds it (see `migrate_1_to_2`).
@@ -47,6 +53,9 @@ pub const STORE_FORMAT: u64 = 2;
 pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_NEXT_INSTANCE: &str = "next_instance";
 pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
+/// The next feed row's sequence number (rows start at 1; kept here so that pruning the oldest
+/// rows never reuses a number).
+pub(crate) const META_FEED_NEXT: &str = "feed_next";
 
 /// Due timers (due time, instance) and the due time of the next one not yet due.
 pub(crate) type DueTimers = (Vec<(Timestamp, InstanceId)>, Option<Timestamp>);
@@ -106,6 +115,8 @@ impl Store {
             txn.open_table(INTENTS)?;
             txn.open_table(LIVE)?;
             txn.open_table(REPLIES)?;
+            txn.open_table(FEED)?;
+            txn.open_table(CONSUMERS)?;
             store_id = match meta.get(META_STORE_ID)?.map(|g| g.value()) {
                 None => None,
                 Some(value) => Some(
@@ -182,6 +193,40 @@ impl Store {
             .get((id, seq))?
             .map(|v| v.value().to_vec());
         Ok((waiting, reply))
+    }
+
+    /// Up to `limit` feed rows after sequence number `after`, in order.
+    pub fn feed_page(&self, after: u64, limit: usize) -> Result<Vec<FeedRow>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FEED)?;
+        let mut rows = Vec::new();
+        for row in table.range(after.saturating_add(1)..)?.take(limit) {
+            let (k, v) = row?;
+            let seq = k.value();
+            let record = decode(v.value()).map_err(|source| EngineError::Corrupt {
+                what: format!("feed row {seq}"),
+                source,
+            })?;
+            rows.push(FeedRow::new(seq, record));
+        }
+        Ok(rows)
+    }
+
+    /// The sequence number of the last feed row written (0 before the first).
+    pub fn feed_last(&self) -> Result<u64, EngineError> {
+        let txn = self.db.begin_read()?;
+        let next = txn
+            .open_table(META)?
+            .get(META_FEED_NEXT)?
+            .map(|g| g.value());
+        Ok(next.unwrap_or(1).saturating_sub(1))
+    }
+
+    /// Where durable consumer `name` stands: the last feed row it handled (0: none yet).
+    pub fn consumer_cursor(&self, name: &str) -> Result<u64, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONSUMERS)?;
+        Ok(table.get(name)?.map(|g| g.value()).unwrap_or(0))
     }
 
     /// The recorded history of `id`, in order (the oldest events may have been compacted away).

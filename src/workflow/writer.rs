@@ -27,12 +27,13 @@ use super::codec::{decode, encode};
 use super::definition::{Effect, Plan, PlanKind};
 use super::error::{EngineError, StoreError};
 use super::record::{
-    EffectRecord, EffectStatus, Event, EventKind, InstanceRecord, IntentRecord, SignalRecord,
-    Status, Timestamp, Wake, short,
+    EffectRecord, EffectStatus, Event, EventKind, FeedEvent, FeedRecord, InstanceRecord,
+    IntentRecord, SignalRecord, Status, Timestamp, Wake, short,
 };
 use super::store::{
-    HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META, META_NEXT_EFFECT,
-    META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, REPLIES, REPLIES_KEPT, Store, TIMERS,
+    CONSUMERS, FEED, HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META, META_FEED_NEXT,
+    META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, REPLIES, REPLIES_KEPT, Store,
+    TIMERS,
 };
 
 /// Most ops applied in one transaction.
@@ -47,6 +48,8 @@ pub(crate) enum Op {
         state: Vec<u8>,
         key: Option<String>,
         once: Option<String>,
+        /// The new instance's phase, for its feed row (see `Workflow::phase`).
+        phase: Option<String>,
     },
     Signal {
         id: InstanceId,
@@ -87,6 +90,14 @@ pub(crate) enum Op {
     EffectAttempt {
         effect: u64,
         outcome: EffectOutcome,
+    },
+    /// Moves durable consumer `name` from feed row `from` to `to` and queues the effects it
+    /// produced for those rows, in one commit; refused when the consumer is not at `from`.
+    Advance {
+        name: String,
+        from: u64,
+        to: u64,
+        effects: Vec<(InstanceId, Effect)>,
     },
     /// Drain what is queued before it, commit, and stop the thread.
     Stop,
@@ -156,6 +167,8 @@ pub(crate) struct Notices {
     pub signalled: Vec<(InstanceId, u64)>,
     /// Signals taken by a committed step: (instance, seq, the step's reply if it gave one).
     pub answers: Vec<(InstanceId, u64, Option<Vec<u8>>)>,
+    /// The last feed row the batch appended.
+    pub feed_last: Option<u64>,
 }
 
 impl Notices {
@@ -166,6 +179,7 @@ impl Notices {
         self.changed.extend(other.changed);
         self.signalled.extend(other.signalled);
         self.answers.extend(other.answers);
+        self.feed_last = self.feed_last.max(other.feed_last);
         self.earliest_timer = match (self.earliest_timer, other.earliest_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -484,7 +498,7 @@ fn apply_batch(
                 r => results.push((r, notices)),
             }
         }
-        t.woken
+        t.close()?
     };
     txn.commit()?;
     *woken = after;
@@ -509,6 +523,11 @@ struct Tables<'txn> {
     intents: Table<'txn, (u64, &'static str), &'static [u8]>,
     live: Table<'txn, u64, ()>,
     replies: Table<'txn, (u64, u64), &'static [u8]>,
+    feed: Table<'txn, u64, &'static [u8]>,
+    consumers: Table<'txn, &'static str, u64>,
+    /// The next feed row's number, and the one the batch started with (written back once).
+    feed_next: u64,
+    feed_first: u64,
     history_cap: u64,
     /// Running instances woken since their step loaded (see `Op::Wake`).
     woken: HashSet<InstanceId>,
@@ -520,8 +539,10 @@ impl<'txn> Tables<'txn> {
         history_cap: u64,
         woken: HashSet<InstanceId>,
     ) -> Result<Self, EngineError> {
+        let meta = txn.open_table(META)?;
+        let feed_next = meta.get(META_FEED_NEXT)?.map(|g| g.value()).unwrap_or(1);
         Ok(Tables {
-            meta: txn.open_table(META)?,
+            meta,
             instances: txn.open_table(INSTANCES)?,
             history: txn.open_table(HISTORY)?,
             inbox: txn.open_table(INBOX)?,
@@ -532,6 +553,10 @@ impl<'txn> Tables<'txn> {
             intents: txn.open_table(INTENTS)?,
             live: txn.open_table(LIVE)?,
             replies: txn.open_table(REPLIES)?,
+            feed: txn.open_table(FEED)?,
+            consumers: txn.open_table(CONSUMERS)?,
+            feed_next,
+            feed_first: feed_next,
             history_cap,
             woken,
         })
@@ -545,8 +570,9 @@ impl<'txn> Tables<'txn> {
                 state,
                 key,
                 once,
+                phase,
             } => self.once(once, now, |t| {
-                t.start(workflow, version, state, key, now, n)
+                t.start(workflow, version, state, key, phase, now, n)
             }),
             Op::Signal {
                 id,
@@ -565,13 +591,53 @@ impl<'txn> Tables<'txn> {
             Op::IntentBegin { id, name, payload } => self.intent_begin(id, name, payload, now),
             Op::IntentResolve { id, name, result } => self.intent_resolve(id, name, result, now),
             Op::FireTimers(due) => self.fire_timers(due, now, n),
-            Op::Wake { id } => self.wake(id, n),
-            Op::EffectAttempt { effect, outcome } => self.effect_attempt(effect, outcome, now),
+            Op::Wake { id } => self.wake(id, now, n),
+            Op::EffectAttempt { effect, outcome } => self.effect_attempt(effect, outcome, now, n),
+            Op::Advance {
+                name,
+                from,
+                to,
+                effects,
+            } => self.advance(name, from, to, effects, now, n),
             Op::Stop => Ok(Reply::Done),
         }
     }
 
     // ---- helpers -------------------------------------------------------------------------
+
+    /// Writes back what the batch changed outside its tables' rows; returns the running
+    /// instances woken meanwhile.
+    fn close(mut self) -> Result<HashSet<InstanceId>, EngineError> {
+        if self.feed_next != self.feed_first {
+            self.meta.insert(META_FEED_NEXT, self.feed_next)?;
+        }
+        Ok(self.woken)
+    }
+
+    /// Appends the change feed's next row: `event` happened to `id`, now in `rec`'s status.
+    fn feed(
+        &mut self,
+        id: InstanceId,
+        rec: &InstanceRecord,
+        phase: Option<String>,
+        event: FeedEvent,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<(), EngineError> {
+        let seq = self.feed_next;
+        let row = FeedRecord {
+            instance: id,
+            workflow: rec.workflow.clone(),
+            status: rec.status,
+            phase,
+            event,
+            at: now,
+        };
+        self.feed.insert(seq, encode(&row)?.as_slice())?;
+        self.feed_next += 1;
+        n.feed_last = Some(seq);
+        Ok(())
+    }
 
     fn next_id(&mut self, counter: &'static str) -> Result<u64, EngineError> {
         let id = self.meta.get(counter)?.map(|g| g.value()).unwrap_or(1);
@@ -679,6 +745,7 @@ impl<'txn> Tables<'txn> {
         version: u32,
         state: Vec<u8>,
         key: Option<String>,
+        phase: Option<String>,
         now: Timestamp,
         n: &mut Notices,
     ) -> Result<Reply, EngineError> {
@@ -711,6 +778,7 @@ impl<'txn> Tables<'txn> {
         };
         self.event(id, &mut rec, EventKind::Started { workflow, version }, now)?;
         self.save(id, &rec)?;
+        self.feed(id, &rec, phase, FeedEvent::Started, now, n)?;
         self.live.insert(id, ())?;
         if let Some(k) = &scoped {
             self.idem.insert(k.as_str(), id)?;
@@ -767,12 +835,21 @@ impl<'txn> Tables<'txn> {
         rec.pending_signals += 1;
         rec.updated = now;
         let key = short(key);
-        self.event(id, &mut rec, EventKind::SignalReceived { seq, key }, now)?;
+        self.event(
+            id,
+            &mut rec,
+            EventKind::SignalReceived {
+                seq,
+                key: key.clone(),
+            },
+            now,
+        )?;
         if rec.status == Status::Waiting {
             self.make_runnable(id, &mut rec, Wake::Signal, n)?;
         }
         n.signalled.push((id, rec.next_signal));
         self.save(id, &rec)?;
+        self.feed(id, &rec, None, FeedEvent::Signal { key }, now, n)?;
         Ok(Reply::Signalled {
             seq,
             duplicate: false,
@@ -937,6 +1014,8 @@ impl<'txn> Tables<'txn> {
             n.changed.push((id, rec.status));
         }
         self.save(id, &rec)?;
+        let outcome = plan_label.to_string();
+        self.feed(id, &rec, plan.phase, FeedEvent::Step { outcome }, now, n)?;
         Ok(Reply::Transitioned(Box::new(rec)))
     }
 
@@ -1041,11 +1120,26 @@ impl<'txn> Tables<'txn> {
         rec.cancel = Some(reason.clone());
         rec.updated = now;
         let reason = short(reason);
-        self.event(id, &mut rec, EventKind::CancelRequested { reason }, now)?;
+        self.event(
+            id,
+            &mut rec,
+            EventKind::CancelRequested {
+                reason: reason.clone(),
+            },
+            now,
+        )?;
         if matches!(rec.status, Status::Waiting | Status::Sleeping) {
             self.make_runnable(id, &mut rec, Wake::Cancel, n)?;
         }
         self.save(id, &rec)?;
+        self.feed(
+            id,
+            &rec,
+            None,
+            FeedEvent::CancelRequested { reason },
+            now,
+            n,
+        )?;
         n.cancelled.push(id);
         Ok(Reply::CancelRequested { already: false })
     }
@@ -1127,18 +1221,25 @@ impl<'txn> Tables<'txn> {
             if matches!(rec.status, Status::Waiting | Status::Sleeping) {
                 self.event(id, &mut rec, EventKind::TimerFired { due: at }, now)?;
                 self.make_runnable(id, &mut rec, Wake::Timer, n)?;
+                self.feed(id, &rec, None, FeedEvent::Timer, now, n)?;
             }
             self.save(id, &rec)?;
         }
         Ok(Reply::Done)
     }
 
-    fn wake(&mut self, id: InstanceId, n: &mut Notices) -> Result<Reply, EngineError> {
+    fn wake(
+        &mut self,
+        id: InstanceId,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
         let mut rec = self.load(id)?;
         match rec.status {
             Status::Waiting => {
                 self.make_runnable(id, &mut rec, Wake::Signal, n)?;
                 self.save(id, &rec)?;
+                self.feed(id, &rec, None, FeedEvent::Woken, now, n)?;
             }
             // Its step may be about to park: that transition keeps it runnable.
             Status::Runnable => {
@@ -1155,6 +1256,7 @@ impl<'txn> Tables<'txn> {
         effect: u64,
         outcome: EffectOutcome,
         now: Timestamp,
+        n: &mut Notices,
     ) -> Result<Reply, EngineError> {
         let mut record: EffectRecord = match self.outbox.get(effect)? {
             Some(g) => decode(g.value())?,
@@ -1175,14 +1277,18 @@ impl<'txn> Tables<'txn> {
                 None
             }
         };
+        let kind = record.kind.clone();
         let event = match outcome {
             EffectOutcome::Delivered => {
                 self.outbox.remove(effect)?;
                 self.pending.remove(effect)?;
-                Some(EventKind::EffectDelivered {
-                    effect,
-                    attempts: record.attempts,
-                })
+                Some((
+                    EventKind::EffectDelivered {
+                        effect,
+                        attempts: record.attempts,
+                    },
+                    FeedEvent::EffectDelivered { kind },
+                ))
             }
             EffectOutcome::Retry { error, next } => {
                 record.last_error = Some(short(error));
@@ -1196,13 +1302,63 @@ impl<'txn> Tables<'txn> {
                 record.last_error = Some(error.clone());
                 self.outbox.insert(effect, encode(&record)?.as_slice())?;
                 self.pending.remove(effect)?;
-                Some(EventKind::EffectAbandoned { effect, error })
+                Some((
+                    EventKind::EffectAbandoned {
+                        effect,
+                        error: error.clone(),
+                    },
+                    FeedEvent::EffectAbandoned { kind, error },
+                ))
             }
         };
-        if let (Some(kind), Some(rec)) = (event, owner.as_mut()) {
-            self.event(instance, rec, kind, now)?;
+        if let (Some((event, change)), Some(rec)) = (event, owner.as_mut()) {
+            self.event(instance, rec, event, now)?;
             self.save(instance, rec)?;
+            self.feed(instance, rec, None, change, now, n)?;
         }
+        Ok(Reply::Done)
+    }
+
+    fn advance(
+        &mut self,
+        name: String,
+        from: u64,
+        to: u64,
+        effects: Vec<(InstanceId, Effect)>,
+        now: Timestamp,
+        n: &mut Notices,
+    ) -> Result<Reply, EngineError> {
+        let found = self
+            .consumers
+            .get(name.as_str())?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        if found != from || to < from || to >= self.feed_next {
+            return Err(EngineError::ConsumerMoved {
+                name,
+                expected: from,
+                found,
+                to,
+            });
+        }
+        // Read every owner before writing anything: a refused op must write nothing.
+        let mut owners: std::collections::BTreeMap<InstanceId, (InstanceRecord, Vec<Effect>)> =
+            Default::default();
+        for (id, effect) in effects {
+            if let std::collections::btree_map::Entry::Vacant(slot) = owners.entry(id) {
+                slot.insert((self.load(id)?, Vec::new()));
+            }
+            if let Some((_, list)) = owners.get_mut(&id) {
+                list.push(effect);
+            }
+        }
+        for (id, (mut rec, list)) in owners {
+            for effect in list {
+                self.queue_effect(id, &mut rec, effect, now, n)?;
+            }
+            self.save(id, &rec)?;
+        }
+        self.consumers.insert(name.as_str(), to)?;
         Ok(Reply::Done)
     }
 }

@@ -1,0 +1,176 @@
+//! The change feed as readers see it: [`FeedRow`]s read from any cursor, a [`Engine::feed`]
+//! stream that reads what is stored and then waits for what commits next, and durable
+//! [`Consumer`]s whose cursor commits together with the effects they produce.
+//!
+//! The writer appends the rows (see `writer.rs`, `Tables::feed`) in the transaction of the
+//! change each describes; this module only reads them. A reader that falls behind loses
+//! nothing: it reads the table, never a bounded channel.
+
+use futures::Stream;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::InstanceId;
+use super::definition::Effect;
+use super::engine::Engine;
+use super::error::EngineError;
+use super::record::{FeedEvent, FeedRecord, Status, Timestamp};
+use super::writer::{Op, Reply};
+
+/// Rows read from the store at a time by [`Engine::feed`].
+const PAGE: usize = 256;
+
+/// One committed change, numbered: rows come in `seq` order with no gap.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedRow {
+    pub seq: u64,
+    pub instance: InstanceId,
+    pub workflow: String,
+    /// The instance's status after the change.
+    pub status: Status,
+    /// The workflow's phase after a start or a step (see `Workflow::phase`); `None` otherwise.
+    pub phase: Option<String>,
+    pub event: FeedEvent,
+    /// Commit time.
+    pub at: Timestamp,
+}
+
+impl FeedRow {
+    pub(crate) fn new(seq: u64, r: FeedRecord) -> Self {
+        FeedRow {
+            seq,
+            instance: r.instance,
+            workflow: r.workflow,
+            status: r.status,
+            phase: r.phase,
+            event: r.event,
+            at: r.at,
+        }
+    }
+}
+
+impl Engine {
+    /// Up to `limit` committed feed rows after row `after`, without waiting.
+    pub fn feed_page(&self, after: u64, limit: usize) -> Result<Vec<FeedRow>, EngineError> {
+        self.store().feed_page(after, limit)
+    }
+
+    /// The number of the last committed feed row (0: none yet).
+    pub fn feed_last(&self) -> u64 {
+        *self.feed_watch().borrow()
+    }
+
+    /// Every committed row after `after`, in order, then each new one as it commits; ends only
+    /// with an error (a row that cannot be read) or when the engine is dropped.
+    pub fn feed(&self, after: u64) -> impl Stream<Item = Result<FeedRow, EngineError>> + use<> {
+        let engine = self.clone();
+        let state = (engine, after, std::collections::VecDeque::new(), false);
+        futures::stream::unfold(state, |(engine, mut cursor, mut buf, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(row) = buf.pop_front() {
+                    return Some((Ok(row), (engine, cursor, buf, false)));
+                }
+                match engine.next_rows(cursor, PAGE).await {
+                    Ok(Some(rows)) => {
+                        if let Some(last) = rows.last() {
+                            cursor = last.seq;
+                        }
+                        buf.extend(rows);
+                    }
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(e), (engine, cursor, buf, true))),
+                }
+            }
+        })
+    }
+
+    /// At least one row after `after` (up to `limit`), waiting for a commit when there is
+    /// none yet; `None` once the engine is gone.
+    async fn next_rows(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Option<Vec<FeedRow>>, EngineError> {
+        let mut last = self.feed_watch();
+        loop {
+            // Marks the current value seen before reading: a commit after the read wakes us.
+            let committed = *last.borrow_and_update();
+            if committed > after {
+                let rows = self.feed_page(after, limit)?;
+                if !rows.is_empty() {
+                    return Ok(Some(rows));
+                }
+            }
+            if last.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Durable consumer `name`, at the cursor it last committed (0 for a new one).
+    pub fn consumer(&self, name: &str) -> Result<Consumer, EngineError> {
+        let cursor = self.store().consumer_cursor(name)?;
+        Ok(Consumer {
+            engine: self.clone(),
+            name: name.to_string(),
+            cursor,
+        })
+    }
+
+    fn feed_watch(&self) -> watch::Receiver<u64> {
+        self.feed_receiver()
+    }
+}
+
+/// A named reader of the feed whose position is kept in the store. It reads rows after its
+/// cursor ([`Consumer::next`]), and commits what it produced for them — effects, delivered
+/// by the outbox like a step's — together with its new cursor ([`Consumer::commit`]). After a
+/// crash it resumes after the last commit: each row's effects are queued exactly once.
+pub struct Consumer {
+    engine: Engine,
+    name: String,
+    cursor: u64,
+}
+
+impl Consumer {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The last row whose effects are committed.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// The rows after the cursor (at most `limit`), waiting for one if there is none; `None`
+    /// once the engine is gone. Reading does not move the cursor: [`Consumer::commit`] does.
+    pub async fn next(&self, limit: usize) -> Result<Option<Vec<FeedRow>>, EngineError> {
+        self.engine.next_rows(self.cursor, limit.max(1)).await
+    }
+
+    /// Moves the cursor to row `through` and queues `effects` (each owned by an instance, in
+    /// whose history it shows) in one commit. Refused, with nothing written, when another copy
+    /// of this consumer moved the cursor meanwhile ([`EngineError::ConsumerMoved`]).
+    pub async fn commit(
+        &mut self,
+        through: u64,
+        effects: Vec<(InstanceId, Effect)>,
+    ) -> Result<(), EngineError> {
+        let op = Op::Advance {
+            name: self.name.clone(),
+            from: self.cursor,
+            to: through,
+            effects,
+        };
+        match self.engine.submit(op).await? {
+            Reply::Done => {
+                self.cursor = through;
+                Ok(())
+            }
+            other => Err(other.unexpected()),
+        }
+    }
+}
