@@ -24,7 +24,7 @@ use super::outbox::{Backoff, EffectHandler, Outbox};
 use super::record::{Event, InstanceRecord, Status, Timestamp};
 use super::store::Store;
 use super::timers::{self, TimerWake};
-use super::writer::{Commit, Notices, Op, Reply, Writer};
+use super::writer::{Commit, NewInstance, Notices, Op, Reply, Writer};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -717,12 +717,14 @@ impl Engine {
             check_key(k)?;
         }
         let op = Op::Start {
-            workflow: W::NAME.to_string(),
-            version: W::VERSION,
-            state: codec::encode_value(state)?,
-            key: key.map(str::to_string),
+            new: NewInstance {
+                workflow: W::NAME.to_string(),
+                version: W::VERSION,
+                state: codec::encode_value(state)?,
+                key: key.map(str::to_string),
+                phase: W::phase(state),
+            },
             once: once.map(str::to_string),
-            phase: W::phase(state),
         };
         match self.inner.writer.submit(op).await? {
             Reply::Started { id, duplicate } => Ok(Some(StartAck { id, duplicate })),

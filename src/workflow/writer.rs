@@ -43,13 +43,8 @@ const MAX_BATCH: usize = 8192;
 #[derive(Debug)]
 pub(crate) enum Op {
     Start {
-        workflow: String,
-        version: u32,
-        state: Vec<u8>,
-        key: Option<String>,
+        new: NewInstance,
         once: Option<String>,
-        /// The new instance's phase, for its feed row (see `Workflow::phase`).
-        phase: Option<String>,
     },
     Signal {
         id: InstanceId,
@@ -110,6 +105,18 @@ impl Op {
     fn is_background(&self) -> bool {
         matches!(self, Op::EffectAttempt { .. })
     }
+}
+
+/// What [`Op::Start`] creates.
+#[derive(Debug)]
+pub(crate) struct NewInstance {
+    pub workflow: String,
+    pub version: u32,
+    pub state: Vec<u8>,
+    /// The start's idempotency key (scoped to the workflow).
+    pub key: Option<String>,
+    /// The new instance's phase, for its feed row (see `Workflow::phase`).
+    pub phase: Option<String>,
 }
 
 /// The result of one delivery attempt of an effect.
@@ -564,16 +571,7 @@ impl<'txn> Tables<'txn> {
 
     fn apply(&mut self, op: Op, now: Timestamp, n: &mut Notices) -> Result<Reply, EngineError> {
         match op {
-            Op::Start {
-                workflow,
-                version,
-                state,
-                key,
-                once,
-                phase,
-            } => self.once(once, now, |t| {
-                t.start(workflow, version, state, key, phase, now, n)
-            }),
+            Op::Start { new, once } => self.once(once, now, |t| t.start(new, now, n)),
             Op::Signal {
                 id,
                 workflow,
@@ -741,14 +739,17 @@ impl<'txn> Tables<'txn> {
 
     fn start(
         &mut self,
-        workflow: String,
-        version: u32,
-        state: Vec<u8>,
-        key: Option<String>,
-        phase: Option<String>,
+        new: NewInstance,
         now: Timestamp,
         n: &mut Notices,
     ) -> Result<Reply, EngineError> {
+        let NewInstance {
+            workflow,
+            version,
+            state,
+            key,
+            phase,
+        } = new;
         let scoped = key.map(|k| format!("start/{workflow}/{k}"));
         if let Some(k) = &scoped
             && let Some(existing) = self.idem.get(k.as_str())?
