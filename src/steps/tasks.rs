@@ -141,11 +141,19 @@ impl<'a> Tasks<'a> {
         after: Option<InstanceId>,
         limit: usize,
     ) -> Result<(Vec<TaskRecord>, bool), TaskError> {
-        let mut out = Vec::new();
-        for info in self.engine.list()? {
-            if info.workflow != AgentTask::NAME || after.is_some_and(|a| info.id <= a) {
-                continue;
-            }
+        let after = after.unwrap_or(0);
+        // One more than the page: whether there is a next page.
+        let infos = match status {
+            Some(s) => self
+                .engine
+                .list_phase(AgentTask::NAME, s.as_str(), after, limit + 1)?,
+            None => self
+                .engine
+                .list_page(Some(AgentTask::NAME), after, limit + 1)?,
+        };
+        let more = infos.len() > limit;
+        let mut out = Vec::with_capacity(limit);
+        for info in infos.into_iter().take(limit) {
             let id = info.id;
             let state = self.engine.state::<AgentTask>(id)?;
             let record = TaskRecord {
@@ -155,15 +163,12 @@ impl<'a> Tasks<'a> {
                 history: None,
                 branch: super::names::TaskNames::of(self.engine).branch(id),
             };
-            if status.is_some_and(|s| record.status() != s) {
-                continue;
+            // The index follows the state's status; the engine's own end has the last word.
+            if status.is_none_or(|s| record.status() == s) {
+                out.push(record);
             }
-            if out.len() == limit {
-                return Ok((out, true));
-            }
-            out.push(record);
         }
-        Ok((out, false))
+        Ok((out, more))
     }
 
     /// Stops the task: its running step is interrupted, its run's process group killed, and it

@@ -268,6 +268,8 @@ impl PlanKind {
 /// A registered definition with its types erased, as the engine's registry holds it.
 pub(crate) trait Definition: Send + Sync {
     fn run(&self, input: RunInput) -> BoxFuture<'_, Plan>;
+    /// The phase of an encoded state (see [`Workflow::phase`]); `None` when it cannot be read.
+    fn phase(&self, state: &[u8]) -> Option<String>;
 }
 
 /// A definition as registered: `from` is set when this entry drives instances pinned to an
@@ -287,6 +289,10 @@ impl<W: Workflow> Typed<W> {
 }
 
 impl<W: Workflow> Definition for Typed<W> {
+    fn phase(&self, state: &[u8]) -> Option<String> {
+        self.decode(state).ok().as_ref().and_then(W::phase)
+    }
+
     fn run(&self, input: RunInput) -> BoxFuture<'_, Plan> {
         Box::pin(async move {
             let error_backoff = input.error_backoff;

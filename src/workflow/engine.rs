@@ -249,8 +249,16 @@ impl EngineBuilder {
     pub async fn open(self) -> Result<Engine, EngineError> {
         let started = Instant::now();
         let path = self.path.clone();
+        let defs = self.defs.clone();
         let (store, report, runnable, effects) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&path)?;
+            if !store.indexed()? {
+                let indexed = store.build_indexes(|workflow, version, state| {
+                    defs.get(&(workflow.to_string(), version))
+                        .and_then(|d| d.phase(state))
+                })?;
+                tracing::info!(instances = indexed, "store indexed by phase and end time");
+            }
             let mut report = RecoveryReport::default();
             let mut runnable = Vec::new();
             // Only unfinished instances are read (and checked); ended ones stay on disk.
@@ -971,6 +979,43 @@ impl Engine {
             .scan_instances(|id, rec| out.push(InstanceInfo::of(id, rec)))?;
         for (id, why) in unreadable {
             self.report_unreadable(id, &why);
+        }
+        Ok(out)
+    }
+
+    /// One page of the instances of `workflow` in `phase` (see [`Workflow::phase`]): up to
+    /// `limit` whose id is above `after`, in id order, read through the phase index (the cost
+    /// of a page, not of the store).
+    pub fn list_phase(
+        &self,
+        workflow: &str,
+        phase: &str,
+        after: InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceInfo>, EngineError> {
+        let rows = self.inner.store.in_phase(workflow, phase, after, limit)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, rec)| InstanceInfo::of(id, rec))
+            .collect())
+    }
+
+    /// One page of the instances of `workflow` (of any, if `None`): up to `limit` whose id is
+    /// above `after`, in id order. An ended record that cannot be decoded is passed over and
+    /// reported (see [`Engine::unreadable`]); a live one is an error.
+    pub fn list_page(
+        &self,
+        workflow: Option<&str>,
+        after: InstanceId,
+        limit: usize,
+    ) -> Result<Vec<InstanceInfo>, EngineError> {
+        let mut out = Vec::new();
+        for (id, rec) in self.inner.store.instances_after(workflow, after, limit)? {
+            match rec {
+                Ok(rec) => out.push(InstanceInfo::of(id, rec)),
+                Err(e) if self.inner.store.is_live(id)? => return Err(e),
+                Err(e) => self.report_unreadable(id, &e.to_string()),
+            }
         }
         Ok(out)
     }

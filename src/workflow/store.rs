@@ -46,6 +46,16 @@ pub(crate) const REPLIES_KEPT: u64 = 256;
 pub(crate) const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 /// Durable consumer name → the last feed row it has handled (see `Engine::consumer`).
 pub(crate) const CONSUMERS: TableDefinition<&str, u64> = TableDefinition::new("consumers");
+/// Instance id → its current phase (see `Workflow::phase`), for the instances that have one.
+pub(crate) const PHASES: TableDefinition<u64, &str> = TableDefinition::new("phases");
+/// (workflow, phase, instance) → (): the instances of a workflow in a phase, in id order.
+pub(crate) const BY_PHASE: TableDefinition<(&str, &str, u64), ()> =
+    TableDefinition::new("by_phase");
+/// (end time ms, instance) → (): ended instances, oldest end first.
+pub(crate) const ENDED: TableDefinition<(u64, u64), ()> = TableDefinition::new("ended");
+/// Set once `phases`, `by_phase` and `ended` cover every instance (stores from before these
+/// indexes are indexed when the engine first opens them, see `Engine::open`).
+pub(crate) const META_INDEXED: &str = "indexed";
 
 /// Store file format written by this build (the table layout above). Format 1 had no `live`
 /// table; opening such a file builds it (see `migrate_1_to_2`).
@@ -88,6 +98,7 @@ impl Store {
             match format {
                 None => {
                     meta.insert(META_FORMAT, STORE_FORMAT)?;
+                    meta.insert(META_INDEXED, 1)?;
                     meta.insert(META_STORE_ID, StoreId::random().to_meta())?;
                 }
                 Some(found) if found > STORE_FORMAT => {
@@ -117,6 +128,9 @@ impl Store {
             txn.open_table(REPLIES)?;
             txn.open_table(FEED)?;
             txn.open_table(CONSUMERS)?;
+            txn.open_table(PHASES)?;
+            txn.open_table(BY_PHASE)?;
+            txn.open_table(ENDED)?;
             store_id = match meta.get(META_STORE_ID)?.map(|g| g.value()) {
                 None => None,
                 Some(value) => Some(
@@ -220,6 +234,104 @@ impl Store {
             .get(META_FEED_NEXT)?
             .map(|g| g.value());
         Ok(next.unwrap_or(1).saturating_sub(1))
+    }
+
+    /// Up to `limit` instances of `workflow` in `phase` whose id is above `after`, in id order.
+    pub fn in_phase(
+        &self,
+        workflow: &str,
+        phase: &str,
+        after: InstanceId,
+        limit: usize,
+    ) -> Result<Vec<(InstanceId, InstanceRecord)>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(BY_PHASE)?;
+        let instances = txn.open_table(INSTANCES)?;
+        let mut out = Vec::new();
+        let range = (workflow, phase, after.saturating_add(1))..=(workflow, phase, u64::MAX);
+        for row in index.range(range)?.take(limit) {
+            let id = row?.0.value().2;
+            if let Some(rec) = instances.get(id)? {
+                out.push((id, decode_instance(id, rec.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` instances of `workflow` (any, if `None`) whose id is above `after`, in id
+    /// order; records that cannot be decoded are returned as errors in place.
+    pub fn instances_after(
+        &self,
+        workflow: Option<&str>,
+        after: InstanceId,
+        limit: usize,
+    ) -> Result<Vec<(InstanceId, Result<InstanceRecord, EngineError>)>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let instances = txn.open_table(INSTANCES)?;
+        let mut out = Vec::new();
+        for row in instances.range(after.saturating_add(1)..)? {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = row?;
+            let id = k.value();
+            let rec = decode_instance(id, v.value());
+            if let (Some(w), Ok(r)) = (workflow, &rec)
+                && r.workflow != w
+            {
+                continue;
+            }
+            out.push((id, rec));
+        }
+        Ok(out)
+    }
+
+    /// Whether `id` has not ended (by the `live` index).
+    pub fn is_live(&self, id: InstanceId) -> Result<bool, EngineError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(LIVE)?.get(id)?.is_some())
+    }
+
+    /// Whether the phase and end indexes cover every instance (see [`Store::build_indexes`]).
+    pub fn indexed(&self) -> Result<bool, EngineError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(META)?.get(META_INDEXED)?.is_some())
+    }
+
+    /// Builds the phase and end indexes of a store written before them, in one transaction:
+    /// `phase` names the phase of a state (workflow, definition version, state bytes) when
+    /// its definition is registered and reads it. Records that cannot be decoded are left out.
+    /// Returns the number of instances indexed.
+    pub fn build_indexes(
+        &self,
+        phase: impl Fn(&str, u32, &[u8]) -> Option<String>,
+    ) -> Result<u64, EngineError> {
+        let txn = self.db.begin_write()?;
+        let mut count = 0;
+        {
+            let instances = txn.open_table(INSTANCES)?;
+            let mut phases = txn.open_table(PHASES)?;
+            let mut by_phase = txn.open_table(BY_PHASE)?;
+            let mut ended = txn.open_table(ENDED)?;
+            for row in instances.iter()? {
+                let (k, v) = row?;
+                let id = k.value();
+                let Ok(rec) = decode_instance(id, v.value()) else {
+                    continue;
+                };
+                if rec.status.is_terminal() {
+                    ended.insert((rec.updated.0, id), ())?;
+                }
+                if let Some(p) = phase(&rec.workflow, rec.def_version, &rec.state) {
+                    phases.insert(id, p.as_str())?;
+                    by_phase.insert((rec.workflow.as_str(), p.as_str(), id), ())?;
+                }
+                count += 1;
+            }
+            txn.open_table(META)?.insert(META_INDEXED, 1)?;
+        }
+        txn.commit()?;
+        Ok(count)
     }
 
     /// Where durable consumer `name` stands: the last feed row it handled (0: none yet).

@@ -31,9 +31,9 @@ use super::record::{
     IntentRecord, SignalRecord, Status, Timestamp, Wake, short,
 };
 use super::store::{
-    CONSUMERS, FEED, HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META, META_FEED_NEXT,
-    META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, REPLIES, REPLIES_KEPT, Store,
-    TIMERS,
+    BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META,
+    META_FEED_NEXT, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, PHASES, REPLIES,
+    REPLIES_KEPT, Store, TIMERS,
 };
 
 /// Most ops applied in one transaction.
@@ -532,6 +532,9 @@ struct Tables<'txn> {
     replies: Table<'txn, (u64, u64), &'static [u8]>,
     feed: Table<'txn, u64, &'static [u8]>,
     consumers: Table<'txn, &'static str, u64>,
+    phases: Table<'txn, u64, &'static str>,
+    by_phase: Table<'txn, (&'static str, &'static str, u64), ()>,
+    ended: Table<'txn, (u64, u64), ()>,
     /// The next feed row's number, and the one the batch started with (written back once).
     feed_next: u64,
     feed_first: u64,
@@ -562,6 +565,9 @@ impl<'txn> Tables<'txn> {
             replies: txn.open_table(REPLIES)?,
             feed: txn.open_table(FEED)?,
             consumers: txn.open_table(CONSUMERS)?,
+            phases: txn.open_table(PHASES)?,
+            by_phase: txn.open_table(BY_PHASE)?,
+            ended: txn.open_table(ENDED)?,
             feed_next,
             feed_first: feed_next,
             history_cap,
@@ -612,16 +618,39 @@ impl<'txn> Tables<'txn> {
         Ok(self.woken)
     }
 
-    /// Appends the change feed's next row: `event` happened to `id`, now in `rec`'s status.
+    /// Records `id`'s phase (when its workflow names one) and keeps the phase index in step.
+    fn set_phase(
+        &mut self,
+        id: InstanceId,
+        workflow: &str,
+        phase: Option<String>,
+    ) -> Result<(), EngineError> {
+        let Some(phase) = phase else {
+            return Ok(());
+        };
+        let old = self.phases.get(id)?.map(|g| g.value().to_string());
+        if old.as_deref() == Some(phase.as_str()) {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.by_phase.remove((workflow, old.as_str(), id))?;
+        }
+        self.by_phase.insert((workflow, phase.as_str(), id), ())?;
+        self.phases.insert(id, phase.as_str())?;
+        Ok(())
+    }
+
+    /// Appends the change feed's next row: `event` happened to `id`, now in `rec`'s status
+    /// and its recorded phase.
     fn feed(
         &mut self,
         id: InstanceId,
         rec: &InstanceRecord,
-        phase: Option<String>,
         event: FeedEvent,
         now: Timestamp,
         n: &mut Notices,
     ) -> Result<(), EngineError> {
+        let phase = self.phases.get(id)?.map(|g| g.value().to_string());
         let seq = self.feed_next;
         let row = FeedRecord {
             instance: id,
@@ -779,7 +808,8 @@ impl<'txn> Tables<'txn> {
         };
         self.event(id, &mut rec, EventKind::Started { workflow, version }, now)?;
         self.save(id, &rec)?;
-        self.feed(id, &rec, phase, FeedEvent::Started, now, n)?;
+        self.set_phase(id, &rec.workflow, phase)?;
+        self.feed(id, &rec, FeedEvent::Started, now, n)?;
         self.live.insert(id, ())?;
         if let Some(k) = &scoped {
             self.idem.insert(k.as_str(), id)?;
@@ -850,7 +880,7 @@ impl<'txn> Tables<'txn> {
         }
         n.signalled.push((id, rec.next_signal));
         self.save(id, &rec)?;
-        self.feed(id, &rec, None, FeedEvent::Signal { key }, now, n)?;
+        self.feed(id, &rec, FeedEvent::Signal { key }, now, n)?;
         Ok(Reply::Signalled {
             seq,
             duplicate: false,
@@ -1016,7 +1046,8 @@ impl<'txn> Tables<'txn> {
         }
         self.save(id, &rec)?;
         let outcome = plan_label.to_string();
-        self.feed(id, &rec, plan.phase, FeedEvent::Step { outcome }, now, n)?;
+        self.set_phase(id, &rec.workflow, plan.phase)?;
+        self.feed(id, &rec, FeedEvent::Step { outcome }, now, n)?;
         Ok(Reply::Transitioned(Box::new(rec)))
     }
 
@@ -1066,6 +1097,7 @@ impl<'txn> Tables<'txn> {
     ) -> Result<(), EngineError> {
         self.set_timer(id, rec, None, n)?;
         self.live.remove(id)?;
+        self.ended.insert((now.0, id), ())?;
         let left: Vec<u64> = self
             .inbox
             .range((id, 0)..=(id, u64::MAX))?
@@ -1133,14 +1165,7 @@ impl<'txn> Tables<'txn> {
             self.make_runnable(id, &mut rec, Wake::Cancel, n)?;
         }
         self.save(id, &rec)?;
-        self.feed(
-            id,
-            &rec,
-            None,
-            FeedEvent::CancelRequested { reason },
-            now,
-            n,
-        )?;
+        self.feed(id, &rec, FeedEvent::CancelRequested { reason }, now, n)?;
         n.cancelled.push(id);
         Ok(Reply::CancelRequested { already: false })
     }
@@ -1222,7 +1247,7 @@ impl<'txn> Tables<'txn> {
             if matches!(rec.status, Status::Waiting | Status::Sleeping) {
                 self.event(id, &mut rec, EventKind::TimerFired { due: at }, now)?;
                 self.make_runnable(id, &mut rec, Wake::Timer, n)?;
-                self.feed(id, &rec, None, FeedEvent::Timer, now, n)?;
+                self.feed(id, &rec, FeedEvent::Timer, now, n)?;
             }
             self.save(id, &rec)?;
         }
@@ -1240,7 +1265,7 @@ impl<'txn> Tables<'txn> {
             Status::Waiting => {
                 self.make_runnable(id, &mut rec, Wake::Signal, n)?;
                 self.save(id, &rec)?;
-                self.feed(id, &rec, None, FeedEvent::Woken, now, n)?;
+                self.feed(id, &rec, FeedEvent::Woken, now, n)?;
             }
             // Its step may be about to park: that transition keeps it runnable.
             Status::Runnable => {
@@ -1315,7 +1340,7 @@ impl<'txn> Tables<'txn> {
         if let (Some((event, change)), Some(rec)) = (event, owner.as_mut()) {
             self.event(instance, rec, event, now)?;
             self.save(instance, rec)?;
-            self.feed(instance, rec, None, change, now, n)?;
+            self.feed(instance, rec, change, now, n)?;
         }
         Ok(Reply::Done)
     }

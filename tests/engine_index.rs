@@ -1,0 +1,129 @@
+//! The engine's secondary indexes (issue 15 §2): instances by workflow and phase, kept by the
+//! writer in each change's transaction, and built once for a store written before them.
+
+use agent_fleet::workflow::{Engine, Outcome, Status, StepCtx, StepResult, Workflow};
+use serde::{Deserialize, Serialize};
+use tempfile::TempDir;
+
+#[path = "support/engine.rs"]
+mod support;
+use support::{builder, wait_status};
+
+#[path = "support/golden.rs"]
+mod golden;
+
+/// Waits in phase `open` until a signal moves it to the phase it names; `close` completes.
+struct Door;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DoorState {
+    phase: String,
+}
+
+impl Workflow for Door {
+    const NAME: &'static str = "door";
+    const VERSION: u32 = 1;
+    type State = DoorState;
+    type Signal = String;
+
+    fn phase(state: &DoorState) -> Option<String> {
+        Some(state.phase.clone())
+    }
+
+    async fn step(&self, ctx: &mut StepCtx<String>, mut s: DoorState) -> StepResult<DoorState> {
+        if let Some(next) = ctx.take(|_| true) {
+            s.phase = next;
+        }
+        Ok(if s.phase == "closed" {
+            Outcome::complete(s)
+        } else {
+            Outcome::wait(s)
+        })
+    }
+}
+
+async fn door(engine: &Engine) -> u64 {
+    let state = DoorState {
+        phase: "open".into(),
+    };
+    engine.start::<Door>(&state, None).await.unwrap()
+}
+
+fn ids(engine: &Engine, phase: &str, after: u64, limit: usize) -> Vec<u64> {
+    engine
+        .list_phase("door", phase, after, limit)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn instances_are_listed_by_phase_in_id_order_and_move_when_their_phase_changes() {
+    let dir = TempDir::new().unwrap();
+    let engine = builder(&dir).register(Door).open().await.unwrap();
+    let mut all = Vec::new();
+    for _ in 0..6 {
+        all.push(door(&engine).await);
+    }
+    for id in &all {
+        wait_status(&engine, *id, Status::Waiting).await;
+    }
+    for id in [all[1], all[4]] {
+        engine
+            .signal::<Door>(id, &"ajar".to_string(), "a")
+            .await
+            .unwrap();
+    }
+    engine
+        .signal::<Door>(all[5], &"closed".to_string(), "c")
+        .await
+        .unwrap();
+    wait_status(&engine, all[5], Status::Completed).await;
+    for id in [all[1], all[4]] {
+        let deadline = tokio::time::Instant::now() + support::T;
+        while !ids(&engine, "ajar", 0, 10).contains(&id) {
+            assert!(tokio::time::Instant::now() < deadline, "{id} never ajar");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(ids(&engine, "open", 0, 10), vec![all[0], all[2], all[3]]);
+    assert_eq!(ids(&engine, "ajar", 0, 10), vec![all[1], all[4]]);
+    assert_eq!(ids(&engine, "closed", 0, 10), vec![all[5]]);
+    // Pages: after the last id of the previous one.
+    assert_eq!(ids(&engine, "open", 0, 2), vec![all[0], all[2]]);
+    assert_eq!(ids(&engine, "open", all[2], 2), vec![all[3]]);
+    assert_eq!(ids(&engine, "shut", 0, 10), Vec::<u64>::new());
+    let page: Vec<u64> = engine
+        .list_page(Some("door"), all[3], 10)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(page, all[4..].to_vec());
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_indexes_is_indexed_when_it_opens() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("fleet.redb");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/golden-v2.redb");
+    std::fs::copy(fixture, &path).unwrap();
+    let engine = Engine::builder(&path)
+        .register(golden::GoldenFlow)
+        .handler("golden-fx", golden::GoldenSink::default())
+        .open()
+        .await
+        .unwrap();
+    let mut listed: Vec<u64> = ["phase-0", "phase-1", "phase-2"]
+        .iter()
+        .flat_map(|p| engine.list_phase("golden", p, 0, 10).unwrap())
+        .map(|i| i.id)
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![1, 2, 3, 4, 5],
+        "every golden instance is indexed by phase"
+    );
+}
