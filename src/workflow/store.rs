@@ -67,6 +67,9 @@ pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
 /// rows never reuses a number).
 pub(crate) const META_FEED_NEXT: &str = "feed_next";
 
+/// An instance record, or why it cannot be read.
+pub(crate) type MaybeRecord = Result<InstanceRecord, EngineError>;
+
 /// Due timers (due time, instance) and the due time of the next one not yet due.
 pub(crate) type DueTimers = (Vec<(Timestamp, InstanceId)>, Option<Timestamp>);
 
@@ -265,7 +268,7 @@ impl Store {
         workflow: Option<&str>,
         after: InstanceId,
         limit: usize,
-    ) -> Result<Vec<(InstanceId, Result<InstanceRecord, EngineError>)>, EngineError> {
+    ) -> Result<Vec<(InstanceId, MaybeRecord)>, EngineError> {
         let txn = self.db.begin_read()?;
         let instances = txn.open_table(INSTANCES)?;
         let mut out = Vec::new();
