@@ -30,6 +30,11 @@ impl Workflow for Door {
         Some(state.phase.clone())
     }
 
+    /// Every phase it has been in.
+    fn keys(state: &DoorState) -> Vec<String> {
+        vec![format!("was/{}", state.phase)]
+    }
+
     async fn step(&self, ctx: &mut StepCtx<String>, mut s: DoorState) -> StepResult<DoorState> {
         if let Some(next) = ctx.take(|_| true) {
             s.phase = next;
@@ -126,4 +131,31 @@ async fn a_store_from_before_the_indexes_is_indexed_when_it_opens() {
         vec![1, 2, 3, 4, 5],
         "every golden instance is indexed by phase"
     );
+}
+
+#[tokio::test]
+async fn instances_are_found_by_the_keys_their_states_named_even_after_they_ended() {
+    let dir = TempDir::new().unwrap();
+    let engine = builder(&dir).register(Door).open().await.unwrap();
+    let a = door(&engine).await;
+    let b = door(&engine).await;
+    let state = DoorState {
+        phase: "open".into(),
+    };
+    let c = engine.start::<Door>(&state, Some("front")).await.unwrap();
+    engine
+        .signal::<Door>(a, &"closed".to_string(), "c")
+        .await
+        .unwrap();
+    wait_status(&engine, a, Status::Completed).await;
+    wait_status(&engine, b, Status::Waiting).await;
+    assert_eq!(engine.keyed("door", "was/open").unwrap(), vec![a, b, c]);
+    assert_eq!(engine.keyed("door", "was/closed").unwrap(), vec![a]);
+    assert_eq!(engine.keyed("door", "was/ajar").unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        engine.keyed("other", "was/open").unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(engine.started("door", "front").unwrap(), Some(c));
+    assert_eq!(engine.started("door", "back").unwrap(), None);
 }

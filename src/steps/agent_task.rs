@@ -302,6 +302,16 @@ impl Workflow for AgentTask {
         Some(state.status.as_str().to_string())
     }
 
+    /// The task's issue and pull request (see `ForgeTask::keys`): how the forge finds an ended
+    /// task without reading every task's state.
+    fn keys(state: &TaskState) -> Vec<String> {
+        state
+            .forge
+            .as_ref()
+            .map(ForgeTask::keys)
+            .unwrap_or_default()
+    }
+
     fn upgrade(from: u32, state: &[u8]) -> Result<TaskState, CodecError> {
         let v3: TaskStateV3 = match from {
             1 => TaskStateV2::from(codec::decode_value::<TaskStateV1>(

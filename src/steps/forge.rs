@@ -24,11 +24,13 @@ use thiserror::Error;
 use crate::config::{Config, ForgejoConfig};
 use crate::io::forgejo::webhook::{ForgeEvent, IssueInfo, PullInfo, RepoInfo};
 use crate::io::forgejo::{ForgeError, Forgejo, Issue, Label, RepoRef};
-use crate::workflow::{Delivery, EffectError, EffectHandler, Engine, EngineError, Timestamp};
+use crate::workflow::{
+    Delivery, EffectError, EffectHandler, Engine, EngineError, Timestamp, Workflow,
+};
 
 use super::agent_task::{AgentTask, TaskSignal, TaskState};
 use super::forge_sync::{self, ForgeSync, Rearmed};
-use super::review::{ForgeTask, effect};
+use super::review::{self, ForgeTask, effect};
 use super::task::{Priority, Source, TaskSpec, TaskStatus, check_title};
 
 /// Outbox kind: make the issue's status labels match the task's status.
@@ -359,14 +361,28 @@ impl Forge {
         }
     }
 
+    /// The tasks of an issue, oldest first: those noted since the daemon started (every live
+    /// one: recovery notes them) and those the engine's key index knows (ended ones too). A
+    /// failed read of the index is logged and leaves the noted ones.
+    fn issue_tasks(&self, repo: &str, issue: u64) -> Vec<u64> {
+        let mut tasks = (self.index().issues)
+            .get(&(repo.to_string(), issue))
+            .cloned()
+            .unwrap_or_default();
+        if let Some(engine) = self.engine.get() {
+            match engine.keyed(AgentTask::NAME, &review::issue_key(repo, issue)) {
+                Ok(found) => tasks.extend(found),
+                Err(e) => tracing::error!(repo, issue, error = %e, "the task index cannot be read"),
+            }
+            tasks.sort_unstable();
+            tasks.dedup();
+        }
+        tasks
+    }
+
     /// The newest task of an issue, if it has one.
     pub fn latest_task(&self, repo: &str, issue: u64) -> Option<u64> {
-        let index = self.index();
-        index
-            .issues
-            .get(&(repo.to_string(), issue))?
-            .last()
-            .copied()
+        self.issue_tasks(repo, issue).last().copied()
     }
 
     /// Records the pull request of a task.
@@ -381,11 +397,7 @@ impl Forge {
 
     /// How many tasks the issue has had.
     pub fn task_count(&self, repo: &str, issue: u64) -> usize {
-        let index = self.index();
-        index
-            .issues
-            .get(&(repo.to_string(), issue))
-            .map_or(0, Vec::len)
+        self.issue_tasks(repo, issue).len()
     }
 
     /// The repositories with an issue whose last task has not ended, each once.
@@ -458,11 +470,8 @@ impl Forge {
         }
         let engine = self.engine()?;
         let at = (repo.full_name.clone(), issue.number);
-        let (tasks, rearmed) = {
-            let index = self.index();
-            let tasks = index.issues.get(&at).cloned().unwrap_or_default();
-            (tasks, index.rearmed.contains(&at))
-        };
+        let tasks = self.issue_tasks(&at.0, at.1);
+        let rearmed = self.index().rearmed.contains(&at);
         let generation = tasks.len();
         let triggered = self.triggers(&issue.labels);
         if let Some(&last) = tasks.last() {
@@ -863,11 +872,19 @@ impl Forge {
             return Ok(Handled::Ignored(format!("repository {}", repo.full_name)));
         }
         let by_branch = super::names::TaskNames::of(self.engine()?).task_of_branch(&pull.head_ref);
-        let by_number = self
-            .index()
-            .pulls
+        let noted = (self.index().pulls)
             .get(&(repo.full_name.clone(), pull.number))
             .copied();
+        let by_number = match noted {
+            Some(id) => Some(id),
+            None => (self.engine()?)
+                .keyed(
+                    AgentTask::NAME,
+                    &review::pull_key(&repo.full_name, pull.number),
+                )?
+                .last()
+                .copied(),
+        };
         let Some(id) = by_number.or(by_branch) else {
             return Ok(Handled::Ignored(format!(
                 "pull request #{} is not a task's ({})",

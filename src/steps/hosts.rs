@@ -507,6 +507,11 @@ pub async fn monitor(engine: Engine, rt: Arc<Runtime>, stop: CancellationToken) 
     }
 }
 
+/// The start key of a host's instance: at most one per host, found again by it.
+fn start_key(host_id: &str) -> String {
+    format!("host/{host_id}")
+}
+
 /// Signals the host's instance (started on first use) with a check that changed its health.
 async fn record(
     engine: &Engine,
@@ -518,7 +523,7 @@ async fn record(
         None => {
             let state = HostRecord::new(&check.host_id);
             let ack = engine
-                .start_ack::<HostWatch>(&state, Some(&format!("host/{}", check.host_id)))
+                .start_ack::<HostWatch>(&state, Some(&start_key(&check.host_id)))
                 .await?;
             ids.insert(check.host_id.clone(), ack.id);
             ack.id
@@ -550,20 +555,14 @@ pub struct HostReport {
 
 /// Every configured host's report, in configuration order.
 pub fn reports(engine: &Engine, rt: &Runtime) -> Result<Vec<HostReport>, EngineError> {
-    let mut instances = HashMap::new();
-    for info in engine.list()? {
-        if info.workflow == HostWatch::NAME {
-            let state = engine.state::<HostWatch>(info.id)?;
-            instances.insert(state.host_id, info.id);
-        }
-    }
     let checks = rt.checks();
     let loads = rt.fleet().loads();
     let mut reports = Vec::new();
     for (config, load) in rt.config().hosts.iter().zip(loads) {
-        let events = match instances.get(&config.host_id) {
+        let instance = engine.started(HostWatch::NAME, &start_key(&config.host_id))?;
+        let events = match instance {
             Some(id) => {
-                let history = engine.history(*id)?;
+                let history = engine.history(id)?;
                 let skip = history.len().saturating_sub(REPORT_EVENTS);
                 history.into_iter().skip(skip).collect()
             }

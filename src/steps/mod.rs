@@ -85,21 +85,11 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
     }
     let waker = engine.waker();
     rt.fleet().set_waker(move |id| waker.wake(id));
-    for info in engine.list()? {
-        // Ended tasks are read only for the forge's index: an issue whose task completed does
-        // not get another one.
-        let task = if info.workflow == AgentTask::NAME
-            && (rt.forge().is_some() || !info.status.is_terminal())
-        {
-            let state = match engine.state::<AgentTask>(info.id) {
-                Ok(state) => state,
-                // An ended task that cannot be read is left as it is, and reported.
-                Err(e) if info.status.is_terminal() => {
-                    engine.report_unreadable(info.id, &e.to_string());
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
+    // Only live instances are read: the forge finds ended tasks through the engine's key
+    // index (`Workflow::keys`), and nothing else needs them.
+    for info in engine.live()? {
+        let task = if info.workflow == AgentTask::NAME {
+            let state = engine.state::<AgentTask>(info.id)?;
             if let Some(forge) = rt.forge() {
                 forge::index_task(forge, info.id, &state);
             }
@@ -107,9 +97,6 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
         } else {
             None
         };
-        if info.status.is_terminal() {
-            continue;
-        }
         if info.workflow == PullAgent::NAME {
             let state = engine.state::<PullAgent>(info.id)?;
             let mut entry = state.entry(info.id);

@@ -59,6 +59,27 @@ pub struct ForgeTask {
     pub failures: u32,
 }
 
+/// The engine key (see `Workflow::keys`) under which a task of `repo`'s issue `issue` is found.
+pub fn issue_key(repo: &str, issue: u64) -> String {
+    format!("issue/{repo}#{issue}")
+}
+
+/// The engine key of the task that opened pull request `number` of `repo`.
+pub fn pull_key(repo: &str, number: u64) -> String {
+    format!("pull/{repo}#{number}")
+}
+
+impl ForgeTask {
+    /// The keys the task is found by: its issue, and its pull request once opened.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys = vec![issue_key(&self.repo, self.issue)];
+        if let Some(pr) = &self.pr {
+            keys.push(pull_key(&self.repo, pr.number));
+        }
+        keys
+    }
+}
+
 impl ForgeTask {
     pub fn new(repo: &str, issue: u64, labels: Vec<String>) -> Self {
         ForgeTask {

@@ -44,6 +44,15 @@ pub trait Workflow: Send + Sync + 'static {
         None
     }
 
+    /// Outside names an instance in `state` answers to (a task's issue, its pull request),
+    /// indexed so that [`crate::workflow::Engine::keyed`] finds the instance without reading
+    /// every state. Keys are added as states name them and kept while the instance is. None by
+    /// default.
+    fn keys(state: &Self::State) -> Vec<String> {
+        let _ = state;
+        Vec::new()
+    }
+
     /// Runs one step from the last committed `state`. The returned outcome (new state, history
     /// note, effects, consumed signals) is committed atomically before anything else happens.
     fn step(
@@ -235,6 +244,8 @@ pub(crate) struct Plan {
     pub pin: Option<u32>,
     /// The phase of the new state (see [`Workflow::phase`]), for the feed.
     pub phase: Option<String>,
+    /// The new state's keys (see [`Workflow::keys`]).
+    pub keys: Vec<String>,
     /// The plan of a cleanup (the step knew of the cancel). A step plan committed after a
     /// cancel raced it: see the writer's `transition`.
     pub cleanup: bool,
@@ -268,8 +279,9 @@ impl PlanKind {
 /// A registered definition with its types erased, as the engine's registry holds it.
 pub(crate) trait Definition: Send + Sync {
     fn run(&self, input: RunInput) -> BoxFuture<'_, Plan>;
-    /// The phase of an encoded state (see [`Workflow::phase`]); `None` when it cannot be read.
-    fn phase(&self, state: &[u8]) -> Option<String>;
+    /// The phase and keys of an encoded state (see [`Workflow::phase`], [`Workflow::keys`]);
+    /// none when it cannot be read.
+    fn index(&self, state: &[u8]) -> (Option<String>, Vec<String>);
 }
 
 /// A definition as registered: `from` is set when this entry drives instances pinned to an
@@ -289,8 +301,11 @@ impl<W: Workflow> Typed<W> {
 }
 
 impl<W: Workflow> Definition for Typed<W> {
-    fn phase(&self, state: &[u8]) -> Option<String> {
-        self.decode(state).ok().as_ref().and_then(W::phase)
+    fn index(&self, state: &[u8]) -> (Option<String>, Vec<String>) {
+        match self.decode(state) {
+            Ok(s) => (W::phase(&s), W::keys(&s)),
+            Err(_) => (None, Vec::new()),
+        }
     }
 
     fn run(&self, input: RunInput) -> BoxFuture<'_, Plan> {
@@ -312,6 +327,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 replies: Vec::new(),
                 pin: None,
                 phase: None,
+                keys: Vec::new(),
                 cleanup: false,
             };
             let decoded = self.decode(&input.state);
@@ -326,6 +342,7 @@ impl<W: Workflow> Definition for Typed<W> {
                     }
                 };
                 let phase = cleanup.state.as_ref().and_then(W::phase);
+                let keys = cleanup.state.as_ref().map(W::keys).unwrap_or_default();
                 let (state, report) = match cleanup.state.map(|s| codec::encode_value(&s)) {
                     None => (None, cleanup.report),
                     Some(Ok(bytes)) => (Some(bytes), cleanup.report),
@@ -347,6 +364,7 @@ impl<W: Workflow> Definition for Typed<W> {
                     replies: Vec::new(),
                     pin: None,
                     phase,
+                    keys,
                     cleanup: true,
                 };
             }
@@ -397,6 +415,7 @@ impl<W: Workflow> Definition for Typed<W> {
                 replies: ctx.replies(),
                 pin: self.from.map(|_| W::VERSION),
                 phase: W::phase(&outcome.state),
+                keys: W::keys(&outcome.state),
                 cleanup: false,
             }
         })

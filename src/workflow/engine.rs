@@ -255,9 +255,13 @@ impl EngineBuilder {
             if !store.indexed()? {
                 let indexed = store.build_indexes(|workflow, version, state| {
                     defs.get(&(workflow.to_string(), version))
-                        .and_then(|d| d.phase(state))
+                        .map(|d| d.index(state))
+                        .unwrap_or_default()
                 })?;
-                tracing::info!(instances = indexed, "store indexed by phase and end time");
+                tracing::info!(
+                    instances = indexed,
+                    "store indexed by phase, key and end time"
+                );
             }
             let mut report = RecoveryReport::default();
             let mut runnable = Vec::new();
@@ -731,6 +735,7 @@ impl Engine {
                 state: codec::encode_value(state)?,
                 key: key.map(str::to_string),
                 phase: W::phase(state),
+                keys: W::keys(state),
             },
             once: once.map(str::to_string),
         };
@@ -981,6 +986,27 @@ impl Engine {
             self.report_unreadable(id, &why);
         }
         Ok(out)
+    }
+
+    /// The instances that have not ended, in id order, read through the `live` index (ended
+    /// ones are not read).
+    pub fn live(&self) -> Result<Vec<InstanceInfo>, EngineError> {
+        let mut out = Vec::new();
+        self.inner
+            .store
+            .scan_live(|id, rec| out.push(InstanceInfo::of(id, rec)))?;
+        Ok(out)
+    }
+
+    /// The instances of `workflow` whose state named `key` (see [`Workflow::keys`]), oldest
+    /// first, read from the key index.
+    pub fn keyed(&self, workflow: &str, key: &str) -> Result<Vec<InstanceId>, EngineError> {
+        self.inner.store.keyed(workflow, key)
+    }
+
+    /// The instance of `workflow` started with idempotency key `key`, if any.
+    pub fn started(&self, workflow: &str, key: &str) -> Result<Option<InstanceId>, EngineError> {
+        self.inner.store.started(workflow, key)
     }
 
     /// One page of the instances of `workflow` in `phase` (see [`Workflow::phase`]): up to

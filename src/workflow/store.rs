@@ -51,11 +51,16 @@ pub(crate) const PHASES: TableDefinition<u64, &str> = TableDefinition::new("phas
 /// (workflow, phase, instance) → (): the instances of a workflow in a phase, in id order.
 pub(crate) const BY_PHASE: TableDefinition<(&str, &str, u64), ()> =
     TableDefinition::new("by_phase");
+/// (workflow, key, instance) → (): the instances whose state names an outside key (see
+/// `Workflow::keys`), e.g. a task's issue and pull request.
+pub(crate) const KEYS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("keys");
 /// (end time ms, instance) → (): ended instances, oldest end first.
 pub(crate) const ENDED: TableDefinition<(u64, u64), ()> = TableDefinition::new("ended");
-/// Set once `phases`, `by_phase` and `ended` cover every instance (stores from before these
+/// [`INDEXED`] once `phases`, `by_phase`, `keys` and `ended` cover every instance (stores from before these
 /// indexes are indexed when the engine first opens them, see `Engine::open`).
 pub(crate) const META_INDEXED: &str = "indexed";
+/// The indexes this build keeps (see [`META_INDEXED`]).
+pub(crate) const INDEXED: u64 = 2;
 
 /// Store file format written by this build (the table layout above). Format 1 had no `live`
 /// table; opening such a file builds it (see `migrate_1_to_2`).
@@ -101,7 +106,7 @@ impl Store {
             match format {
                 None => {
                     meta.insert(META_FORMAT, STORE_FORMAT)?;
-                    meta.insert(META_INDEXED, 1)?;
+                    meta.insert(META_INDEXED, INDEXED)?;
                     meta.insert(META_STORE_ID, StoreId::random().to_meta())?;
                 }
                 Some(found) if found > STORE_FORMAT => {
@@ -134,6 +139,7 @@ impl Store {
             txn.open_table(PHASES)?;
             txn.open_table(BY_PHASE)?;
             txn.open_table(ENDED)?;
+            txn.open_table(KEYS)?;
             store_id = match meta.get(META_STORE_ID)?.map(|g| g.value()) {
                 None => None,
                 Some(value) => Some(
@@ -289,6 +295,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The instances of `workflow` whose state names `key` (see `Workflow::keys`), in id order.
+    pub fn keyed(&self, workflow: &str, key: &str) -> Result<Vec<InstanceId>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for row in table.range((workflow, key, 0)..=(workflow, key, u64::MAX))? {
+            out.push(row?.0.value().2);
+        }
+        Ok(out)
+    }
+
+    /// The instance started with idempotency key `key` (see `Engine::start`), if any.
+    pub fn started(&self, workflow: &str, key: &str) -> Result<Option<InstanceId>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IDEMPOTENCY)?;
+        let scoped = format!("start/{workflow}/{key}");
+        Ok(table.get(scoped.as_str())?.map(|g| g.value()))
+    }
+
     /// Whether `id` has not ended (by the `live` index).
     pub fn is_live(&self, id: InstanceId) -> Result<bool, EngineError> {
         let txn = self.db.begin_read()?;
@@ -298,16 +323,17 @@ impl Store {
     /// Whether the phase and end indexes cover every instance (see [`Store::build_indexes`]).
     pub fn indexed(&self) -> Result<bool, EngineError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(META)?.get(META_INDEXED)?.is_some())
+        let indexed = txn.open_table(META)?.get(META_INDEXED)?.map(|g| g.value());
+        Ok(indexed.is_some_and(|v| v >= INDEXED))
     }
 
-    /// Builds the phase and end indexes of a store written before them, in one transaction:
-    /// `phase` names the phase of a state (workflow, definition version, state bytes) when
-    /// its definition is registered and reads it. Records that cannot be decoded are left out.
+    /// Builds the phase, key and end indexes of a store written before them, in one
+    /// transaction: `index` gives the phase and keys of a state (workflow, definition version,
+    /// state bytes) when its definition is registered and reads it. Records that cannot be decoded are left out.
     /// Returns the number of instances indexed.
     pub fn build_indexes(
         &self,
-        phase: impl Fn(&str, u32, &[u8]) -> Option<String>,
+        index: impl Fn(&str, u32, &[u8]) -> (Option<String>, Vec<String>),
     ) -> Result<u64, EngineError> {
         let txn = self.db.begin_write()?;
         let mut count = 0;
@@ -316,6 +342,7 @@ impl Store {
             let mut phases = txn.open_table(PHASES)?;
             let mut by_phase = txn.open_table(BY_PHASE)?;
             let mut ended = txn.open_table(ENDED)?;
+            let mut keys = txn.open_table(KEYS)?;
             for row in instances.iter()? {
                 let (k, v) = row?;
                 let id = k.value();
@@ -325,13 +352,17 @@ impl Store {
                 if rec.status.is_terminal() {
                     ended.insert((rec.updated.0, id), ())?;
                 }
-                if let Some(p) = phase(&rec.workflow, rec.def_version, &rec.state) {
+                let (phase, named) = index(&rec.workflow, rec.def_version, &rec.state);
+                if let Some(p) = phase {
                     phases.insert(id, p.as_str())?;
                     by_phase.insert((rec.workflow.as_str(), p.as_str(), id), ())?;
                 }
+                for key in named {
+                    keys.insert((rec.workflow.as_str(), key.as_str(), id), ())?;
+                }
                 count += 1;
             }
-            txn.open_table(META)?.insert(META_INDEXED, 1)?;
+            txn.open_table(META)?.insert(META_INDEXED, INDEXED)?;
         }
         txn.commit()?;
         Ok(count)

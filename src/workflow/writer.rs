@@ -31,9 +31,9 @@ use super::record::{
     IntentRecord, SignalRecord, Status, Timestamp, Wake, short,
 };
 use super::store::{
-    BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, LIVE, META,
-    META_FEED_NEXT, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, PHASES, REPLIES,
-    REPLIES_KEPT, Store, TIMERS,
+    BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, KEYS, LIVE,
+    META, META_FEED_NEXT, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, PHASES,
+    REPLIES, REPLIES_KEPT, Store, TIMERS,
 };
 
 /// Most ops applied in one transaction.
@@ -117,6 +117,8 @@ pub(crate) struct NewInstance {
     pub key: Option<String>,
     /// The new instance's phase, for its feed row (see `Workflow::phase`).
     pub phase: Option<String>,
+    /// Its keys (see `Workflow::keys`).
+    pub keys: Vec<String>,
 }
 
 /// The result of one delivery attempt of an effect.
@@ -535,6 +537,7 @@ struct Tables<'txn> {
     phases: Table<'txn, u64, &'static str>,
     by_phase: Table<'txn, (&'static str, &'static str, u64), ()>,
     ended: Table<'txn, (u64, u64), ()>,
+    keys: Table<'txn, (&'static str, &'static str, u64), ()>,
     /// The next feed row's number, and the one the batch started with (written back once).
     feed_next: u64,
     feed_first: u64,
@@ -568,6 +571,7 @@ impl<'txn> Tables<'txn> {
             phases: txn.open_table(PHASES)?,
             by_phase: txn.open_table(BY_PHASE)?,
             ended: txn.open_table(ENDED)?,
+            keys: txn.open_table(KEYS)?,
             feed_next,
             feed_first: feed_next,
             history_cap,
@@ -637,6 +641,22 @@ impl<'txn> Tables<'txn> {
         }
         self.by_phase.insert((workflow, phase.as_str(), id), ())?;
         self.phases.insert(id, phase.as_str())?;
+        Ok(())
+    }
+
+    /// Indexes the keys `id`'s state names that are not indexed yet (a read each, a write
+    /// only for a new one).
+    fn add_keys(
+        &mut self,
+        id: InstanceId,
+        workflow: &str,
+        keys: Vec<String>,
+    ) -> Result<(), EngineError> {
+        for key in keys {
+            if self.keys.get((workflow, key.as_str(), id))?.is_none() {
+                self.keys.insert((workflow, key.as_str(), id), ())?;
+            }
+        }
         Ok(())
     }
 
@@ -778,6 +798,7 @@ impl<'txn> Tables<'txn> {
             state,
             key,
             phase,
+            keys,
         } = new;
         let scoped = key.map(|k| format!("start/{workflow}/{k}"));
         if let Some(k) = &scoped
@@ -809,6 +830,7 @@ impl<'txn> Tables<'txn> {
         self.event(id, &mut rec, EventKind::Started { workflow, version }, now)?;
         self.save(id, &rec)?;
         self.set_phase(id, &rec.workflow, phase)?;
+        self.add_keys(id, &rec.workflow, keys)?;
         self.feed(id, &rec, FeedEvent::Started, now, n)?;
         self.live.insert(id, ())?;
         if let Some(k) = &scoped {
@@ -1047,6 +1069,7 @@ impl<'txn> Tables<'txn> {
         self.save(id, &rec)?;
         let outcome = plan_label.to_string();
         self.set_phase(id, &rec.workflow, plan.phase)?;
+        self.add_keys(id, &rec.workflow, plan.keys)?;
         self.feed(id, &rec, FeedEvent::Step { outcome }, now, n)?;
         Ok(Reply::Transitioned(Box::new(rec)))
     }
