@@ -110,6 +110,18 @@ pub struct StorageConfig {
     pub history_cap: u64,
     /// Workflow steps running at once (tasks waiting for a host park and hold none).
     pub max_active_steps: usize,
+    /// Idempotency keys (client keys of signals and submissions, webhook delivery ids) are
+    /// forgotten this long after they were recorded.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// Ended tasks (record, history, feed rows every consumer has passed) are removed this long
+    /// after they ended; a failed task nobody retries ends this long after it failed.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// The worktrees, run directories and mirror refs of ended tasks are removed this long
+    /// after the task ended.
+    #[serde(with = "humantime_serde")]
+    pub workspace_retention: Duration,
 }
 
 impl Default for StorageConfig {
@@ -118,6 +130,9 @@ impl Default for StorageConfig {
             path: PathBuf::from("./data/fleet.redb"),
             history_cap: 4096,
             max_active_steps: 1024,
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            workspace_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -1175,6 +1190,9 @@ impl Validator {
         if s.max_active_steps == 0 {
             self.report(p.key("max_active_steps"), "must be at least 1");
         }
+        self.positive(p.key("dedupe_window"), s.dedupe_window);
+        self.positive(p.key("retention"), s.retention);
+        self.positive(p.key("workspace_retention"), s.workspace_retention);
     }
 
     fn dispatch(&mut self, d: &DispatchConfig) {

@@ -302,6 +302,8 @@ async fn open_engine(config: Arc<Config>, rt: Arc<Runtime>) -> anyhow::Result<En
     let engine_config = EngineConfig {
         history_cap: config.storage.history_cap,
         max_active_steps: config.storage.max_active_steps,
+        retention: Some(config.storage.retention),
+        dedupe_window: Some(config.storage.dedupe_window),
         ..EngineConfig::default()
     };
     let builder = Engine::builder(path).config(engine_config);

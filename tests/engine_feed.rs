@@ -88,6 +88,21 @@ async fn tally(engine: &Engine, target: u32) -> u64 {
     engine.start::<Tally>(&state, None).await.unwrap()
 }
 
+/// The last stored row's number, once it is published (just after its commit).
+async fn last_row(engine: &Engine) -> u64 {
+    let stored = engine
+        .feed_page(0, usize::MAX)
+        .unwrap()
+        .last()
+        .map_or(0, |r| r.seq);
+    let deadline = tokio::time::Instant::now() + T;
+    while engine.feed_last() < stored {
+        assert!(tokio::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stored
+}
+
 fn kinds(rows: &[FeedRow], id: u64) -> Vec<&'static str> {
     rows.iter()
         .filter(|r| r.instance == id)
@@ -107,6 +122,12 @@ async fn every_change_of_an_instance_is_one_row_numbered_without_gaps_in_commit_
     let rows = engine.feed_page(0, 1000).unwrap();
     let seqs: Vec<u64> = rows.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=rows.len() as u64).collect::<Vec<_>>());
+    // The last row's number is published just after its commit.
+    let deadline = tokio::time::Instant::now() + T;
+    while engine.feed_last() < rows.len() as u64 {
+        assert!(tokio::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert_eq!(engine.feed_last(), rows.len() as u64);
     let first = &rows[0];
     assert_eq!(first.event, FeedEvent::Started);
@@ -128,7 +149,7 @@ async fn a_refused_op_writes_no_row() {
     let id = tally(&engine, 1).await;
     engine.signal::<Tally>(id, &Add(1), "a").await.unwrap();
     wait_status(&engine, id, Status::Completed).await;
-    let before = engine.feed_last();
+    let before = last_row(&engine).await;
     let late = engine.signal::<Tally>(id, &Add(1), "late").await;
     assert!(
         matches!(late, Err(EngineError::Finished { .. })),
@@ -183,7 +204,7 @@ async fn a_reader_waits_for_the_next_commit_and_a_late_one_loses_nothing() {
     }
     let first = tokio::time::timeout(T, live.next()).await.unwrap().unwrap();
     assert_eq!(first.unwrap().event, FeedEvent::Started);
-    let last = engine.feed_last();
+    let last = last_row(&engine).await;
     assert!(last > 1000, "{last} rows");
     let mut seq = 0;
     while seq < last {
@@ -196,7 +217,7 @@ async fn a_reader_waits_for_the_next_commit_and_a_late_one_loses_nothing() {
 
 /// A consumer that queues one `note` effect per started row it reads.
 async fn consume_starts(engine: &Engine, limit: usize) -> Result<u64, EngineError> {
-    let mut consumer = engine.consumer("notifier")?;
+    let mut consumer = engine.consumer("notifier").await?;
     let rows = consumer.next(limit).await?.expect("engine alive");
     let through = rows.last().map(|r| r.seq).unwrap_or(consumer.cursor());
     let effects = rows
@@ -221,7 +242,7 @@ async fn a_durable_consumer_resumes_after_its_last_commit_and_its_effects_are_qu
     let a = tally(&engine, 9).await;
     let b = tally(&engine, 9).await;
     // Reads both starts but "crashes" before committing: nothing is kept.
-    let consumer = engine.consumer("notifier").unwrap();
+    let consumer = engine.consumer("notifier").await.unwrap();
     let read = consumer.next(10).await.unwrap().unwrap();
     assert_eq!(
         read.iter()
@@ -234,14 +255,14 @@ async fn a_durable_consumer_resumes_after_its_last_commit_and_its_effects_are_qu
     drop(engine);
 
     let engine = open(&dir, &notes).await;
-    assert_eq!(engine.consumer("notifier").unwrap().cursor(), 0);
+    assert_eq!(engine.consumer("notifier").await.unwrap().cursor(), 0);
     let through = consume_starts(&engine, 1).await.unwrap();
     assert_eq!(through, 1);
     engine.shutdown().await.unwrap();
     drop(engine);
 
     let engine = open(&dir, &notes).await;
-    assert_eq!(engine.consumer("notifier").unwrap().cursor(), 1);
+    assert_eq!(engine.consumer("notifier").await.unwrap().cursor(), 1);
     consume_starts(&engine, 10).await.unwrap();
     let deadline = tokio::time::Instant::now() + T;
     while notes.0.lock().unwrap().len() < 2 && tokio::time::Instant::now() < deadline {
@@ -265,8 +286,8 @@ async fn a_second_copy_of_a_consumer_is_refused_and_writes_nothing() {
     let notes = Notes::default();
     let engine = open(&dir, &notes).await;
     let a = tally(&engine, 9).await;
-    let mut one = engine.consumer("notifier").unwrap();
-    let mut two = engine.consumer("notifier").unwrap();
+    let mut one = engine.consumer("notifier").await.unwrap();
+    let mut two = engine.consumer("notifier").await.unwrap();
     one.commit(1, Vec::new()).await.unwrap();
     let effect = Effect::new("note", &"twice".to_string()).unwrap();
     let refused = two.commit(1, vec![(a, effect)]).await;
@@ -281,5 +302,5 @@ async fn a_second_copy_of_a_consumer_is_refused_and_writes_nothing() {
         matches!(past, Err(EngineError::ConsumerMoved { .. })),
         "{past:?}"
     );
-    assert_eq!(engine.consumer("notifier").unwrap().cursor(), 1);
+    assert_eq!(engine.consumer("notifier").await.unwrap().cursor(), 1);
 }

@@ -179,7 +179,7 @@ async fn heartbeat(
     let now = Timestamp::now();
     let signal = AgentSignal::Heartbeat { at: now };
     app.engine()?
-        .signal::<PullAgent>(agent.id, &signal, &fresh_key("heartbeat"))
+        .signal_unkeyed::<PullAgent>(agent.id, &signal, "heartbeat")
         .await?;
     let lease = rt.board().heartbeat(agent.id, now).unwrap_or(now);
     let tasks = rt.board().held(agent.id);

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::io::run::{self, RunError, RunState, Started};
 use crate::workflow::codec::{self, CodecError};
-use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Workflow};
+use crate::workflow::{Intent, Outcome, StepCtx, StepError, StepResult, Timestamp, Wake, Workflow};
 
 use super::dispatch::{Health, Ticket};
 use super::failure::{self, Decision};
@@ -411,7 +411,7 @@ impl AgentTask {
             }
             Phase::Pull => self.pull(ctx, s)?,
             Phase::Claimed => self.claimed(ctx, s).await?,
-            Phase::Settled => settled(ctx, s)?,
+            Phase::Settled => settled(ctx, s, self.rt.config().storage.retention)?,
             Phase::Publish => self.publish(ctx, s).await?,
             Phase::Review => self.review(ctx, s).await?,
         };
@@ -515,7 +515,13 @@ fn take_remarks(ctx: &mut StepCtx<TaskSignal>, s: &TaskState) -> Vec<String> {
     remarks
 }
 
-fn settled(ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskState> {
+/// `failed`: waits for a retry. A task nobody retries within `retention` of its last wake ends
+/// (still `failed`), so that the store's retention can remove it.
+fn settled(
+    ctx: &mut StepCtx<TaskSignal>,
+    mut s: TaskState,
+    retention: std::time::Duration,
+) -> StepResult<TaskState> {
     let retry = ctx.take(|sig| matches!(sig, TaskSignal::Retry | TaskSignal::RetryFresh));
     if let Some(sig) = retry {
         s.set_status(TaskStatus::Created)?;
@@ -532,7 +538,14 @@ fn settled(ctx: &mut StepCtx<TaskSignal>, mut s: TaskState) -> StepResult<TaskSt
         // The failure stays in the state: the next prompt says what went wrong.
         return Ok(Outcome::next(s).note(format!("retry requested: back in the queue, {how}")));
     }
-    Ok(Outcome::wait(s))
+    if ctx.wake() == Wake::Timer {
+        let waited = humantime::format_duration(retention);
+        return Ok(Outcome::fail(
+            s,
+            format!("no retry within {waited} (storage.retention): the task ends failed"),
+        ));
+    }
+    Ok(Outcome::wait_until(s, ctx.now().after(retention)))
 }
 
 /// The host-queue ticket of task `id` as its state says (a host it is pinned to, if any); Route

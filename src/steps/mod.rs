@@ -150,6 +150,12 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
         {
             engine.waker().wake(info.id);
         }
+        // A failed task parked by an older build waits for a retry with no deadline: its step
+        // runs once now and sets the one `storage.retention` asks for.
+        if state.phase == Phase::Settled && info.status == Status::Waiting && info.wake_at.is_none()
+        {
+            engine.waker().wake(info.id);
+        }
         if state.phase == Phase::Claimed
             && let Some(c) = &state.claim
         {

@@ -24,7 +24,7 @@ use super::outbox::{Backoff, EffectHandler, Outbox};
 use super::record::{Event, InstanceRecord, Status, Timestamp};
 use super::store::Store;
 use super::timers::{self, TimerWake};
-use super::writer::{Commit, NewInstance, Notices, Op, Reply, Writer};
+use super::writer::{Commit, Limits, NewInstance, NewSignal, Notices, Op, Reply, Writer};
 
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
@@ -38,8 +38,25 @@ pub struct EngineConfig {
     pub step_error_backoff: Backoff,
     /// History events kept per instance; older ones are dropped.
     pub history_cap: u64,
+    /// Ended instances (record, history, replies, indexes) are removed this long after they
+    /// ended, and feed rows this old once every durable consumer has passed them; `None`
+    /// keeps everything.
+    pub retention: Option<Duration>,
+    /// Idempotency keys (signal, start and once-keys) are forgotten this long after they were
+    /// recorded (a start key of an instance that has not ended is kept); `None` keeps them.
+    pub dedupe_window: Option<Duration>,
     /// How long shutdown waits for running steps before leaving them to recovery.
     pub shutdown_grace: Duration,
+}
+
+impl EngineConfig {
+    fn limits(&self) -> Limits {
+        Limits {
+            history_cap: self.history_cap,
+            retention: self.retention,
+            dedupe_window: self.dedupe_window,
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -56,6 +73,8 @@ impl Default for EngineConfig {
                 max: Duration::from_secs(300),
             },
             history_cap: 4096,
+            retention: None,
+            dedupe_window: None,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -287,7 +306,7 @@ impl EngineBuilder {
 
         let (notice_tx, notice_rx) = mpsc::unbounded_channel::<Commit>();
         let (writer, writer_thread) =
-            Writer::spawn(store.clone(), self.config.history_cap, move |commit| {
+            Writer::spawn(store.clone(), self.config.limits(), move |commit| {
                 // If the engine is gone, answer here: callers must never hang.
                 if let Err(mpsc::error::SendError(commit)) = notice_tx.send(commit) {
                     commit.answer();
@@ -790,14 +809,43 @@ impl Engine {
         }
         let op = Op::Signal {
             id,
-            workflow: Some(W::NAME.to_string()),
-            key: idempotency_key.to_string(),
-            payload: codec::encode_value(signal)?,
+            signal: NewSignal {
+                workflow: Some(W::NAME.to_string()),
+                key: idempotency_key.to_string(),
+                payload: codec::encode_value(signal)?,
+                dedupe: true,
+            },
             once: once.map(str::to_string),
         };
         match self.inner.writer.submit(op).await? {
             Reply::Signalled { seq, duplicate } => Ok(Some(SignalAck { seq, duplicate })),
             Reply::OnceSeen => Ok(None),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Sends a signal whose repetition is harmless (a heartbeat): no idempotency key is kept
+    /// for it, so signals sent often leave nothing behind in the store. `name` names it in the
+    /// history.
+    pub async fn signal_unkeyed<W: Workflow>(
+        &self,
+        id: InstanceId,
+        signal: &W::Signal,
+        name: &str,
+    ) -> Result<SignalAck, EngineError> {
+        check_key(name)?;
+        let op = Op::Signal {
+            id,
+            signal: NewSignal {
+                workflow: Some(W::NAME.to_string()),
+                key: name.to_string(),
+                payload: codec::encode_value(signal)?,
+                dedupe: false,
+            },
+            once: None,
+        };
+        match self.inner.writer.submit(op).await? {
+            Reply::Signalled { seq, duplicate } => Ok(SignalAck { seq, duplicate }),
             other => Err(other.unexpected()),
         }
     }
@@ -1131,8 +1179,13 @@ impl Engine {
     /// while the store works.
     pub async fn failed(&self) -> String {
         let mut rx = self.inner.writer.watch_failure();
-        match rx.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
+        // The guard is dropped before any other await: the future stays `Send`.
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
             // The writer's handle outlives this engine handle: cannot happen, but never
             // report a failure that did not occur.
             Err(_) => std::future::pending().await,

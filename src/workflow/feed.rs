@@ -110,9 +110,25 @@ impl Engine {
         }
     }
 
-    /// Durable consumer `name`, at the cursor it last committed (0 for a new one).
-    pub fn consumer(&self, name: &str) -> Result<Consumer, EngineError> {
-        let cursor = self.store().consumer_cursor(name)?;
+    /// Durable consumer `name`, at the cursor it last committed. A new one is registered (a
+    /// commit) at 0: it reads every row still kept, and from then on the retention keeps every
+    /// row it has not passed.
+    pub async fn consumer(&self, name: &str) -> Result<Consumer, EngineError> {
+        let cursor = match self.store().consumer_cursor(name)? {
+            Some(cursor) => cursor,
+            None => {
+                let op = Op::Advance {
+                    name: name.to_string(),
+                    from: 0,
+                    to: 0,
+                    effects: Vec::new(),
+                };
+                match self.submit(op).await? {
+                    Reply::Done => 0,
+                    other => return Err(other.unexpected()),
+                }
+            }
+        };
         Ok(Consumer {
             engine: self.clone(),
             name: name.to_string(),

@@ -54,13 +54,19 @@ pub(crate) const BY_PHASE: TableDefinition<(&str, &str, u64), ()> =
 /// (workflow, key, instance) → (): the instances whose state names an outside key (see
 /// `Workflow::keys`), e.g. a task's issue and pull request.
 pub(crate) const KEYS: TableDefinition<(&str, &str, u64), ()> = TableDefinition::new("keys");
+/// (instance, key) → (): the keys of each instance (to remove them with it).
+pub(crate) const INSTANCE_KEYS: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("instance_keys");
+/// (time ms, idempotency key) → (): when each idempotency key was recorded, oldest first (keys
+/// expire after the dedupe window).
+pub(crate) const IDEM_AGE: TableDefinition<(u64, &str), ()> = TableDefinition::new("idem_age");
 /// (end time ms, instance) → (): ended instances, oldest end first.
 pub(crate) const ENDED: TableDefinition<(u64, u64), ()> = TableDefinition::new("ended");
 /// [`INDEXED`] once `phases`, `by_phase`, `keys` and `ended` cover every instance (stores from before these
 /// indexes are indexed when the engine first opens them, see `Engine::open`).
 pub(crate) const META_INDEXED: &str = "indexed";
 /// The indexes this build keeps (see [`META_INDEXED`]).
-pub(crate) const INDEXED: u64 = 2;
+pub(crate) const INDEXED: u64 = 3;
 
 /// Store file format written by this build (the table layout above). Format 1 had no `live`
 /// table; opening such a file builds it (see `migrate_1_to_2`).
@@ -140,6 +146,8 @@ impl Store {
             txn.open_table(BY_PHASE)?;
             txn.open_table(ENDED)?;
             txn.open_table(KEYS)?;
+            txn.open_table(INSTANCE_KEYS)?;
+            txn.open_table(IDEM_AGE)?;
             store_id = match meta.get(META_STORE_ID)?.map(|g| g.value()) {
                 None => None,
                 Some(value) => Some(
@@ -343,6 +351,7 @@ impl Store {
             let mut by_phase = txn.open_table(BY_PHASE)?;
             let mut ended = txn.open_table(ENDED)?;
             let mut keys = txn.open_table(KEYS)?;
+            let mut instance_keys = txn.open_table(INSTANCE_KEYS)?;
             for row in instances.iter()? {
                 let (k, v) = row?;
                 let id = k.value();
@@ -359,8 +368,17 @@ impl Store {
                 }
                 for key in named {
                     keys.insert((rec.workflow.as_str(), key.as_str(), id), ())?;
+                    instance_keys.insert((id, key.as_str()), ())?;
                 }
                 count += 1;
+            }
+            // Keys recorded before their ages were expire one dedupe window from now.
+            let idem = txn.open_table(IDEMPOTENCY)?;
+            let mut ages = txn.open_table(IDEM_AGE)?;
+            let now = Timestamp::now().0;
+            for row in idem.iter()? {
+                let (k, _) = row?;
+                ages.insert((now, k.value()), ())?;
             }
             txn.open_table(META)?.insert(META_INDEXED, INDEXED)?;
         }
@@ -368,11 +386,11 @@ impl Store {
         Ok(count)
     }
 
-    /// Where durable consumer `name` stands: the last feed row it handled (0: none yet).
-    pub fn consumer_cursor(&self, name: &str) -> Result<u64, EngineError> {
+    /// Where durable consumer `name` stands: the last feed row it handled (`None`: unknown).
+    pub fn consumer_cursor(&self, name: &str) -> Result<Option<u64>, EngineError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(CONSUMERS)?;
-        Ok(table.get(name)?.map(|g| g.value()).unwrap_or(0))
+        Ok(table.get(name)?.map(|g| g.value()))
     }
 
     /// The recorded history of `id`, in order (the oldest events may have been compacted away).

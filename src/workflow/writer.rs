@@ -31,13 +31,27 @@ use super::record::{
     IntentRecord, SignalRecord, Status, Timestamp, Wake, short,
 };
 use super::store::{
-    BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEMPOTENCY, INBOX, INSTANCES, INTENTS, KEYS, LIVE,
-    META, META_FEED_NEXT, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING, PHASES,
-    REPLIES, REPLIES_KEPT, Store, TIMERS,
+    BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEM_AGE, IDEMPOTENCY, INBOX, INSTANCE_KEYS,
+    INSTANCES, INTENTS, KEYS, LIVE, META, META_FEED_NEXT, META_NEXT_EFFECT, META_NEXT_INSTANCE,
+    OUTBOX, OUTBOX_PENDING, PHASES, REPLIES, REPLIES_KEPT, Store, TIMERS,
 };
+
+mod prune;
 
 /// Most ops applied in one transaction.
 const MAX_BATCH: usize = 8192;
+
+/// What the writer keeps and for how long.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// History events kept per instance.
+    pub history_cap: u64,
+    /// Ended instances (and feed rows every consumer has passed) older than this are removed;
+    /// `None` keeps them.
+    pub retention: Option<std::time::Duration>,
+    /// Idempotency keys older than this are forgotten; `None` keeps them.
+    pub dedupe_window: Option<std::time::Duration>,
+}
 
 /// One request to the writer.
 #[derive(Debug)]
@@ -48,9 +62,7 @@ pub(crate) enum Op {
     },
     Signal {
         id: InstanceId,
-        workflow: Option<String>,
-        key: String,
-        payload: Vec<u8>,
+        signal: NewSignal,
         once: Option<String>,
     },
     /// Records a once-key alone (see [`Reply::OnceSeen`]).
@@ -119,6 +131,19 @@ pub(crate) struct NewInstance {
     pub phase: Option<String>,
     /// Its keys (see `Workflow::keys`).
     pub keys: Vec<String>,
+}
+
+/// What [`Op::Signal`] puts in an instance's inbox.
+#[derive(Debug)]
+pub(crate) struct NewSignal {
+    /// The workflow the sender expects the instance to run.
+    pub workflow: Option<String>,
+    /// Its idempotency key (also its name in the history).
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// Whether the key is kept, making a repeated signal a no-op; not for signals whose
+    /// repetition is harmless and which come often (heartbeats).
+    pub dedupe: bool,
 }
 
 /// The result of one delivery attempt of an effect.
@@ -240,7 +265,7 @@ impl Writer {
     /// the replies; it must answer them (see [`Commit::answer`]).
     pub(crate) fn spawn(
         store: Store,
-        history_cap: u64,
+        limits: Limits,
         deliver: impl Fn(Commit) + Send + 'static,
     ) -> Result<(Writer, JoinHandle<()>), std::io::Error> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -250,16 +275,7 @@ impl Writer {
         let thread_failure = failure.clone();
         let handle = std::thread::Builder::new()
             .name("fleet-writer".into())
-            .spawn(move || {
-                run(
-                    store,
-                    rx,
-                    thread_stats,
-                    history_cap,
-                    deliver,
-                    &thread_failure,
-                )
-            })?;
+            .spawn(move || run(store, rx, thread_stats, limits, deliver, &thread_failure))?;
         Ok((Writer { tx, stats, failure }, handle))
     }
 
@@ -310,7 +326,7 @@ fn run(
     store: Store,
     mut rx: mpsc::UnboundedReceiver<Request>,
     stats: Arc<WriterStats>,
-    history_cap: u64,
+    limits: Limits,
     deliver: impl Fn(Commit),
     failure: &watch::Sender<Option<String>>,
 ) {
@@ -342,7 +358,7 @@ fn run(
         }
         let ops = batch.len() as u64;
         let began = std::time::Instant::now();
-        let applied = apply_batch(&store, &mut batch, history_cap, &mut woken);
+        let applied = apply_batch(&store, &mut batch, limits, &mut woken);
         slow.observe(began.elapsed(), ops);
         match applied {
             Ok(results) => {
@@ -489,14 +505,14 @@ type OpResult = (Result<Reply, EngineError>, Notices);
 fn apply_batch(
     store: &Store,
     batch: &mut [Request],
-    history_cap: u64,
+    limits: Limits,
     woken: &mut HashSet<InstanceId>,
 ) -> Result<Vec<OpResult>, EngineError> {
     let mut txn: WriteTransaction = store.db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut results = Vec::with_capacity(batch.len());
     let after = {
-        let mut t = Tables::open(&txn, history_cap, woken.clone())?;
+        let mut t = Tables::open(&txn, limits, woken.clone())?;
         let now = Timestamp::now();
         for req in batch.iter_mut() {
             let op = std::mem::replace(&mut req.op, Op::Stop);
@@ -507,6 +523,7 @@ fn apply_batch(
                 r => results.push((r, notices)),
             }
         }
+        t.prune(now)?;
         t.close()?
     };
     txn.commit()?;
@@ -541,7 +558,9 @@ struct Tables<'txn> {
     /// The next feed row's number, and the one the batch started with (written back once).
     feed_next: u64,
     feed_first: u64,
-    history_cap: u64,
+    instance_keys: Table<'txn, (u64, &'static str), ()>,
+    idem_age: Table<'txn, (u64, &'static str), ()>,
+    limits: Limits,
     /// Running instances woken since their step loaded (see `Op::Wake`).
     woken: HashSet<InstanceId>,
 }
@@ -549,7 +568,7 @@ struct Tables<'txn> {
 impl<'txn> Tables<'txn> {
     fn open(
         txn: &'txn WriteTransaction,
-        history_cap: u64,
+        limits: Limits,
         woken: HashSet<InstanceId>,
     ) -> Result<Self, EngineError> {
         let meta = txn.open_table(META)?;
@@ -574,7 +593,9 @@ impl<'txn> Tables<'txn> {
             keys: txn.open_table(KEYS)?,
             feed_next,
             feed_first: feed_next,
-            history_cap,
+            instance_keys: txn.open_table(INSTANCE_KEYS)?,
+            idem_age: txn.open_table(IDEM_AGE)?,
+            limits,
             woken,
         })
     }
@@ -582,13 +603,9 @@ impl<'txn> Tables<'txn> {
     fn apply(&mut self, op: Op, now: Timestamp, n: &mut Notices) -> Result<Reply, EngineError> {
         match op {
             Op::Start { new, once } => self.once(once, now, |t| t.start(new, now, n)),
-            Op::Signal {
-                id,
-                workflow,
-                key,
-                payload,
-                once,
-            } => self.once(once, now, |t| t.signal(id, workflow, key, payload, now, n)),
+            Op::Signal { id, signal, once } => {
+                self.once(once, now, |t| t.signal(id, signal, now, n))
+            }
             Op::Once { key } => self.once(Some(key), now, |_| Ok(Reply::Done)),
             Op::Transition {
                 id,
@@ -644,6 +661,13 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Records idempotency key `key` (with what it produced), dated for its expiry.
+    fn remember(&mut self, key: &str, value: u64, now: Timestamp) -> Result<(), EngineError> {
+        self.idem.insert(key, value)?;
+        self.idem_age.insert((now.0, key), ())?;
+        Ok(())
+    }
+
     /// Indexes the keys `id`'s state names that are not indexed yet (a read each, a write
     /// only for a new one).
     fn add_keys(
@@ -655,6 +679,7 @@ impl<'txn> Tables<'txn> {
         for key in keys {
             if self.keys.get((workflow, key.as_str(), id))?.is_none() {
                 self.keys.insert((workflow, key.as_str(), id), ())?;
+                self.instance_keys.insert((id, key.as_str()), ())?;
             }
         }
         Ok(())
@@ -720,7 +745,7 @@ impl<'txn> Tables<'txn> {
         self.history
             .insert((id, rec.history_next), bytes.as_slice())?;
         rec.history_next += 1;
-        while rec.history_next - rec.history_first > self.history_cap {
+        while rec.history_next - rec.history_first > self.limits.history_cap {
             self.history.remove((id, rec.history_first))?;
             rec.history_first += 1;
         }
@@ -782,7 +807,7 @@ impl<'txn> Tables<'txn> {
             return Ok(Reply::OnceSeen);
         }
         let reply = op(self)?;
-        self.idem.insert(scoped.as_str(), now.0)?;
+        self.remember(&scoped, now.0, now)?;
         Ok(reply)
     }
 
@@ -834,7 +859,7 @@ impl<'txn> Tables<'txn> {
         self.feed(id, &rec, FeedEvent::Started, now, n)?;
         self.live.insert(id, ())?;
         if let Some(k) = &scoped {
-            self.idem.insert(k.as_str(), id)?;
+            self.remember(k, id, now)?;
         }
         n.runnable.push(id);
         n.changed.push((id, Status::Runnable));
@@ -847,12 +872,16 @@ impl<'txn> Tables<'txn> {
     fn signal(
         &mut self,
         id: InstanceId,
-        workflow: Option<String>,
-        key: String,
-        payload: Vec<u8>,
+        signal: NewSignal,
         now: Timestamp,
         n: &mut Notices,
     ) -> Result<Reply, EngineError> {
+        let NewSignal {
+            workflow,
+            key,
+            payload,
+            dedupe,
+        } = signal;
         let mut rec = self.load(id)?;
         if let Some(expected) = workflow
             && expected != rec.workflow
@@ -864,7 +893,7 @@ impl<'txn> Tables<'txn> {
             });
         }
         let scoped = format!("signal/{id}/{key}");
-        if let Some(seq) = self.idem.get(scoped.as_str())? {
+        if dedupe && let Some(seq) = self.idem.get(scoped.as_str())? {
             return Ok(Reply::Signalled {
                 seq: seq.value(),
                 duplicate: true,
@@ -883,7 +912,9 @@ impl<'txn> Tables<'txn> {
             received: now,
         };
         self.inbox.insert((id, seq), encode(&signal)?.as_slice())?;
-        self.idem.insert(scoped.as_str(), seq)?;
+        if dedupe {
+            self.remember(&scoped, seq, now)?;
+        }
         rec.next_signal += 1;
         rec.pending_signals += 1;
         rec.updated = now;
