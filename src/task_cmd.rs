@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use agent_fleet::api::views::{CancelRequest, NewTask, SignalRequest, TaskList};
 use agent_fleet::client::render::{self, LIST_WIDTH};
-use agent_fleet::client::{Client, ClientError, DEFAULT_SERVER, ListQuery};
+use agent_fleet::client::{Client, ClientError, DEFAULT_SERVER, FeedQuery, ListQuery};
 use agent_fleet::config::{Config, ConfigErrors};
 use serde::Serialize;
 use serde_json::json;
@@ -24,8 +24,9 @@ use crate::cli::{
 const SERVER_ENV: &str = "AGENT_FLEET_SERVER";
 /// The token's variable when no `--config` names another.
 const TOKEN_ENV: &str = "FLEET_ADMIN_TOKEN";
-/// How often `task watch` asks for new events.
-const POLL_EVERY: Duration = Duration::from_millis(300);
+/// How long `task watch` waits before it opens the change feed again (after the stream ended,
+/// or while the daemon is unreachable).
+const RECONNECT_EVERY: Duration = Duration::from_millis(300);
 /// How long `task watch` waits for a daemon that went away (a restart) before giving up.
 const RESTART_WAIT: Duration = Duration::from_secs(120);
 
@@ -348,8 +349,9 @@ async fn show(args: TaskIdArgs) -> Result<ExitCode, TaskError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the events seen so far, then polls for new ones until the task settles. Ctrl-C ends
-/// the process as usual: nothing here needs cleaning up.
+/// Prints the events seen so far, then follows the task on the daemon's change feed: each of
+/// its rows there fetches the events after the last one printed, until the task settles.
+/// Ctrl-C ends the process as usual: nothing here needs cleaning up.
 async fn watch(args: TaskIdArgs) -> Result<ExitCode, TaskError> {
     let (client, token_env) = connect(&args.connection)?;
     let explain = |e| explain(&client, &token_env, e);
@@ -367,37 +369,58 @@ async fn watch(args: TaskIdArgs) -> Result<ExitCode, TaskError> {
         print(event)?;
         last = last.max(Some(event.seq));
     }
+    // The last feed row seen: a stream opened again (the daemon restarted) resumes after it.
+    let mut row: Option<u64> = None;
     // A daemon that restarts meanwhile is waited for (a recovering one is, by the client).
     let mut unreachable_since: Option<std::time::Instant> = None;
-    let status = loop {
-        let page = match client.events(&args.id, last).await {
-            Ok(page) => {
-                unreachable_since = None;
-                page
-            }
+    let mut reconnecting = false;
+    let status = 'watch: loop {
+        if std::mem::replace(&mut reconnecting, true) {
+            tokio::time::sleep(RECONNECT_EVERY).await;
+        }
+        let query = FeedQuery {
+            task: Some(&args.id),
+            after: row,
+            ..FeedQuery::default()
+        };
+        let mut feed = match client.feed(&query).await {
+            Ok(feed) => feed,
             Err(e @ ClientError::Unreachable { .. }) => {
-                let since = *unreachable_since.get_or_insert_with(|| {
-                    eprintln!("the daemon is unreachable ({e}); waiting for it");
-                    std::time::Instant::now()
-                });
-                if since.elapsed() > RESTART_WAIT {
-                    return Err(explain(e));
-                }
-                tokio::time::sleep(POLL_EVERY).await;
+                wait_through(e, &mut unreachable_since).map_err(explain)?;
                 continue;
             }
             Err(e) => return Err(explain(e)),
         };
-        for event in &page.events {
-            if last.is_none_or(|seen| event.seq > seen) {
-                print(event)?;
-                last = Some(event.seq);
+        // What happened before the stream started is in the events; what happens after comes
+        // as rows, each a reason to ask for the events again.
+        loop {
+            let page = match client.events(&args.id, last).await {
+                Ok(page) => {
+                    unreachable_since = None;
+                    page
+                }
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    wait_through(e, &mut unreachable_since).map_err(explain)?;
+                    continue 'watch;
+                }
+                Err(e) => return Err(explain(e)),
+            };
+            for event in &page.events {
+                if last.is_none_or(|seen| event.seq > seen) {
+                    print(event)?;
+                    last = Some(event.seq);
+                }
+            }
+            if page.settled {
+                break 'watch page.status;
+            }
+            match feed.next().await {
+                Ok(Some(next)) => row = Some(next.seq),
+                // The daemon stopped (or the connection died): open the stream again.
+                Ok(None) | Err(ClientError::Transport { .. }) => continue 'watch,
+                Err(e) => return Err(explain(e)),
             }
         }
-        if page.settled {
-            break page.status;
-        }
-        tokio::time::sleep(POLL_EVERY).await;
     };
 
     // The failure's reason comes with the task; the status is the one that settled it.
@@ -415,6 +438,20 @@ async fn watch(args: TaskIdArgs) -> Result<ExitCode, TaskError> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// An unreachable daemon (`e`) is waited for: said once, then given up on [`RESTART_WAIT`]
+/// after `since`, when it went away.
+fn wait_through(e: ClientError, since: &mut Option<std::time::Instant>) -> Result<(), ClientError> {
+    let since = *since.get_or_insert_with(|| {
+        eprintln!("the daemon is unreachable ({e}); waiting for it");
+        std::time::Instant::now()
+    });
+    if since.elapsed() > RESTART_WAIT {
+        Err(e)
+    } else {
+        Ok(())
+    }
 }
 
 async fn cancel(args: CancelArgs) -> Result<ExitCode, TaskError> {

@@ -3,17 +3,22 @@
 
 #![recursion_limit = "256"] // serde_json's json! macro, for the canned task view
 
+use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agent_fleet::api::views::{CancelRequest, NewTask, SignalRequest, TaskView};
 use axum::extract::{Path, Query, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::stream::{self, BoxStream, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -48,6 +53,7 @@ fn stub_router() -> Router {
         .route("/tasks/{id}/cancel", post(cancel))
         .route("/tasks/{id}/retry", post(retry))
         .route("/tasks/{id}/signals", post(signal))
+        .route("/events", get(feed))
         .layer(middleware::from_fn(recovering_at_first))
         .layer(middleware::from_fn(require_token));
     Router::new().nest("/api/v1", api)
@@ -156,7 +162,7 @@ fn event(seq: u64, kind: &str, text: &str) -> Value {
 
 fn known(id: &str) -> Option<Value> {
     match id {
-        "7" | "9" => Some(task_json(id, "Fix the parser", "running")),
+        "7" | "9" | "10" | "11" => Some(task_json(id, "Fix the parser", "running")),
         "8" => Some(task_json("8", "Speed up the build", "failed")),
         _ => None,
     }
@@ -228,14 +234,81 @@ struct After {
     after: Option<u64>,
 }
 
-/// Task 7: event 3 after 2 (still running), event 4 after 3 (completed). Task 8: failed.
+/// Every `GET /events` and `GET /tasks/{id}/events` the stub answered: (task, `Last-Event-ID`)
+/// and (task, `after`).
+static FEEDS_OPENED: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
+static EVENTS_ASKED: Mutex<Vec<(String, Option<u64>)>> = Mutex::new(Vec::new());
+/// Task 10 completes once its feed row is sent; task 11 once its feed is opened again.
+static TASK_10_ROW_SENT: AtomicBool = AtomicBool::new(false);
+static TASK_11_RESUMED: AtomicBool = AtomicBool::new(false);
+
+fn feed_row(seq: u64, task: &str) -> Event {
+    let row = json!({ "seq": seq, "task": task, "workflow": "agent-task", "status": "runnable",
+                      "phase": "running", "kind": "step", "outcome": "continue",
+                      "at": "2026-11-21T10:00:05Z" });
+    Event::default()
+        .id(seq.to_string())
+        .event("step")
+        .json_data(row)
+        .unwrap()
+}
+
+#[derive(Deserialize)]
+struct FeedParams {
+    task: String,
+}
+
+/// `GET /events?task=`: one row of the task, then the stream stays open. Task 10's row comes
+/// after a second; task 11's first stream ends after row 5, its second sends row 6.
+async fn feed(Query(q): Query<FeedParams>, headers: HeaderMap) -> Response {
+    let resumed = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    FEEDS_OPENED
+        .lock()
+        .unwrap()
+        .push((q.task.clone(), resumed.clone()));
+    let rows: BoxStream<'static, Result<Event, Infallible>> = match q.task.as_str() {
+        "10" => {
+            let task = q.task.clone();
+            stream::once(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                TASK_10_ROW_SENT.store(true, Ordering::SeqCst);
+                Ok(feed_row(20, &task))
+            })
+            .chain(stream::pending())
+            .boxed()
+        }
+        "11" if resumed.is_none() => stream::iter([Ok(feed_row(5, "11"))]).boxed(),
+        "11" => {
+            TASK_11_RESUMED.store(true, Ordering::SeqCst);
+            stream::iter([Ok(feed_row(6, "11"))])
+                .chain(stream::pending())
+                .boxed()
+        }
+        task => stream::iter([Ok(feed_row(1, task))])
+            .chain(stream::pending())
+            .boxed(),
+    };
+    Sse::new(rows).into_response()
+}
+
+/// Task 7: event 3 after 2 (still running), event 4 after 3 (completed). Task 8: failed. Tasks
+/// 10 and 11 as task 7, but event 4 waits for their feed (see [`feed`]).
 async fn events(Path(id): Path<String>, Query(q): Query<After>) -> Response {
+    EVENTS_ASKED.lock().unwrap().push((id.clone(), q.after));
     let page = match (id.as_str(), q.after) {
-        ("7" | "9", Some(2)) => json!({
+        ("10", Some(3)) if !TASK_10_ROW_SENT.load(Ordering::SeqCst) => {
+            json!({ "status": "running", "settled": false, "events": [] })
+        }
+        ("11", Some(3)) if !TASK_11_RESUMED.load(Ordering::SeqCst) => {
+            json!({ "status": "running", "settled": false, "events": [] })
+        }
+        ("7" | "9" | "10" | "11", Some(2)) => json!({
             "status": "running", "settled": false,
             "events": [event(3, "step", "agent finished; verifying")],
         }),
-        ("7" | "9", Some(3)) => json!({
+        ("7" | "9" | "10" | "11", Some(3)) => json!({
             "status": "completed", "settled": true,
             "events": [event(4, "completed", "receipt verified")],
         }),
@@ -544,6 +617,54 @@ fn watch_waits_through_a_recovering_daemon_instead_of_failing() {
     let out = ok(fleet(&stub, &["watch", "9"]));
     assert!(out.stdout.ends_with("task 9 completed\n"), "{}", out.stdout);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
+}
+
+#[test]
+fn watch_follows_the_task_on_the_change_feed_instead_of_polling() {
+    let stub = Stub::start();
+    let out = ok(fleet(&stub, &["watch", "10"]));
+    assert!(
+        out.stdout.ends_with("task 10 completed\n"),
+        "{}",
+        out.stdout
+    );
+    let opened: Vec<_> = FEEDS_OPENED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(task, _)| task == "10")
+        .cloned()
+        .collect();
+    assert_eq!(opened, [("10".to_string(), None)]);
+    // Once after the stream opened, once for its one row: polling would have asked every
+    // 300 ms during the second the row took.
+    let asked: Vec<_> = EVENTS_ASKED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(task, _)| task == "10")
+        .map(|(_, after)| *after)
+        .collect();
+    assert_eq!(asked, [Some(2), Some(3)]);
+}
+
+#[test]
+fn watch_resumes_an_ended_stream_after_the_last_row_it_saw() {
+    let stub = Stub::start();
+    let out = ok(fleet(&stub, &["watch", "11"]));
+    assert!(
+        out.stdout.ends_with("task 11 completed\n"),
+        "{}",
+        out.stdout
+    );
+    let opened: Vec<_> = FEEDS_OPENED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(task, _)| task == "11")
+        .map(|(_, resumed)| resumed.clone())
+        .collect();
+    assert_eq!(opened, [None, Some("5".to_string())]);
 }
 
 #[test]

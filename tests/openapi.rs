@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/agents/deregister"),
     ("post", "/api/v1/agents/heartbeat"),
     ("post", "/api/v1/agents/register"),
+    ("get", "/api/v1/events"),
     ("get", "/api/v1/hosts"),
     ("post", "/api/v1/receipts"),
     ("get", "/api/v1/tasks"),

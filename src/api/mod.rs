@@ -32,6 +32,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod events;
 pub mod extract;
 pub mod hosts;
 pub mod pull_views;
@@ -158,6 +159,7 @@ pub fn router(state: AppState) -> Router {
 /// Every route of the daemon together with its documentation (see the module doc).
 pub fn documented_routes(state: AppState) -> OpenApiRouter<AppState> {
     let admin = tasks::routes()
+        .merge(events::routes())
         .merge(hosts::routes())
         .merge(agents::admin_routes());
     let api = auth::admin_only(admin, state.clone())

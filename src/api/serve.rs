@@ -8,12 +8,18 @@
 
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The server's stop token, seen by every request (an [`Extension`]): answers that never end by
+/// themselves (`GET /api/v1/events`) end when it is cancelled, so that the graceful shutdown
+/// does not wait for them.
+#[derive(Debug, Clone)]
+pub struct Stopping(pub CancellationToken);
 
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for the connections in
 /// flight to end (the caller bounds that wait).
@@ -26,6 +32,7 @@ pub async fn serve(
     // The timer bounds how long a client may take to send a request's head (30 s by default).
     http1.ignore_invalid_headers(true).timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
+    let router = router.layer(Extension(Stopping(stop.clone())));
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {

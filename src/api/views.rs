@@ -174,6 +174,46 @@ pub struct EventPage {
     pub events: Vec<EventView>,
 }
 
+/// One row of the engine's change feed: the `data:` of each event of `GET /api/v1/events`. A
+/// committed change of a workflow instance (a task, or the daemon's own workflows); the
+/// instance's history holds the details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FeedRowView {
+    /// The row's number (the event's `id:`): rows come in this order, without gaps.
+    pub seq: u64,
+    /// The instance's id: for `agent-task` rows, the task's id (what `?task=` filters on).
+    pub task: String,
+    /// `agent-task`, `forge-sync`, `host` or `pull-agent`.
+    pub workflow: String,
+    /// The instance's status after the change, as the engine has it: `runnable`, `waiting`,
+    /// `sleeping`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    /// Where the instance is after a start or a step, in its workflow's words (a task's status,
+    /// e.g. `running`); absent on the other rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// What changed (the event's `event:`).
+    #[schema(value_type = FeedKindName)]
+    pub kind: String,
+    /// `step`: `continue`, `wait`, `retry`, `complete`, `fail`, `cancelled` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// `signal`: the signal's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `cancel_requested`: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `effect_delivered`, `effect_abandoned`: the effect's kind (`forge.labels`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<String>,
+    /// `effect_abandoned`: the last delivery error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Commit time.
+    pub at: String,
+}
+
 /// `POST /api/v1/tasks/{id}/signals`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -377,8 +417,22 @@ impl PartialSchema for PriorityName {
 
 impl ToSchema for PriorityName {}
 
+/// The schema of a change feed row's kind: one of `FeedEvent::KINDS`.
+pub struct FeedKindName;
+
+impl PartialSchema for FeedKindName {
+    fn schema() -> RefOr<Schema> {
+        names(
+            FeedEvent::KINDS.iter().copied(),
+            "What a change feed row records.",
+        )
+    }
+}
+
+impl ToSchema for FeedKindName {}
+
 /// A string schema that allows exactly `names`.
-fn names<const N: usize>(names: [&'static str; N], description: &str) -> RefOr<Schema> {
+fn names(names: impl IntoIterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(names))
@@ -397,7 +451,7 @@ use crate::steps::hosts::{AgentCheck, HostReport};
 use crate::steps::parse::FailureKind;
 use crate::steps::task::{Priority, Source, TaskStatus};
 use crate::steps::tasks::TaskRecord;
-use crate::workflow::{Event, EventKind, RecoveryReport, Timestamp};
+use crate::workflow::{Event, EventKind, FeedEvent, FeedRow, RecoveryReport, Timestamp};
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(t: Timestamp) -> String {
@@ -510,6 +564,37 @@ impl From<&Run> for RunView {
                 .and_then(|x| x.retry_at_ms)
                 .map(|ms| rfc3339(Timestamp(ms))),
         }
+    }
+}
+
+impl From<&FeedRow> for FeedRowView {
+    fn from(r: &FeedRow) -> Self {
+        let mut view = FeedRowView {
+            seq: r.seq,
+            task: r.instance.to_string(),
+            workflow: r.workflow.clone(),
+            status: r.status.as_str().to_string(),
+            phase: r.phase.clone(),
+            kind: r.event.kind().to_string(),
+            outcome: None,
+            key: None,
+            reason: None,
+            effect: None,
+            error: None,
+            at: rfc3339(r.at),
+        };
+        match &r.event {
+            FeedEvent::Started | FeedEvent::Timer | FeedEvent::Woken => {}
+            FeedEvent::Step { outcome } => view.outcome = Some(outcome.clone()),
+            FeedEvent::Signal { key } => view.key = Some(key.clone()),
+            FeedEvent::CancelRequested { reason } => view.reason = Some(reason.clone()),
+            FeedEvent::EffectDelivered { kind } => view.effect = Some(kind.clone()),
+            FeedEvent::EffectAbandoned { kind, error } => {
+                view.effect = Some(kind.clone());
+                view.error = Some(error.clone());
+            }
+        }
+        view
     }
 }
 

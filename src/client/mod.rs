@@ -1,9 +1,12 @@
-//! The typed HTTP client of the daemon's API (`/api/v1/tasks…`, `/api/v1/hosts`), used by the
-//! `task` and `hosts` commands: one method per endpoint, answers decoded into the shared [`crate::api::views`] and
-//! every failure turned into a [`ClientError`] that says what to do about it. [`render`] turns
-//! the answers into the text the commands print.
+//! The typed HTTP client of the daemon's API (`/api/v1/tasks…`, `/api/v1/hosts`,
+//! `/api/v1/events`), used by the `task` and `hosts` commands: one method per endpoint, answers
+//! decoded into the shared [`crate::api::views`] and every failure turned into a
+//! [`ClientError`] that says what to do about it. The change feed is read as Server-Sent Events
+//! ([`Feed`], parsed by hand in [`sse`]: a few lines of the format, no dependency). [`render`]
+//! turns the answers into the text the commands print.
 
 pub mod render;
+mod sse;
 
 use std::time::Duration;
 
@@ -14,8 +17,8 @@ use serde::de::DeserializeOwned;
 use thiserror::Error;
 
 use crate::api::views::{
-    CancelRequest, EventPage, HostList, NewTask, RetryRequest, SignalAnswer, SignalRequest,
-    TaskList, TaskView,
+    CancelRequest, EventPage, FeedRowView, HostList, NewTask, RetryRequest, SignalAnswer,
+    SignalRequest, TaskList, TaskView,
 };
 
 /// Where the daemon listens when nothing else says so.
@@ -27,6 +30,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RECOVERY_WAIT: Duration = Duration::from_secs(300);
 /// How often a call asks a recovering daemon again.
 const RECOVERY_POLL: Duration = Duration::from_millis(250);
+/// How long a change feed stream may stay silent: the daemon sends a comment every 15 s, so a
+/// longer silence is a connection that died without closing.
+const FEED_READ_TIMEOUT: Duration = Duration::from_secs(45);
 /// How much of a non-JSON error body is quoted in [`ClientError::Http`].
 const BODY_EXCERPT: usize = 200;
 
@@ -118,10 +124,59 @@ pub struct ListQuery<'a> {
     pub after: Option<&'a str>,
 }
 
+/// `GET /events`: which rows, and where to resume.
+#[derive(Debug, Clone, Default)]
+pub struct FeedQuery<'a> {
+    /// Only this task's rows.
+    pub task: Option<&'a str>,
+    /// Only these kinds (all when empty).
+    pub kinds: &'a [&'a str],
+    /// Sent as `Last-Event-ID`: the rows after it. Without it, the rows committed from now on.
+    pub after: Option<u64>,
+}
+
+/// An open change feed stream (`GET /events`): its rows as they commit.
+pub struct Feed {
+    response: reqwest::Response,
+    parser: sse::Parser,
+    url: Url,
+}
+
+impl Feed {
+    /// The next row; `None` when the daemon ended the stream (it stops, or its store failed).
+    /// A connection that died, or stayed silent past the daemon's keep-alives, is a
+    /// [`ClientError::Transport`]: reconnect after the last row seen.
+    pub async fn next(&mut self) -> Result<Option<FeedRowView>, ClientError> {
+        loop {
+            if let Some(event) = self.parser.next_event() {
+                let row =
+                    serde_json::from_str(&event.data).map_err(|source| ClientError::Decode {
+                        url: self.url.to_string(),
+                        status: StatusCode::OK,
+                        source,
+                    })?;
+                return Ok(Some(row));
+            }
+            match self.response.chunk().await {
+                Ok(Some(bytes)) => self.parser.push(&bytes),
+                Ok(None) => return Ok(None),
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        url: self.url.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// A client of one daemon. Cheap to clone. (No `Debug`: it holds the bearer token.)
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For streams: no bound on the whole answer, only on silences ([`FEED_READ_TIMEOUT`]).
+    streams: reqwest::Client,
     /// The server as given, for messages.
     server: String,
     /// `<server>/api/v1`.
@@ -162,17 +217,22 @@ impl Client {
                 Ok(value)
             })
             .transpose()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("agent-fleet/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| ClientError::Transport {
+        let builder = || {
+            reqwest::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .user_agent(concat!("agent-fleet/", env!("CARGO_PKG_VERSION")))
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build().map_err(|source| ClientError::Transport {
                 url: server.clone(),
                 source,
-            })?;
+            })
+        };
+        let http = built(builder().timeout(REQUEST_TIMEOUT))?;
+        let streams = built(builder().read_timeout(FEED_READ_TIMEOUT))?;
         Ok(Client {
             http,
+            streams,
             server: with_scheme,
             api,
             auth,
@@ -262,6 +322,55 @@ impl Client {
     /// `GET /hosts`: every host's health, load and agent CLIs as the daemon's checks found them.
     pub async fn hosts(&self) -> Result<HostList, ClientError> {
         self.get(self.url(&["hosts"])).await
+    }
+
+    /// `GET /events?task=&kind=` with `Last-Event-ID`: the change feed, open. A recovering
+    /// daemon is waited for, as by every call.
+    pub async fn feed(&self, query: &FeedQuery<'_>) -> Result<Feed, ClientError> {
+        let mut url = self.url(&["events"]);
+        {
+            let mut pairs = url.query_pairs_mut();
+            if let Some(task) = query.task {
+                pairs.append_pair("task", task);
+            }
+            if !query.kinds.is_empty() {
+                pairs.append_pair("kind", &query.kinds.join(","));
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let began = std::time::Instant::now();
+        loop {
+            let mut request = self
+                .streams
+                .get(url.clone())
+                .header(reqwest::header::ACCEPT, "text/event-stream");
+            if let Some(auth) = &self.auth {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            if let Some(after) = query.after {
+                request = request.header("last-event-id", after.to_string());
+            }
+            let response = request.send().await.map_err(|e| self.send_error(e))?;
+            let status = response.status();
+            if status.is_success() {
+                return Ok(Feed {
+                    response,
+                    parser: sse::Parser::default(),
+                    url,
+                });
+            }
+            let bytes = response.bytes().await.unwrap_or_default();
+            match error_answer(&url, status, &bytes) {
+                ClientError::Api { code, .. }
+                    if code == "recovering" && began.elapsed() < RECOVERY_WAIT =>
+                {
+                    tokio::time::sleep(RECOVERY_POLL).await;
+                }
+                other => return Err(other),
+            }
+        }
     }
 
     /// `<server>/api/v1/<segments…>`, each segment percent-encoded.
