@@ -159,3 +159,29 @@ async fn instances_are_found_by_the_keys_their_states_named_even_after_they_ende
     assert_eq!(engine.started("door", "front").unwrap(), Some(c));
     assert_eq!(engine.started("door", "back").unwrap(), None);
 }
+
+#[tokio::test]
+async fn ended_instances_are_walked_in_end_order_from_a_cursor() {
+    let dir = TempDir::new().unwrap();
+    let engine = builder(&dir).register(Door).open().await.unwrap();
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        let id = door(&engine).await;
+        engine
+            .signal::<Door>(id, &"closed".to_string(), "c")
+            .await
+            .unwrap();
+        wait_status(&engine, id, Status::Completed).await;
+        ended.push(id);
+    }
+    let open = door(&engine).await;
+    let far = agent_fleet::workflow::Timestamp::now().after(std::time::Duration::from_secs(60));
+    let start = (agent_fleet::workflow::Timestamp(0), 0);
+    let all = engine.ended_between(start, far, 10).unwrap();
+    assert_eq!(all.iter().map(|e| e.1).collect::<Vec<_>>(), ended);
+    assert!(!all.iter().any(|e| e.1 == open));
+    let next = engine.ended_between(all[0], far, 10).unwrap();
+    assert_eq!(next.iter().map(|e| e.1).collect::<Vec<_>>(), ended[1..]);
+    let none = engine.ended_between(start, all[0].0, 10).unwrap();
+    assert!(none.is_empty(), "only those that ended before `before`");
+}

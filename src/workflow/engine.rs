@@ -1046,6 +1046,20 @@ impl Engine {
         Ok(out)
     }
 
+    /// Up to `limit` instances that ended after `from` (its end time and id, exclusive) and
+    /// before `before`, oldest end first, read from the end-time index: what a sweeper of
+    /// ended instances' leftovers walks with a cursor.
+    pub fn ended_between(
+        &self,
+        from: (Timestamp, InstanceId),
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, InstanceId)>, EngineError> {
+        self.inner
+            .store
+            .ended_between((from.0.0, from.1), before.0, limit)
+    }
+
     /// The instances of `workflow` whose state named `key` (see [`Workflow::keys`]), oldest
     /// first, read from the key index.
     pub fn keyed(&self, workflow: &str, key: &str) -> Result<Vec<InstanceId>, EngineError> {

@@ -322,6 +322,25 @@ impl Store {
         Ok(table.get(scoped.as_str())?.map(|g| g.value()))
     }
 
+    /// Up to `limit` instances that ended after `from` (exclusive: (end time ms, id)) and
+    /// before `before` ms, oldest end first, from the end-time index.
+    pub fn ended_between(
+        &self,
+        from: (u64, InstanceId),
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, InstanceId)>, EngineError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ENDED)?;
+        let mut out = Vec::new();
+        let start = (from.0, from.1.saturating_add(1));
+        for row in table.range(start..(before, 0))?.take(limit) {
+            let (at, id) = row?.0.value();
+            out.push((Timestamp(at), id));
+        }
+        Ok(out)
+    }
+
     /// Whether `id` has not ended (by the `live` index).
     pub fn is_live(&self, id: InstanceId) -> Result<bool, EngineError> {
         let txn = self.db.begin_read()?;
