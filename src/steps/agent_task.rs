@@ -415,7 +415,8 @@ impl AgentTask {
             Phase::Publish => self.publish(ctx, s).await?,
             Phase::Review => self.review(ctx, s).await?,
         };
-        Ok(self.arm_pull_deadline(ctx, was_pull, outcome))
+        let outcome = self.arm_pull_deadline(ctx, was_pull, outcome);
+        Ok(self.arm_settled_deadline(ctx, outcome))
     }
 
     /// The step of a phase that holds a host: a host removed from the config sends the task
@@ -515,8 +516,8 @@ fn take_remarks(ctx: &mut StepCtx<TaskSignal>, s: &TaskState) -> Vec<String> {
     remarks
 }
 
-/// `failed`: waits for a retry. A task nobody retries within `retention` of its last wake ends
-/// (still `failed`), so that the store's retention can remove it.
+/// `failed`: waits for a retry. Woken by its deadline (see `stuck::arm_settled_deadline`): nobody
+/// retried it within `retention`, and it ends, still `failed`.
 fn settled(
     ctx: &mut StepCtx<TaskSignal>,
     mut s: TaskState,
@@ -545,7 +546,7 @@ fn settled(
             format!("no retry within {waited} (storage.retention): the task ends failed"),
         ));
     }
-    Ok(Outcome::wait_until(s, ctx.now().after(retention)))
+    Ok(Outcome::wait(s))
 }
 
 /// The host-queue ticket of task `id` as its state says (a host it is pinned to, if any); Route

@@ -3,7 +3,8 @@
 //! decides), tasks whose host was removed from the config (routed again at once, with a note;
 //! in Publish too, unless the branch is on the forge at the verified commit already),
 //! and the deadline of pull mode (`dispatch.pull_timeout`: a task no pull agent claims is
-//! routed to hosts again, still open to pull agents).
+//! routed to hosts again, still open to pull agents), and the end of a failed task nobody
+//! retries within `storage.retention` (issue 15).
 
 use crate::io::run;
 use crate::workflow::{Next, Outcome, StepCtx, StepError, StepResult};
@@ -212,6 +213,25 @@ impl AgentTask {
     /// Gives a task waiting in `Pull` its deadline (`dispatch.pull_timeout` after it was left
     /// to pull agents, kept in `undecided_since`); `was_pull` says whether the step started
     /// there. A task pinned to one agent has none.
+    /// A failed task waits for a retry at most `storage.retention` after its last step: then
+    /// its step ends it (still `failed`, see `agent_task::settled`), so that the store's
+    /// retention can remove it in turn.
+    pub(super) fn arm_settled_deadline(
+        &self,
+        ctx: &StepCtx<TaskSignal>,
+        mut o: Outcome<TaskState>,
+    ) -> Outcome<TaskState> {
+        if o.state.phase == Phase::Settled
+            && let Next::Wait { deadline: None } = o.next
+        {
+            let due = ctx.now().after(self.rt.config().storage.retention);
+            o.next = Next::Wait {
+                deadline: Some(due),
+            };
+        }
+        o
+    }
+
     pub(super) fn arm_pull_deadline(
         &self,
         ctx: &StepCtx<TaskSignal>,

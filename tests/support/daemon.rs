@@ -42,6 +42,8 @@ pub struct Setup {
     pub dispatch: String,
     /// More `[server]` keys (`registration_token_env = "E2E_FLEET_REGISTRATION_TOKEN"`…).
     pub server: String,
+    /// More `[storage]` keys (`retention = "2s"`…).
+    pub storage: String,
     /// More environment variables of the daemon (e.g. the forge's token and webhook secret).
     pub env: Vec<(&'static str, String)>,
 }
@@ -57,6 +59,7 @@ impl Default for Setup {
             extra: String::new(),
             dispatch: String::new(),
             server: String::new(),
+            storage: String::new(),
             env: Vec::new(),
         }
     }
@@ -107,6 +110,7 @@ body_limit = {body_limit}
 
 [storage]
 path = "{store}"
+{storage}
 
 [dispatch]
 max_retries = {max_retries}
@@ -138,6 +142,7 @@ timeout = "{timeout}"
             extra = setup.extra,
             dispatch = setup.dispatch,
             server = setup.server,
+            storage = setup.storage,
         );
         std::fs::write(&config, text).unwrap();
         let mut fleet = Fleet {
