@@ -775,12 +775,11 @@ impl Forge {
     /// Stores written before once-keys recorded deliveries as signal keys on forge-sync: those
     /// are looked up too.
     async fn delivery_seen(&self, delivery: &str) -> Result<bool, FlowError> {
-        let engine = self.engine()?;
-        if engine.once_seen(&delivery_key(delivery))? {
-            return Ok(true);
-        }
         let id = self.sync_id().await?;
-        Ok(engine.signal_key_seen(id, &format!("delivery/{delivery}"))?)
+        let legacy = format!("delivery/{delivery}");
+        Ok(self
+            .engine()?
+            .once_or_signal_key_seen(&delivery_key(delivery), id, &legacy)?)
     }
 
     /// Records the once-key of a delivery (when there is one) on its own; whether it is new.

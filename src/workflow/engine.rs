@@ -886,11 +886,35 @@ impl Engine {
         self.key_seen(&format!("signal/{id}/{idempotency_key}"))
     }
 
+    /// Whether the once-key `once`, or a signal to `id` keyed `idempotency_key`, was committed:
+    /// both looked up in one read (a caller's key that older builds recorded as a signal key).
+    pub fn once_or_signal_key_seen(
+        &self,
+        once: &str,
+        id: InstanceId,
+        idempotency_key: &str,
+    ) -> Result<bool, EngineError> {
+        let scoped = [
+            super::writer::once_key(once),
+            format!("signal/{id}/{idempotency_key}"),
+        ];
+        self.any_key_seen(&scoped)
+    }
+
     fn key_seen(&self, scoped: &str) -> Result<bool, EngineError> {
+        self.any_key_seen(&[scoped])
+    }
+
+    fn any_key_seen(&self, scoped: &[impl AsRef<str>]) -> Result<bool, EngineError> {
         use redb::ReadableDatabase;
         let txn = self.inner.store.db.begin_read()?;
         let table = txn.open_table(super::store::IDEMPOTENCY)?;
-        Ok(table.get(scoped)?.is_some())
+        for key in scoped {
+            if table.get(key.as_ref())?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Sends `signal` like [`Engine::signal`], then waits up to `wait` for the step that takes
