@@ -4,6 +4,8 @@
 
 #[path = "support/daemon.rs"]
 mod daemon;
+#[path = "support/small_disk.rs"]
+mod small_disk;
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +14,7 @@ use agent_fleet::config::Config;
 use agent_fleet::workflow::{Engine, Outcome, StepCtx, StepResult, Workflow};
 use daemon::{Fleet, Setup, TOKEN};
 use serde_json::{Value, json};
+use small_disk::SmallDisk;
 
 const T: Duration = Duration::from_secs(60);
 /// How long a stream stays silent before a reader takes it to have shown everything stored.
@@ -408,44 +411,6 @@ impl Workflow for Parked {
     }
 }
 
-/// A 4 MiB tmpfs on a temp directory (unmounted when dropped), or `None` when this process may
-/// not mount one (then the test is skipped, loudly; tests/disk_full.rs fails under `CI=true`).
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn mount() -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().unwrap();
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !mounted {
-            use std::io::Write as _;
-            let _ = std::io::stderr()
-                .write_all(b"\nSKIPPED: cannot mount a tmpfs (needs root) to fail the store\n");
-            return None;
-        }
-        Some(SmallDisk(dir))
-    }
-
-    /// Writes a file until the disk is full.
-    fn fill(&self) {
-        use std::io::Write as _;
-        let mut file = std::fs::File::create(self.0.path().join("filler")).unwrap();
-        while matches!(file.write(&[0xa5; 4096]), Ok(n) if n > 0) {}
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
 /// Without a server stopping it (the bare router), an open stream still ends once a commit
 /// fails: the store takes nothing more, so no row will ever come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -457,7 +422,7 @@ async fn an_open_stream_ends_when_the_store_fails() {
     let Some(disk) = SmallDisk::mount() else {
         return;
     };
-    let engine = Engine::builder(disk.0.path().join("fleet.redb"))
+    let engine = Engine::builder(disk.path().join("fleet.redb"))
         .register(Parked)
         .open()
         .await
