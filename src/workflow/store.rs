@@ -74,9 +74,20 @@ pub const STORE_FORMAT: u64 = 2;
 pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_NEXT_INSTANCE: &str = "next_instance";
 pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
-/// The next feed row's sequence number (rows start at 1; kept here so that pruning the oldest
-/// rows never reuses a number).
+/// The number after the last feed row the pruner removed: with the last row of the `feed`
+/// table, where numbering goes on (`feed_next`), so that a number is never reused even once
+/// every row is pruned. Written only by the pruner: an ordinary commit writes no meta row.
 pub(crate) const META_FEED_NEXT: &str = "feed_next";
+
+/// The number the next feed row gets: after the last row, and after every row ever pruned.
+pub(crate) fn feed_next(
+    meta: &impl ReadableTable<&'static str, u64>,
+    feed: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<u64, EngineError> {
+    let after_last = feed.last()?.map_or(1, |(k, _)| k.value() + 1);
+    let after_pruned = meta.get(META_FEED_NEXT)?.map_or(1, |g| g.value());
+    Ok(after_last.max(after_pruned))
+}
 
 /// An instance record, or why it cannot be read.
 pub(crate) type MaybeRecord = Result<InstanceRecord, EngineError>;
@@ -246,11 +257,9 @@ impl Store {
     /// The sequence number of the last feed row written (0 before the first).
     pub fn feed_last(&self) -> Result<u64, EngineError> {
         let txn = self.db.begin_read()?;
-        let next = txn
-            .open_table(META)?
-            .get(META_FEED_NEXT)?
-            .map(|g| g.value());
-        Ok(next.unwrap_or(1).saturating_sub(1))
+        let meta = txn.open_table(META)?;
+        let feed = txn.open_table(FEED)?;
+        Ok(feed_next(&meta, &feed)?.saturating_sub(1))
     }
 
     /// Up to `limit` instances of `workflow` in `phase` whose id is above `after`, in id order.

@@ -32,8 +32,8 @@ use super::record::{
 };
 use super::store::{
     BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEM_AGE, IDEMPOTENCY, INBOX, INSTANCE_KEYS,
-    INSTANCES, INTENTS, KEYS, LIVE, META, META_FEED_NEXT, META_NEXT_EFFECT, META_NEXT_INSTANCE,
-    OUTBOX, OUTBOX_PENDING, PHASES, REPLIES, REPLIES_KEPT, Store, TIMERS,
+    INSTANCES, INTENTS, KEYS, LIVE, META, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX,
+    OUTBOX_PENDING, PHASES, REPLIES, REPLIES_KEPT, Store, TIMERS, feed_next,
 };
 
 mod prune;
@@ -524,7 +524,7 @@ fn apply_batch(
             }
         }
         t.prune(now)?;
-        t.close()?
+        t.close()
     };
     txn.commit()?;
     *woken = after;
@@ -557,7 +557,6 @@ struct Tables<'txn> {
     keys: Table<'txn, (&'static str, &'static str, u64), ()>,
     /// The next feed row's number, and the one the batch started with (written back once).
     feed_next: u64,
-    feed_first: u64,
     instance_keys: Table<'txn, (u64, &'static str), ()>,
     idem_age: Table<'txn, (u64, &'static str), ()>,
     limits: Limits,
@@ -572,7 +571,8 @@ impl<'txn> Tables<'txn> {
         woken: HashSet<InstanceId>,
     ) -> Result<Self, EngineError> {
         let meta = txn.open_table(META)?;
-        let feed_next = meta.get(META_FEED_NEXT)?.map(|g| g.value()).unwrap_or(1);
+        let feed = txn.open_table(FEED)?;
+        let feed_next = feed_next(&meta, &feed)?;
         Ok(Tables {
             meta,
             instances: txn.open_table(INSTANCES)?,
@@ -585,14 +585,13 @@ impl<'txn> Tables<'txn> {
             intents: txn.open_table(INTENTS)?,
             live: txn.open_table(LIVE)?,
             replies: txn.open_table(REPLIES)?,
-            feed: txn.open_table(FEED)?,
+            feed,
             consumers: txn.open_table(CONSUMERS)?,
             phases: txn.open_table(PHASES)?,
             by_phase: txn.open_table(BY_PHASE)?,
             ended: txn.open_table(ENDED)?,
             keys: txn.open_table(KEYS)?,
             feed_next,
-            feed_first: feed_next,
             instance_keys: txn.open_table(INSTANCE_KEYS)?,
             idem_age: txn.open_table(IDEM_AGE)?,
             limits,
@@ -630,13 +629,9 @@ impl<'txn> Tables<'txn> {
 
     // ---- helpers -------------------------------------------------------------------------
 
-    /// Writes back what the batch changed outside its tables' rows; returns the running
-    /// instances woken meanwhile.
-    fn close(mut self) -> Result<HashSet<InstanceId>, EngineError> {
-        if self.feed_next != self.feed_first {
-            self.meta.insert(META_FEED_NEXT, self.feed_next)?;
-        }
-        Ok(self.woken)
+    /// Ends the batch: returns the running instances woken meanwhile.
+    fn close(self) -> HashSet<InstanceId> {
+        self.woken
     }
 
     /// Records `id`'s phase (when its workflow names one) and keeps the phase index in step.

@@ -4,6 +4,7 @@
 //! retention that every durable consumer has passed. A few per commit keeps each commit short;
 //! a busy store prunes as fast as it commits, an idle one has nothing new to prune.
 
+use super::super::store::META_FEED_NEXT;
 use super::{EngineError, FeedRecord, InstanceId, ReadableTable, Tables, Timestamp, decode};
 
 /// Idempotency keys forgotten per commit, at most.
@@ -129,6 +130,13 @@ impl Tables<'_> {
                     tracing::warn!(row = seq, error = %e, "a feed row that cannot be read stops the feed's pruning");
                     break;
                 }
+            }
+        }
+        if let Some(&last) = old.last() {
+            // Numbering goes on after the pruned rows, even if they were all there was.
+            let kept = self.meta.get(META_FEED_NEXT)?.map_or(1, |g| g.value());
+            if kept <= last {
+                self.meta.insert(META_FEED_NEXT, last + 1)?;
             }
         }
         for seq in old {
