@@ -1193,6 +1193,20 @@ impl Validator {
         self.positive(p.key("dedupe_window"), s.dedupe_window);
         self.positive(p.key("retention"), s.retention);
         self.positive(p.key("workspace_retention"), s.workspace_retention);
+        // The workspace sweeper reads an ended task's state to find its leftovers; the store
+        // forgets the task `retention` after it ended, so the sweep must come first.
+        if s.workspace_retention > s.retention {
+            self.report(
+                p.key("workspace_retention"),
+                format!(
+                    "must not be longer than `storage.retention` ({}): an ended task is removed \
+                     from the store `retention` after it ended, and its worktree, run \
+                     directories and mirror refs can only be found while the store still has \
+                     it; lower `workspace_retention` or raise `retention`",
+                    humantime::format_duration(s.retention)
+                ),
+            );
+        }
     }
 
     fn dispatch(&mut self, d: &DispatchConfig) {

@@ -208,6 +208,28 @@ fn a_bad_duration_names_the_key_and_line() {
 }
 
 #[test]
+fn a_workspace_retention_longer_than_the_retention_is_refused_and_says_why() {
+    let text = VALID.replace(
+        "path = \"/tmp/fleet.redb\"",
+        "path = \"/tmp/fleet.redb\"\nretention = \"1d\"\nworkspace_retention = \"2d\"",
+    );
+    let e = the_error(&text);
+    assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+    assert_names(
+        &e,
+        "storage.workspace_retention",
+        line_of(&text, "workspace_retention"),
+    );
+    assert!(e.message().contains("`storage.retention` (1day)"), "{e}");
+    assert!(e.message().contains("removed from the store"), "{e}");
+    let equal = VALID.replace(
+        "path = \"/tmp/fleet.redb\"",
+        "path = \"/tmp/fleet.redb\"\nretention = \"2d\"\nworkspace_retention = \"2d\"",
+    );
+    Config::from_toml_str(&equal).unwrap();
+}
+
+#[test]
 fn a_typo_in_a_key_is_an_error_naming_it() {
     let text = format!("[server]\nlisen = \"127.0.0.1:8787\"\n{VALID}");
     let e = the_error(&text);

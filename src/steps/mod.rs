@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod failure;
 pub mod forge;
 pub mod forge_sync;
+pub mod gc;
 pub mod hosts;
 mod lines;
 pub mod names;
@@ -38,6 +39,7 @@ use crate::workflow::{Engine, EngineBuilder, EngineError};
 use agent_task::{AgentTask, Phase};
 use agents::PullAgent;
 use forge_sync::ForgeSync;
+use gc::WorkspaceGc;
 use hosts::HostWatch;
 use pull_mode::Pin;
 use runtime::Runtime;
@@ -53,7 +55,8 @@ pub fn register(builder: EngineBuilder, rt: &Arc<Runtime>) -> EngineBuilder {
         .register(AgentTask::new(rt.clone()))
         .register(PullAgent::new(rt.clone()))
         .register(HostWatch)
-        .register(ForgeSync::new(rt.clone()));
+        .register(ForgeSync::new(rt.clone()))
+        .register(WorkspaceGc::new(rt.clone()));
     match rt.forge_handle() {
         Some(forge) => builder
             .handler(forge::LABELS_EFFECT, forge::LabelsHandler(forge.clone()))
@@ -63,11 +66,12 @@ pub fn register(builder: EngineBuilder, rt: &Arc<Runtime>) -> EngineBuilder {
 }
 
 /// Starts what runs beside the tasks once the engine is open and recovered: the forge's
-/// reconciliation (when a forge is configured).
+/// reconciliation (when a forge is configured) and the sweeper of ended tasks' workspaces.
 pub async fn start_services(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
     if rt.forge().is_some() {
         forge_sync::ensure_started(engine).await?;
     }
+    gc::start(engine, rt.config().storage.workspace_retention).await?;
     Ok(())
 }
 
@@ -80,6 +84,7 @@ pub fn recover(engine: &Engine, rt: &Runtime) -> Result<(), EngineError> {
     let now = Timestamp::now();
     let grace = now.after(rt.board().lease());
     rt.set_names(names::TaskNames::of(engine));
+    rt.set_engine(engine.clone());
     if let Some(forge) = rt.forge() {
         forge.set_engine(engine.clone());
     }

@@ -57,6 +57,15 @@ impl TaskNames {
         format!("{work_root}/.runs/{}", self.run_id(task, n))
     }
 
+    /// Whether `run_id` is one of task `task`'s run ids (`<id>[-<store>]-<n>`, see
+    /// [`Self::run_id`]).
+    pub fn is_run_of(&self, task: u64, run_id: &str) -> bool {
+        run_id
+            .strip_prefix(self.stem(task).as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     /// The task whose branch `branch` is, when it is one of this store's: another store's
     /// branch (or the other form) is no task of ours.
     pub fn task_of_branch(&self, branch: &str) -> Option<u64> {
@@ -93,6 +102,8 @@ mod tests {
         assert_eq!(n.run_id(7, 2), "7-2");
         assert_eq!(n.run_dir("/w", 7, 2), "/w/.runs/7-2");
         assert_eq!(n.task_of_branch("task/7"), Some(7));
+        assert!(n.is_run_of(7, "7-2"));
+        assert!(!n.is_run_of(7, "77-2") && !n.is_run_of(7, "7-") && !n.is_run_of(7, "7-2/x"));
     }
 
     #[test]
@@ -104,6 +115,8 @@ mod tests {
         assert_eq!(n.run_id(7, 2), format!("7-{s}-2"));
         assert_eq!(n.run_dir("/w", 7, 2), format!("/w/.runs/7-{s}-2"));
         assert_eq!(n.task_of_branch(&format!("task/7-{s}")), Some(7));
+        assert!(n.is_run_of(7, &format!("7-{s}-2")));
+        assert!(!n.is_run_of(7, "7-2"), "the old form is another store's");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::io::shell::SharedShell;
-use crate::workflow::StepError;
+use crate::workflow::{Engine, StepError};
 
 use super::dispatch::Fleet;
 use super::forge::Forge;
@@ -38,6 +38,9 @@ pub struct Runtime {
     /// How the store names its tasks on hosts and forges: known once the store is open
     /// ([`super::recover`] sets it before any step runs).
     names: OnceLock<TaskNames>,
+    /// The open engine, for workflows that read other instances (the workspace sweeper): set
+    /// by [`super::recover`] before routing opens.
+    engine: OnceLock<Engine>,
 }
 
 impl Runtime {
@@ -60,6 +63,7 @@ impl Runtime {
             problems: Mutex::new(HashMap::new()),
             forge: None,
             names: OnceLock::new(),
+            engine: OnceLock::new(),
         })
     }
 
@@ -80,6 +84,18 @@ impl Runtime {
             .get()
             .copied()
             .ok_or_else(|| StepError::msg("the store is not open yet: its task names are unknown"))
+    }
+
+    /// Keeps the open engine; the first call wins.
+    pub(super) fn set_engine(&self, engine: Engine) {
+        let _ = self.engine.set(engine);
+    }
+
+    /// The open engine. An error before [`super::recover`] gave it.
+    pub(super) fn engine(&self) -> Result<&Engine, StepError> {
+        self.engine
+            .get()
+            .ok_or_else(|| StepError::msg("the engine is not open yet"))
     }
 
     pub fn forge(&self) -> Option<&Forge> {

@@ -80,6 +80,11 @@ pub fn mirror_name(repo: &str) -> String {
     format!("{readable}-{hash:016x}.git")
 }
 
+/// The host's mirror of `repo` under `work_root`.
+pub fn mirror_dir(work_root: &str, repo: &str) -> String {
+    format!("{work_root}/.mirrors/{}", mirror_name(repo))
+}
+
 /// The shell lines that make `$mirror` a bare mirror of `$repo` (cloned once, under a lock
 /// shared by the host's tasks) and fetch it; remote branches land in `refs/remotes/origin/*`, so
 /// a fetch never touches task branches.
@@ -115,7 +120,7 @@ pub async fn pushed_work(
     base: Option<&str>,
     branch: &str,
 ) -> Result<(String, String, BranchWork), WorkspaceError> {
-    let mirror = format!("{root}/.mirrors/{}", mirror_name(repo));
+    let mirror = mirror_dir(root, repo);
     let script = format!(
         r#"set -eu
 repo={repo}; mirror={mirror}; branch={branch}; base={base}
@@ -192,7 +197,7 @@ pub async fn prepare(
     names: TaskNames,
     task_id: u64,
 ) -> Result<Workspace, WorkspaceError> {
-    let mirror = format!("{work_root}/.mirrors/{}", mirror_name(repo));
+    let mirror = mirror_dir(work_root, repo);
     let work_dir = names.clone_dir(work_root, task_id);
     let branch = names.branch(task_id);
     // The mirror is shared by the host's tasks: a lock serialises clone and fetch. Remote
