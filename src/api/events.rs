@@ -59,7 +59,7 @@ struct FeedQuery {
     /// `woken`, `cancel_requested`, `effect_delivered`, `effect_abandoned`.
     #[param(example = "step,cancel_requested")]
     kind: Option<String>,
-    /// Only the rows of this workflow (`agent-task`, `forge-sync`, `host`, `pull-agent`).
+    /// Only the rows of this workflow (`agent-task`, `forge-sync`, `host`, `pull-agent`, `workspace-gc`).
     workflow: Option<String>,
 }
 

@@ -183,7 +183,7 @@ pub struct FeedRowView {
     pub seq: u64,
     /// The instance's id: for `agent-task` rows, the task's id (what `?task=` filters on).
     pub task: String,
-    /// `agent-task`, `forge-sync`, `host` or `pull-agent`.
+    /// `agent-task`, `forge-sync`, `host`, `pull-agent` or `workspace-gc`.
     pub workflow: String,
     /// The instance's status after the change, as the engine has it: `runnable`, `waiting`,
     /// `sleeping`, `completed`, `failed` or `cancelled`.
