@@ -560,6 +560,8 @@ struct Tables<'txn> {
     instance_keys: Table<'txn, (u64, &'static str), ()>,
     idem_age: Table<'txn, (u64, &'static str), ()>,
     limits: Limits,
+    /// What this batch added that retention will remove in turn (see `prune`).
+    added: prune::Added,
     /// Running instances woken since their step loaded (see `Op::Wake`).
     woken: HashSet<InstanceId>,
 }
@@ -595,6 +597,7 @@ impl<'txn> Tables<'txn> {
             instance_keys: txn.open_table(INSTANCE_KEYS)?,
             idem_age: txn.open_table(IDEM_AGE)?,
             limits,
+            added: prune::Added::default(),
             woken,
         })
     }
@@ -658,6 +661,7 @@ impl<'txn> Tables<'txn> {
 
     /// Records idempotency key `key` (with what it produced), dated for its expiry.
     fn remember(&mut self, key: &str, value: u64, now: Timestamp) -> Result<(), EngineError> {
+        self.added.keys += 1;
         self.idem.insert(key, value)?;
         self.idem_age.insert((now.0, key), ())?;
         Ok(())
@@ -702,6 +706,7 @@ impl<'txn> Tables<'txn> {
         };
         self.feed.insert(seq, encode(&row)?.as_slice())?;
         self.feed_next += 1;
+        self.added.rows += 1;
         n.feed_last = Some(seq);
         Ok(())
     }
@@ -1147,6 +1152,7 @@ impl<'txn> Tables<'txn> {
         self.set_timer(id, rec, None, n)?;
         self.live.remove(id)?;
         self.ended.insert((now.0, id), ())?;
+        self.added.ended += 1;
         let left: Vec<u64> = self
             .inbox
             .range((id, 0)..=(id, u64::MAX))?

@@ -1,18 +1,28 @@
-//! Retention, done by the writer inside its ordinary commits: each batch also removes a few of
+//! Retention, done by the writer inside its ordinary commits: each batch also removes some of
 //! the oldest expired things — idempotency keys past the dedupe window, ended instances past
 //! the retention (record, history, replies, phase and key index rows), feed rows past the
-//! retention that every durable consumer has passed. A few per commit keeps each commit short;
-//! a busy store prunes as fast as it commits, an idle one has nothing new to prune.
+//! retention that every durable consumer has passed. Each commit removes up to twice what it
+//! added of each kind, plus a few: a busy store prunes faster than it grows whatever its commit
+//! rate (group commit batches thousands of ops when the disk is slow), a commit stays short,
+//! and an idle store has nothing new to prune.
 
 use super::super::store::META_FEED_NEXT;
 use super::{EngineError, FeedRecord, InstanceId, ReadableTable, Tables, Timestamp, decode};
 
-/// Idempotency keys forgotten per commit, at most.
+/// Idempotency keys forgotten per commit besides twice those it recorded.
 const KEYS_PER_COMMIT: usize = 64;
-/// Ended instances removed per commit, at most.
+/// Ended instances removed per commit besides twice those that ended in it.
 const INSTANCES_PER_COMMIT: usize = 4;
-/// Feed rows removed per commit, at most.
+/// Feed rows removed per commit besides twice those it appended.
 const ROWS_PER_COMMIT: usize = 64;
+
+/// What a batch added of each thing retention removes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Added {
+    pub keys: usize,
+    pub ended: usize,
+    pub rows: usize,
+}
 
 impl Tables<'_> {
     /// Removes a few of the oldest expired things (see the module doc).
@@ -36,9 +46,10 @@ impl Tables<'_> {
     /// not ended is dated `now` instead: it is how its starter finds it again (a host's
     /// instance, a pull agent's).
     fn prune_keys(&mut self, before: u64, now: Timestamp) -> Result<(), EngineError> {
+        let budget = KEYS_PER_COMMIT + 2 * self.added.keys;
         let mut old: Vec<(u64, String)> = Vec::new();
         for row in self.idem_age.range((0u64, "")..(before, ""))? {
-            if old.len() == KEYS_PER_COMMIT {
+            if old.len() == budget {
                 break;
             }
             let guard = row?.0;
@@ -63,9 +74,10 @@ impl Tables<'_> {
     /// Removes instances that ended before `before`, with everything kept for them. A record
     /// that cannot be read is left where it is (and reported by the engine's reads).
     fn prune_instances(&mut self, before: u64) -> Result<(), EngineError> {
+        let budget = INSTANCES_PER_COMMIT + 2 * self.added.ended;
         let mut old: Vec<(u64, InstanceId)> = Vec::new();
         for row in self.ended.range((0u64, 0u64)..(before, 0u64))? {
-            if old.len() == INSTANCES_PER_COMMIT {
+            if old.len() == budget {
                 break;
             }
             old.push(row?.0.value());
@@ -113,9 +125,10 @@ impl Tables<'_> {
         for row in self.consumers.iter()? {
             passed = passed.min(row?.1.value());
         }
+        let budget = ROWS_PER_COMMIT + 2 * self.added.rows;
         let mut old: Vec<u64> = Vec::new();
         for row in self.feed.iter()? {
-            if old.len() == ROWS_PER_COMMIT {
+            if old.len() == budget {
                 break;
             }
             let (k, v) = row?;
