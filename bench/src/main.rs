@@ -6,6 +6,7 @@
 //! cargo run --release --manifest-path bench/Cargo.toml -- ssh [--quick]
 //! cargo run --release --manifest-path bench/Cargo.toml -- latency [--quick] [--only demo|claude|codex]
 //! cargo run --release --manifest-path bench/Cargo.toml -- webhooks [--quick] [--rate R] [--seconds S] …
+//! cargo run --release --manifest-path bench/Cargo.toml -- feed [--quick]
 //! ```
 //!
 //! Every figure goes to stdout as one `metric <name> <value>` line; notes go to stderr. See
@@ -19,6 +20,7 @@ mod completions;
 mod duroxide_bench;
 mod engine_bench;
 mod fake_forge;
+mod feed_bench;
 mod http1;
 mod latency;
 // The integration tests' fake model server (Anthropic and OpenAI Responses APIs).
@@ -46,7 +48,8 @@ const USAGE: &str =
     "usage: agent-fleet-bench engine [--quick] [--only raw|engine|duroxide|recovery]
        agent-fleet-bench ssh [--quick]
        agent-fleet-bench latency [--quick] [--only demo|claude|codex]
-       agent-fleet-bench webhooks [--quick] [--burst N] [--connections C] [--rate R] [--seconds S] [--forge-delay-ms D]";
+       agent-fleet-bench webhooks [--quick] [--burst N] [--connections C] [--rate R] [--seconds S] [--forge-delay-ms D]
+       agent-fleet-bench feed [--quick]";
 
 /// Groups of the engine benchmark, in the order they run.
 const GROUPS: [&str; 4] = ["raw", "engine", "duroxide", "recovery"];
@@ -149,6 +152,12 @@ fn main() -> anyhow::Result<()> {
             let options = webhooks::WebhookOptions::parse(rest, USAGE)?;
             webhooks::run(options, &mut Report::default())
         }
+        "feed" => {
+            let plan = feed_bench::FeedPlan::parse(rest, USAGE)?;
+            feed_bench::run(plan, &mut Report::default())
+        }
+        // Hidden: the recovery child of `feed` (opens a store of its own workflow).
+        feed_bench::RECOVER_SUBCOMMAND => feed_bench::recover_child(rest),
         // Hidden: the fake model server of `latency`, in a child process whose stderr (the
         // server's request log) goes to a file.
         latency::MODEL_SUBCOMMAND => latency::model_main(),
@@ -225,20 +234,25 @@ async fn run_engine(options: Options) -> anyhow::Result<()> {
         recovery::run(&scratch, plan.parked, &mut report).await?;
     }
 
-    report.ratio(
-        "ratio_c1_vs_raw_commit",
-        "engine_transitions_per_s_c1",
-        "raw_redb_commit_per_s",
-    );
-    report.ratio(
-        "ratio_c256_vs_raw_commit",
-        "engine_transitions_per_s_c256",
-        "raw_redb_commit_per_s",
-    );
+    commit_ratios(&mut report);
     report.ratio(
         "ratio_vs_duroxide",
         "engine_workflows_per_s_c256",
         "duroxide_workflows_per_s",
     );
     Ok(())
+}
+
+/// Prints `ratio_c1_vs_raw_commit` and `ratio_c256_vs_raw_commit` from the engine phases and the
+/// raw loop already reported (by `engine` and by `feed`), and returns them (`None`: not
+/// measured).
+fn commit_ratios(report: &mut Report) -> [(&'static str, Option<f64>); 2] {
+    let ratios = [
+        ("ratio_c1_vs_raw_commit", "engine_transitions_per_s_c1"),
+        ("ratio_c256_vs_raw_commit", "engine_transitions_per_s_c256"),
+    ];
+    ratios.map(|(name, engine)| {
+        report.ratio(name, engine, "raw_redb_commit_per_s");
+        (name, report.get(name))
+    })
 }

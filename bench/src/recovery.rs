@@ -128,7 +128,7 @@ fn spawn_child(path: &Path, parked: u64, resume: bool) -> anyhow::Result<ChildFi
 
 /// Drops the cached pages of `path` from the kernel's page cache (this file only), so the next
 /// open reads it from the disk.
-fn evict_from_page_cache(path: &Path) -> anyhow::Result<()> {
+pub(crate) fn evict_from_page_cache(path: &Path) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;

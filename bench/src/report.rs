@@ -25,6 +25,11 @@ impl Report {
         let _ = out.flush();
     }
 
+    /// A figure printed so far.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.values.get(name).copied()
+    }
+
     /// Prints `name` = `numerator / denominator` from figures already printed: nothing when
     /// one of them was not measured in this run (`--only`), `nan` when one is not a number or
     /// the denominator is zero.
