@@ -1,6 +1,6 @@
 //! A stored record that cannot be read (issue 15, §2), against the real daemon: an ended task's
-//! does not stop the daemon (it is reported by `/readyz` and left untouched, the other tasks
-//! are served); a live task's does, with a clear message naming it.
+//! does not stop the daemon (recovery does not read it; the first read that meets it reports it
+//! by `/readyz`, it is left untouched, the other tasks are served); a live task's does, with a clear message naming it.
 
 #[path = "support/daemon.rs"]
 mod daemon;
@@ -40,7 +40,19 @@ async fn an_unreadable_ended_task_is_reported_and_the_daemon_serves_the_others()
     fleet.kill();
     damage(&fleet, &lost);
 
+    // Recovery reads no ended record: the daemon starts as if nothing were wrong…
     fleet.spawn().await;
+    let (status, list) = fleet.get("/tasks").await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<&str> = list["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(ids, [kept.as_str()], "the readable task is listed");
+    // …and the first read that meets the damaged record (the list) passes over it, logs it and
+    // has `/readyz` list it.
     let r = fleet
         .http
         .get(format!("{}/readyz", fleet.url))
@@ -57,15 +69,6 @@ async fn an_unreadable_ended_task_is_reported_and_the_daemon_serves_the_others()
         "logged:\n{}",
         fleet.log()
     );
-    let (status, list) = fleet.get("/tasks").await;
-    assert_eq!(status, 200, "{list}");
-    let ids: Vec<&str> = list["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["id"].as_str())
-        .collect();
-    assert_eq!(ids, [kept.as_str()], "the readable task is listed");
     // And new work is taken.
     let next = fleet.submit("Next", "demo-agent: echo three").await;
     fleet
