@@ -1,5 +1,7 @@
-//! The disk's own limits, measured on the scratch directory: a 4 KiB append + fsync loop, and
-//! redb with one insert per `Durability::Immediate` write transaction.
+//! The disk's own limits, measured on the scratch directory: a 4 KiB append + fsync loop, redb
+//! with one insert per `Durability::Immediate` write transaction, and redb with one insert in
+//! each of three tables per transaction — what the least engine transition writes (its record,
+//! a history event, a feed row), the fair baseline of `engine_transitions_per_s_c1`.
 //!
 //! The disk of a shared VM drifts by tens of percent within a minute, so the figures are
 //! sampled in slices spread around the engine phases (see [`RawDisk::sample`]) and reported as
@@ -16,6 +18,12 @@ use crate::report::{Report, note};
 use crate::scratch::Scratch;
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
+/// The three tables of the three-table loop.
+const TABLES: [TableDefinition<u64, &[u8]>; 3] = [
+    TableDefinition::new("raw-record"),
+    TableDefinition::new("raw-history"),
+    TableDefinition::new("raw-feed"),
+];
 /// The appended block.
 const BLOCK: [u8; 4096] = [0x5a; 4096];
 /// The value of each redb insert.
@@ -40,6 +48,7 @@ pub struct RawDisk {
     db: Database,
     fsyncs: Tally,
     commits: Tally,
+    commits3: Tally,
 }
 
 impl RawDisk {
@@ -58,10 +67,11 @@ impl RawDisk {
             db,
             fsyncs: Tally::default(),
             commits: Tally::default(),
+            commits3: Tally::default(),
         })
     }
 
-    /// Runs the fsync loop for `budget`, then the redb loop for `budget`.
+    /// Runs the fsync loop for `budget`, then each redb loop for `budget`.
     pub fn sample(&mut self, budget: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut count = 0_u64;
@@ -87,6 +97,21 @@ impl RawDisk {
         }
         self.commits.count += count;
         self.commits.elapsed += started.elapsed();
+
+        let started = Instant::now();
+        let mut count = 0_u64;
+        while started.elapsed() < budget {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            for definition in TABLES {
+                let mut table = txn.open_table(definition)?;
+                table.insert(self.commits3.count + count, VALUE.as_slice())?;
+            }
+            txn.commit()?;
+            count += 1;
+        }
+        self.commits3.count += count;
+        self.commits3.elapsed += started.elapsed();
         Ok(())
     }
 
@@ -96,6 +121,7 @@ impl RawDisk {
         let commits = self.commits.per_s();
         report.metric("raw_fsync_per_s", fsyncs);
         report.metric("raw_redb_commit_per_s", commits);
+        report.metric("raw_redb_commit_3_tables_per_s", self.commits3.per_s());
         note(format!(
             "raw: {fsyncs:.0} append+fsync/s, {commits:.0} redb commits/s ({:.2} ms per \
              commit), over {:.1} s of each",
