@@ -361,23 +361,21 @@ impl Forge {
         }
     }
 
-    /// The tasks of an issue, oldest first: those noted since the daemon started (every live
-    /// one: recovery notes them) and those the engine's key index knows (ended ones too). A
-    /// failed read of the index is logged and leaves the noted ones.
+    /// The tasks of an issue, oldest first, from the engine's key index: a task's issue is
+    /// indexed in the commit that starts it, and stays until the store's retention removes the
+    /// task. Before the engine is set, or if the index cannot be read (logged), the tasks
+    /// noted since the daemon started.
     fn issue_tasks(&self, repo: &str, issue: u64) -> Vec<u64> {
-        let mut tasks = (self.index().issues)
-            .get(&(repo.to_string(), issue))
-            .cloned()
-            .unwrap_or_default();
         if let Some(engine) = self.engine.get() {
             match engine.keyed(AgentTask::NAME, &review::issue_key(repo, issue)) {
-                Ok(found) => tasks.extend(found),
+                Ok(found) => return found,
                 Err(e) => tracing::error!(repo, issue, error = %e, "the task index cannot be read"),
             }
-            tasks.sort_unstable();
-            tasks.dedup();
         }
-        tasks
+        (self.index().issues)
+            .get(&(repo.to_string(), issue))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The newest task of an issue, if it has one.
@@ -871,19 +869,15 @@ impl Forge {
             return Ok(Handled::Ignored(format!("repository {}", repo.full_name)));
         }
         let by_branch = super::names::TaskNames::of(self.engine()?).task_of_branch(&pull.head_ref);
-        let noted = (self.index().pulls)
-            .get(&(repo.full_name.clone(), pull.number))
-            .copied();
-        let by_number = match noted {
-            Some(id) => Some(id),
-            None => (self.engine()?)
-                .keyed(
-                    AgentTask::NAME,
-                    &review::pull_key(&repo.full_name, pull.number),
-                )?
-                .last()
-                .copied(),
-        };
+        // The key index has the task once the step that opened the pull request committed; the
+        // note taken while that step runs covers the moment before.
+        let key = review::pull_key(&repo.full_name, pull.number);
+        let indexed = self.engine()?.keyed(AgentTask::NAME, &key)?.last().copied();
+        let by_number = indexed.or_else(|| {
+            (self.index().pulls)
+                .get(&(repo.full_name.clone(), pull.number))
+                .copied()
+        });
         let Some(id) = by_number.or(by_branch) else {
             return Ok(Handled::Ignored(format!(
                 "pull request #{} is not a task's ({})",
