@@ -1207,6 +1207,20 @@ impl Validator {
                 ),
             );
         }
+        // A start key names the instance it started: kept longer than the instance, it would
+        // answer a repeated start with an instance the store no longer has.
+        if s.dedupe_window > s.retention {
+            self.report(
+                p.key("dedupe_window"),
+                format!(
+                    "must not be longer than `storage.retention` ({}): a submission's or an \
+                     agent's key would outlive the task or agent it names, and a repeated \
+                     request would get an id the store no longer has; lower `dedupe_window` or \
+                     raise `retention`",
+                    humantime::format_duration(s.retention)
+                ),
+            );
+        }
     }
 
     fn dispatch(&mut self, d: &DispatchConfig) {

@@ -211,7 +211,7 @@ fn a_bad_duration_names_the_key_and_line() {
 fn a_workspace_retention_longer_than_the_retention_is_refused_and_says_why() {
     let text = VALID.replace(
         "path = \"/tmp/fleet.redb\"",
-        "path = \"/tmp/fleet.redb\"\nretention = \"1d\"\nworkspace_retention = \"2d\"",
+        "path = \"/tmp/fleet.redb\"\nretention = \"1d\"\nworkspace_retention = \"2d\"\ndedupe_window = \"1d\"",
     );
     let e = the_error(&text);
     assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
@@ -224,9 +224,21 @@ fn a_workspace_retention_longer_than_the_retention_is_refused_and_says_why() {
     assert!(e.message().contains("removed from the store"), "{e}");
     let equal = VALID.replace(
         "path = \"/tmp/fleet.redb\"",
-        "path = \"/tmp/fleet.redb\"\nretention = \"2d\"\nworkspace_retention = \"2d\"",
+        "path = \"/tmp/fleet.redb\"\nretention = \"2d\"\nworkspace_retention = \"2d\"\ndedupe_window = \"2d\"",
     );
     Config::from_toml_str(&equal).unwrap();
+}
+
+#[test]
+fn a_dedupe_window_longer_than_the_retention_is_refused_and_says_why() {
+    let text = VALID.replace(
+        "path = \"/tmp/fleet.redb\"",
+        "path = \"/tmp/fleet.redb\"\nretention = \"3d\"\nworkspace_retention = \"1d\"\ndedupe_window = \"4d\"",
+    );
+    let e = the_error(&text);
+    assert!(matches!(e, ConfigError::Invalid { .. }), "{e:?}");
+    assert_names(&e, "storage.dedupe_window", line_of(&text, "dedupe_window"));
+    assert!(e.message().contains("`storage.retention` (3days)"), "{e}");
 }
 
 #[test]

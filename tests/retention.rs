@@ -12,7 +12,8 @@ use serde_json::json;
 #[tokio::test]
 async fn a_failed_task_nobody_retries_ends_after_the_retention_and_is_then_removed() {
     let setup = Setup {
-        storage: "retention = \"2s\"\nworkspace_retention = \"2s\"\n".into(),
+        storage: "retention = \"2s\"\nworkspace_retention = \"2s\"\ndedupe_window = \"2s\"\n"
+            .into(),
         ..Setup::default()
     };
     let fleet = Fleet::start(setup).await;
