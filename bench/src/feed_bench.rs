@@ -472,7 +472,9 @@ async fn plateau(
     let first = std::fs::metadata(&path)?.len();
     let first_kept = engine.list()?.len();
     let first_s = started.elapsed().as_secs_f64();
-    start_closed_tickets_at(
+    // From here on every commit also prunes (the first part's instances are past the
+    // retention): its start latencies are compared with a store that prunes nothing.
+    let mut pruning = start_closed_tickets_at(
         &engine,
         plan.plateau_total - plan.plateau_first,
         PLATEAU_RATE,
@@ -494,6 +496,17 @@ async fn plateau(
     );
     let ratio = last as f64 / first as f64;
     report.metric(&name, ratio);
+    let mut unpruned = unpruned_start_latencies(scratch, plan).await?;
+    let with = percentile(&mut pruning, 0.99);
+    let without = percentile(&mut unpruned, 0.99);
+    report.metric("start_p99_ms_while_pruning", with);
+    report.metric("start_p99_ms_without_retention", without);
+    note(format!(
+        "start latency at {PLATEAU_RATE:.0}/s: p50 {:.2} ms / p99 {with:.2} ms while pruning, \
+         p50 {:.2} ms / p99 {without:.2} ms on a store that keeps everything",
+        percentile(&mut pruning, 0.5),
+        percentile(&mut unpruned, 0.5),
+    ));
     note(format!(
         "plateau: {} tickets in {first_s:.1} s ({first_kept} instances kept), {} in \
          {total_s:.1} s ({kept} instances and {feed_rows} feed rows kept); retention \
@@ -512,26 +525,42 @@ async fn plateau(
 }
 
 /// Starts `n` tickets that complete at once, open-loop at `rate` per second (each start due at
-/// its own time, [`PLATEAU_STARTERS`] in flight at most).
-async fn start_closed_tickets_at(engine: &Engine, n: u64, rate: f64) -> anyhow::Result<()> {
+/// its own time, [`PLATEAU_STARTERS`] in flight at most); returns each start's latency (call to
+/// committed answer), in ms.
+async fn start_closed_tickets_at(engine: &Engine, n: u64, rate: f64) -> anyhow::Result<Vec<f64>> {
     let start = tokio::time::Instant::now();
     let mut starters = JoinSet::new();
     for w in 0..PLATEAU_STARTERS {
         let engine = engine.clone();
         starters.spawn(async move {
             let mut k = w;
+            let mut took = Vec::new();
             while k < n {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+                let sent = Instant::now();
                 engine.start::<Ticket>(&Ticket::CLOSE, None).await?;
+                took.push(sent.elapsed().as_secs_f64() * 1000.0);
                 k += PLATEAU_STARTERS;
             }
-            anyhow::Ok(())
+            anyhow::Ok(took)
         });
     }
+    let mut took = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     while let Some(done) = starters.join_next().await {
-        done.context("starter task panicked")??;
+        took.extend(done.context("starter task panicked")??);
     }
-    Ok(())
+    Ok(took)
+}
+
+/// The same open loop as the plateau's first part on a store that keeps everything: the start
+/// latency the plateau's pruning is compared with.
+async fn unpruned_start_latencies(scratch: &Scratch, plan: FeedPlan) -> anyhow::Result<Vec<f64>> {
+    let path = scratch.file("unpruned.redb")?;
+    let engine = Engine::builder(&path).register(Ticket).open().await?;
+    let took = start_closed_tickets_at(&engine, plan.plateau_first, PLATEAU_RATE).await?;
+    settle(&engine, 0).await?;
+    engine.shutdown().await?;
+    Ok(took)
 }
 
 /// The feed rows still stored, read a page at a time.
