@@ -15,10 +15,10 @@ mod small_disk;
 
 use std::time::{Duration, Instant};
 
-use agent_fleet::workflow::{EngineError, Outcome, StepCtx, StepResult, StoreError, Workflow};
+use agent_fleet::workflow::{EngineError, StoreError};
 use daemon::{Fleet, REMOTE_AGENT, Setup};
 use serde_json::{Value, json};
-use small_disk::SmallDisk;
+use small_disk::{Parked, SmallDisk};
 
 /// What one task or instance carries, so that a few of them need new pages of the store.
 const BLOB: usize = 256 * 1024;
@@ -151,19 +151,6 @@ async fn a_full_disk_stops_the_daemon_and_a_restart_keeps_every_acknowledged_tas
 }
 
 // ---- the engine ------------------------------------------------------------------------------
-
-/// Parks at once, holding its state.
-struct Parked;
-
-impl Workflow for Parked {
-    const NAME: &'static str = "parked";
-    const VERSION: u32 = 1;
-    type State = Vec<u8>;
-    type Signal = ();
-    async fn step(&self, _ctx: &mut StepCtx<()>, s: Vec<u8>) -> StepResult<Vec<u8>> {
-        Ok(Outcome::wait(s))
-    }
-}
 
 fn is_failed(e: &EngineError) -> bool {
     matches!(e, EngineError::Store(StoreError::Failed { .. }))

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use agent_fleet::api::{self, AppState};
 use agent_fleet::config::Config;
-use agent_fleet::workflow::{Engine, Outcome, StepCtx, StepResult, Workflow};
+use agent_fleet::workflow::Engine;
 use daemon::{Fleet, Setup, TOKEN};
 use serde_json::{Value, json};
-use small_disk::SmallDisk;
+use small_disk::{Parked, SmallDisk};
 
 const T: Duration = Duration::from_secs(60);
 /// How long a stream stays silent before a reader takes it to have shown everything stored.
@@ -397,19 +397,6 @@ async fn task_watch_follows_a_real_task_to_its_completion_on_the_stream() {
 }
 
 // ---- the store fails -------------------------------------------------------------------------
-
-/// An instance that only waits: each start is one commit of `State` bytes.
-struct Parked;
-
-impl Workflow for Parked {
-    const NAME: &'static str = "parked";
-    const VERSION: u32 = 1;
-    type State = Vec<u8>;
-    type Signal = ();
-    async fn step(&self, _ctx: &mut StepCtx<()>, s: Vec<u8>) -> StepResult<Vec<u8>> {
-        Ok(Outcome::wait(s))
-    }
-}
 
 /// Without a server stopping it (the bare router), an open stream still ends once a commit
 /// fails: the store takes nothing more, so no row will ever come.

@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,7 +39,7 @@ use tokio::task::JoinSet;
 use crate::http1::{self, Conn};
 use crate::latency::{self, Daemon, TOKEN, toml_str};
 use crate::raw::RawDisk;
-use crate::report::{Report, note};
+use crate::report::{Report, note, percentile};
 use crate::scratch::Scratch;
 use crate::workload::Go;
 use crate::{Plan, engine_bench, recovery};
@@ -394,22 +393,12 @@ async fn index_and_recovery(
 
 /// Runs `feed-recover <db> <live>` and returns the seconds the engine's open took.
 fn recovery_child(path: &Path, live: u64) -> anyhow::Result<f64> {
-    let exe = std::env::current_exe().context("cannot find the bench binary")?;
-    let output = Command::new(exe)
-        .arg(RECOVER_SUBCOMMAND)
-        .arg(path)
-        .arg(live.to_string())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("cannot run the recovery child")?;
-    ensure!(
-        output.status.success(),
-        "recovery child failed: {}",
-        output.status
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
+    let args = [
+        RECOVER_SUBCOMMAND.to_string(),
+        path.display().to_string(),
+        live.to_string(),
+    ];
+    crate::recovery::run_child(&args)?
         .lines()
         .find_map(|l| l.strip_prefix("open_s "))
         .context("the recovery child did not print open_s")?
@@ -808,22 +797,11 @@ path = {store}
 [dispatch]
 default_repo = {repo}
 
-[[agents]]
-name = "bench"
-cli_template = "agent-fleet-bench-no-such-cli {{prompt}}"
-output_format = "raw"
-
-[[hosts]]
-host_id = "local"
-hostname = "localhost"
-agents = ["bench"]
-max_concurrent = 2
-work_root = {work}
-"#,
+{waiting_host}"#,
         token_env = latency::TOKEN_ENV,
         store = toml_str(&dir.join("data/fleet.redb").display().to_string()),
         repo = toml_str(&dir.join("origin").display().to_string()),
-        work = toml_str(&dir.join("work").display().to_string()),
+        waiting_host = latency::waiting_host_toml(&dir.join("work")),
     )
 }
 
@@ -835,16 +813,6 @@ fn ms(d: Duration) -> f64 {
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
-}
-
-/// Nearest-rank percentile (`NaN` when empty).
-fn percentile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
 }
 
 /// A small deterministic generator for the list cursors.
@@ -878,12 +846,5 @@ mod tests {
             20_000
         );
         assert!(FeedPlan::parse(&["--nope".into()], "").is_err());
-    }
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&mut v, 0.99), 99.0);
-        assert!(percentile(&mut [], 0.5).is_nan());
     }
 }

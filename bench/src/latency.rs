@@ -649,6 +649,26 @@ work_root = {work}
 }
 
 /// A TOML basic string (JSON's escapes are TOML's).
+/// The `[[agents]]` and `[[hosts]]` of a daemon whose tasks all wait for a host: one local host
+/// offering an agent kind whose CLI does not exist (so no run ever starts), work root `work`.
+pub(crate) fn waiting_host_toml(work: &std::path::Path) -> String {
+    format!(
+        r#"[[agents]]
+name = "bench"
+cli_template = "agent-fleet-bench-no-such-cli {{prompt}}"
+output_format = "raw"
+
+[[hosts]]
+host_id = "local"
+hostname = "localhost"
+agents = ["bench"]
+max_concurrent = 2
+work_root = {work}
+"#,
+        work = toml_str(&work.display().to_string()),
+    )
+}
+
 pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serializes")
 }

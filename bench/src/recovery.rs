@@ -92,15 +92,12 @@ struct ChildFigures {
     resumed: f64,
 }
 
-/// Runs `recover <db> <parked> [--resume]` in a child process and reads what it printed.
-fn spawn_child(path: &Path, parked: u64, resume: bool) -> anyhow::Result<ChildFigures> {
+/// Runs this bench binary with `args` (a child's subcommand) and returns what it printed; the
+/// child's stderr goes to ours.
+pub(crate) fn run_child(args: &[String]) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("cannot find the bench binary")?;
-    let mut command = Command::new(exe);
-    command.arg(SUBCOMMAND).arg(path).arg(parked.to_string());
-    if resume {
-        command.arg(RESUME_FLAG);
-    }
-    let output = command
+    let output = Command::new(exe)
+        .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -110,7 +107,20 @@ fn spawn_child(path: &Path, parked: u64, resume: bool) -> anyhow::Result<ChildFi
         "recovery child failed: {}",
         output.status
     );
-    let figures = parse_figures(&String::from_utf8_lossy(&output.stdout))?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Runs `recover <db> <parked> [--resume]` in a child process and reads what it printed.
+fn spawn_child(path: &Path, parked: u64, resume: bool) -> anyhow::Result<ChildFigures> {
+    let mut args = vec![
+        SUBCOMMAND.to_string(),
+        path.display().to_string(),
+        parked.to_string(),
+    ];
+    if resume {
+        args.push(RESUME_FLAG.to_string());
+    }
+    let figures = parse_figures(&run_child(&args)?)?;
     let get = |key: &str| {
         figures
             .get(key)

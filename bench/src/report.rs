@@ -58,8 +58,27 @@ pub fn note(text: impl AsRef<str>) {
     eprintln!("[bench] {}", text.as_ref());
 }
 
+/// The `q` quantile (nearest rank) of `values`, sorted in place; NaN when empty.
+pub fn percentile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::percentile(&mut v, 0.50), 50.0);
+        assert_eq!(super::percentile(&mut v, 0.99), 99.0);
+        assert_eq!(super::percentile(&mut v, 1.0), 100.0);
+        assert!(super::percentile(&mut [], 0.5).is_nan());
+    }
+
     use super::*;
 
     #[test]

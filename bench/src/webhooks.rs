@@ -33,7 +33,7 @@ use sha2::Sha256;
 use crate::fake_forge::FakeForge;
 use crate::http1::{self, Conn};
 use crate::latency::{self, Daemon, TOKEN, TOKEN_ENV, toml_str};
-use crate::report::{Report, note};
+use crate::report::{Report, note, percentile};
 use crate::scratch::Scratch;
 
 const SECRET: &str = "bench-webhook-secret";
@@ -275,21 +275,10 @@ trigger_label = "{TRIGGER}"
 repos = ["acme/widgets"]
 default_agent = "bench"
 
-[[agents]]
-name = "bench"
-cli_template = "agent-fleet-bench-no-such-cli {{prompt}}"
-output_format = "raw"
-
-[[hosts]]
-host_id = "local"
-hostname = "localhost"
-agents = ["bench"]
-max_concurrent = 2
-work_root = {work}
-"#,
+{waiting_host}"#,
         store = toml_str(&dir.join("data/fleet.redb").display().to_string()),
         forge = toml_str(forge),
-        work = toml_str(&dir.join("work").display().to_string()),
+        waiting_host = latency::waiting_host_toml(&dir.join("work")),
     )
 }
 
@@ -495,16 +484,6 @@ fn record(
         Ok(a) => failures.push((a.status, String::from_utf8_lossy(&a.body).into_owned())),
         Err(e) => failures.push((0, format!("{e:#}"))),
     }
-}
-
-/// The `q` quantile (nearest rank) of `values`, in place; NaN when empty.
-fn percentile(values: &mut [f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
-    values[rank - 1]
 }
 
 /// One second of the steady phase (by when the sends were due).
@@ -758,15 +737,6 @@ type ClientResult = (Vec<(f64, f64)>, Vec<(u16, String)>);
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&mut v, 0.50), 50.0);
-        assert_eq!(percentile(&mut v, 0.99), 99.0);
-        assert_eq!(percentile(&mut v, 1.0), 100.0);
-        assert!(percentile(&mut [], 0.5).is_nan());
-    }
 
     #[test]
     fn a_plan_resends_about_thirty_percent_and_numbers_new_issues_in_order() {

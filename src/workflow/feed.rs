@@ -8,7 +8,6 @@
 
 use futures::Stream;
 use serde::Serialize;
-use tokio::sync::watch;
 
 use super::InstanceId;
 use super::definition::Effect;
@@ -57,7 +56,7 @@ impl Engine {
 
     /// The number of the last committed feed row (0: none yet).
     pub fn feed_last(&self) -> u64 {
-        *self.feed_watch().borrow()
+        *self.feed_receiver().borrow()
     }
 
     /// Every committed row after `after`, in order, then each new one as it commits; ends only
@@ -94,7 +93,7 @@ impl Engine {
         after: u64,
         limit: usize,
     ) -> Result<Option<Vec<FeedRow>>, EngineError> {
-        let mut last = self.feed_watch();
+        let mut last = self.feed_receiver();
         loop {
             // Marks the current value seen before reading: a commit after the read wakes us.
             let committed = *last.borrow_and_update();
@@ -134,10 +133,6 @@ impl Engine {
             name: name.to_string(),
             cursor,
         })
-    }
-
-    fn feed_watch(&self) -> watch::Receiver<u64> {
-        self.feed_receiver()
     }
 }
 

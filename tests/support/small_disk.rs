@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use agent_fleet::workflow::{Outcome, StepCtx, StepResult, Workflow};
 use tempfile::TempDir;
 
 /// The tmpfs the store lives on: small, so that filling it is quick.
@@ -85,5 +86,19 @@ impl Drop for SmallDisk {
         if !ok {
             eprintln!("cannot unmount the tmpfs on {}", path.display());
         }
+    }
+}
+
+/// An instance that only waits: each start is one commit of its state's bytes (what fills a
+/// small disk).
+pub struct Parked;
+
+impl Workflow for Parked {
+    const NAME: &'static str = "parked";
+    const VERSION: u32 = 1;
+    type State = Vec<u8>;
+    type Signal = ();
+    async fn step(&self, _ctx: &mut StepCtx<()>, s: Vec<u8>) -> StepResult<Vec<u8>> {
+        Ok(Outcome::wait(s))
     }
 }
