@@ -12,6 +12,10 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_agent-fleet");
 
 /// Generous: the test machine may be busy compiling.
+/// The engine's table of instance records and history (see `src/workflow/store.rs`): a record
+/// is at (id, u64::MAX).
+const RECORDS: redb::TableDefinition<(u64, u64), &[u8]> =
+    redb::TableDefinition::new("instance_rows");
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -438,7 +442,7 @@ impl agent_fleet::workflow::Workflow for Parked {
 
 #[tokio::test]
 async fn serve_exits_1_on_a_record_of_an_unknown_schema_version() {
-    use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+    use redb::{ReadableDatabase, ReadableTable};
     let setup = Setup::new();
     let engine = agent_fleet::workflow::Engine::builder(setup.store())
         .register(Parked)
@@ -452,12 +456,10 @@ async fn serve_exits_1_on_a_record_of_an_unknown_schema_version() {
         let db = redb::Database::create(setup.store()).unwrap();
         let txn = db.begin_write().unwrap();
         {
-            let mut table = txn
-                .open_table(TableDefinition::<u64, &[u8]>::new("instances"))
-                .unwrap();
-            let mut bytes = table.get(id).unwrap().unwrap().value().to_vec();
+            let mut table = txn.open_table(RECORDS).unwrap();
+            let mut bytes = table.get((id, u64::MAX)).unwrap().unwrap().value().to_vec();
             bytes[0] = 200; // a schema version from the future
-            table.insert(id, bytes.as_slice()).unwrap();
+            table.insert((id, u64::MAX), bytes.as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }
@@ -475,8 +477,6 @@ async fn serve_exits_1_on_a_record_of_an_unknown_schema_version() {
     // The record is left as it was, for a newer daemon to read.
     let db = redb::Database::create(setup.store()).unwrap();
     let txn = db.begin_read().unwrap();
-    let table = txn
-        .open_table(TableDefinition::<u64, &[u8]>::new("instances"))
-        .unwrap();
-    assert_eq!(table.get(id).unwrap().unwrap().value()[0], 200);
+    let table = txn.open_table(RECORDS).unwrap();
+    assert_eq!(table.get((id, u64::MAX)).unwrap().unwrap().value()[0], 200);
 }

@@ -883,14 +883,15 @@ async fn record_with_unknown_schema_version_is_a_clear_error() {
     drop(engine);
     {
         use redb::{ReadableTable, TableDefinition};
-        let table: TableDefinition<u64, &[u8]> = TableDefinition::new("instances");
+        // Records and history (see `src/workflow/store.rs`): a record is at (id, u64::MAX).
+        let table: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("instance_rows");
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         {
             let mut t = txn.open_table(table).unwrap();
-            let mut bytes = t.get(id).unwrap().unwrap().value().to_vec();
+            let mut bytes = t.get((id, u64::MAX)).unwrap().unwrap().value().to_vec();
             bytes[0] = 99;
-            t.insert(id, bytes.as_slice()).unwrap();
+            t.insert((id, u64::MAX), bytes.as_slice()).unwrap();
         }
         txn.commit().unwrap();
     }

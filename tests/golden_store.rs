@@ -2,7 +2,8 @@
 //! made by `examples/make_golden.rs`, one per store format, never rewritten) open in this
 //! version and their workflows run to completion: parked waits, an overdue timer, an early
 //! signal, an unresolved intent and undelivered effects all survive the upgrade. Format 1 is
-//! upgraded to format 2 (the `live` index) on open.
+//! upgraded on open (the `live` index), and formats 1 and 2 get records and history moved into
+//! one table (format 3).
 
 #[path = "support/golden.rs"]
 mod golden;
@@ -21,8 +22,13 @@ async fn store_of_format_1_is_upgraded_and_runs_to_completion() {
 }
 
 #[tokio::test]
-async fn store_of_format_2_runs_to_completion() {
+async fn store_of_format_2_is_upgraded_and_runs_to_completion() {
     runs_to_completion("golden-v2.redb").await;
+}
+
+#[tokio::test]
+async fn store_of_format_3_runs_to_completion() {
+    runs_to_completion("golden-v3.redb").await;
 }
 
 async fn runs_to_completion(fixture: &str) {
@@ -35,11 +41,17 @@ async fn runs_to_completion(fixture: &str) {
         .handler("golden-fx", sink.clone())
         .open()
         .await
-        .expect("a version-one store opens");
+        .expect("an older store opens");
     let report = engine.recovery().clone();
     assert_eq!(report.instances, 5);
     assert_eq!(report.terminal, 1);
     assert_eq!(report.pending_effects, 4);
+    // The ended instance's history came through the upgrade, from its start on.
+    let history = engine.history(4).unwrap();
+    assert!(
+        matches!(history.first(), Some((0, e)) if matches!(e.kind, EventKind::Started { .. })),
+        "{history:?}"
+    );
 
     let (waiting, timer, early, done, intent) = (1, 2, 3, 4, 5);
     for id in [waiting, early, intent] {

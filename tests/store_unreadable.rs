@@ -11,8 +11,9 @@ use std::time::Duration;
 use daemon::{BIN, Fleet, REMOTE_AGENT, Setup, TOKEN};
 use redb::{Database, ReadableTable, TableDefinition};
 
-/// The engine's table of instance records (see `src/workflow/store.rs`).
-const INSTANCES: TableDefinition<u64, &[u8]> = TableDefinition::new("instances");
+/// The engine's table of instance records and history (see `src/workflow/store.rs`): a record
+/// is at (id, u64::MAX).
+const INSTANCES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("instance_rows");
 
 /// Overwrites the stored record of instance `id` with bytes no build can decode.
 fn damage(fleet: &Fleet, id: &str) {
@@ -21,8 +22,13 @@ fn damage(fleet: &Fleet, id: &str) {
     {
         let mut table = txn.open_table(INSTANCES).unwrap();
         let id: u64 = id.parse().unwrap();
-        assert!(table.get(id).unwrap().is_some(), "no record {id}");
-        table.insert(id, &[0xff, 0xfe, 0x00, 0x13][..]).unwrap();
+        assert!(
+            table.get((id, u64::MAX)).unwrap().is_some(),
+            "no record {id}"
+        );
+        table
+            .insert((id, u64::MAX), &[0xff, 0xfe, 0x00, 0x13][..])
+            .unwrap();
     }
     txn.commit().unwrap();
 }

@@ -17,10 +17,19 @@ use super::store_id::{META_STORE_ID, StoreId};
 
 /// Engine bookkeeping: store format and id counters.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Instance id → [`InstanceRecord`].
-pub(crate) const INSTANCES: TableDefinition<u64, &[u8]> = TableDefinition::new("instances");
-/// (instance, seq) → [`Event`]; append-only per instance.
-pub(crate) const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
+/// Each instance's rows, side by side (format 3 on): (instance, [`RECORD`]) → its
+/// [`InstanceRecord`], (instance, seq) → its history's [`Event`]s, append-only. The record sits
+/// right after the newest events, so a transition (record + event) writes one leaf, not two, and
+/// removing an ended instance removes one range.
+pub(crate) const INSTANCE_ROWS: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("instance_rows");
+/// The second half of the key of an instance's record in [`INSTANCE_ROWS`] (history events are
+/// numbered below it).
+pub(crate) const RECORD: u64 = u64::MAX;
+/// Format 1 and 2: instance id → [`InstanceRecord`] (moved to [`INSTANCE_ROWS`] on open).
+const OLD_INSTANCES: TableDefinition<u64, &[u8]> = TableDefinition::new("instances");
+/// Format 1 and 2: (instance, seq) → [`Event`] (moved to [`INSTANCE_ROWS`] on open).
+const OLD_HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
 /// (instance, seq) → [`SignalRecord`] not yet consumed.
 pub(crate) const INBOX: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("inbox");
 /// (due ms, instance) → (); ordered by absolute due time.
@@ -69,8 +78,9 @@ pub(crate) const META_INDEXED: &str = "indexed";
 pub(crate) const INDEXED: u64 = 3;
 
 /// Store file format written by this build (the table layout above). Format 1 had no `live`
-/// table; opening such a file builds it (see `migrate_1_to_2`).
-pub const STORE_FORMAT: u64 = 2;
+/// table; opening such a file builds it (see `migrate_1_to_2`). Formats 1 and 2 kept records and
+/// history in two tables (see `migrate_2_to_3`).
+pub const STORE_FORMAT: u64 = 3;
 pub(crate) const META_FORMAT: &str = "format";
 pub(crate) const META_NEXT_INSTANCE: &str = "next_instance";
 pub(crate) const META_NEXT_EFFECT: &str = "next_effect";
@@ -134,15 +144,17 @@ impl Store {
                     }
                     .into());
                 }
-                Some(1) => {
-                    migrate_1_to_2(&txn)?;
+                Some(found) if found < STORE_FORMAT => {
+                    if found == 1 {
+                        migrate_1_to_2(&txn)?;
+                    }
+                    let moved = migrate_2_to_3(&txn)?;
                     meta.insert(META_FORMAT, STORE_FORMAT)?;
-                    tracing::info!(path = %shown, "store upgraded from format 1 to 2");
+                    tracing::info!(path = %shown, instances = moved, "store upgraded from format {found} to {STORE_FORMAT}");
                 }
                 Some(_) => {}
             }
-            txn.open_table(INSTANCES)?;
-            txn.open_table(HISTORY)?;
+            txn.open_table(INSTANCE_ROWS)?;
             txn.open_table(INBOX)?;
             txn.open_table(TIMERS)?;
             txn.open_table(OUTBOX)?;
@@ -174,10 +186,10 @@ impl Store {
         })
     }
 
-    /// Number of instances, ended ones included.
+    /// Number of instances, ended ones included: each is in the `live` or the `ended` index.
     pub fn instance_count(&self) -> Result<u64, EngineError> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(INSTANCES)?.len()?)
+        Ok(txn.open_table(LIVE)?.len()? + txn.open_table(ENDED)?.len()?)
     }
 
     /// Calls `f` with every instance that has not ended, in id order; stops at the first
@@ -188,10 +200,10 @@ impl Store {
     ) -> Result<(), EngineError> {
         let txn = self.db.begin_read()?;
         let live = txn.open_table(LIVE)?;
-        let instances = txn.open_table(INSTANCES)?;
+        let instances = txn.open_table(INSTANCE_ROWS)?;
         for row in live.iter()? {
             let id = row?.0.value();
-            let Some(bytes) = instances.get(id)? else {
+            let Some(bytes) = instances.get((id, RECORD))? else {
                 continue;
             };
             f(id, decode_instance(id, bytes.value())?);
@@ -201,8 +213,8 @@ impl Store {
 
     pub fn instance(&self, id: InstanceId) -> Result<Option<InstanceRecord>, EngineError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(INSTANCES)?;
-        let guard = table.get(id)?;
+        let table = txn.open_table(INSTANCE_ROWS)?;
+        let guard = table.get((id, RECORD))?;
         Ok(match guard {
             Some(g) => Some(decode(g.value())?),
             None => None,
@@ -272,12 +284,12 @@ impl Store {
     ) -> Result<Vec<(InstanceId, InstanceRecord)>, EngineError> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(BY_PHASE)?;
-        let instances = txn.open_table(INSTANCES)?;
+        let instances = txn.open_table(INSTANCE_ROWS)?;
         let mut out = Vec::new();
         let range = (workflow, phase, after.saturating_add(1))..=(workflow, phase, u64::MAX);
         for row in index.range(range)?.take(limit) {
             let id = row?.0.value().2;
-            if let Some(rec) = instances.get(id)? {
+            if let Some(rec) = instances.get((id, RECORD))? {
                 out.push((id, decode_instance(id, rec.value())?));
             }
         }
@@ -293,15 +305,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(InstanceId, MaybeRecord)>, EngineError> {
         let txn = self.db.begin_read()?;
-        let instances = txn.open_table(INSTANCES)?;
+        let instances = txn.open_table(INSTANCE_ROWS)?;
         let mut out = Vec::new();
-        for row in instances.range(after.saturating_add(1)..)? {
-            if out.len() == limit {
+        let mut records = Records::after(&instances, after);
+        while out.len() < limit {
+            let Some((id, bytes)) = records.next()? else {
                 break;
-            }
-            let (k, v) = row?;
-            let id = k.value();
-            let rec = decode_instance(id, v.value());
+            };
+            let rec = decode_instance(id, &bytes);
             if let (Some(w), Ok(r)) = (workflow, &rec)
                 && r.workflow != w
             {
@@ -374,16 +385,15 @@ impl Store {
         let txn = self.db.begin_write()?;
         let mut count = 0;
         {
-            let instances = txn.open_table(INSTANCES)?;
+            let instances = txn.open_table(INSTANCE_ROWS)?;
             let mut phases = txn.open_table(PHASES)?;
             let mut by_phase = txn.open_table(BY_PHASE)?;
             let mut ended = txn.open_table(ENDED)?;
             let mut keys = txn.open_table(KEYS)?;
             let mut instance_keys = txn.open_table(INSTANCE_KEYS)?;
-            for row in instances.iter()? {
-                let (k, v) = row?;
-                let id = k.value();
-                let Ok(rec) = decode_instance(id, v.value()) else {
+            let mut records = Records::after(&instances, 0);
+            while let Some((id, bytes)) = records.next()? {
+                let Ok(rec) = decode_instance(id, &bytes) else {
                     continue;
                 };
                 if rec.status.is_terminal() {
@@ -424,9 +434,9 @@ impl Store {
     /// The recorded history of `id`, in order (the oldest events may have been compacted away).
     pub fn history(&self, id: InstanceId) -> Result<Vec<(u64, Event)>, EngineError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(HISTORY)?;
+        let table = txn.open_table(INSTANCE_ROWS)?;
         let mut out = Vec::new();
-        for row in table.range((id, 0)..=(id, u64::MAX))? {
+        for row in table.range((id, 0)..(id, RECORD))? {
             let (k, v) = row?;
             out.push((k.value().1, decode(v.value())?));
         }
@@ -554,14 +564,44 @@ fn each_record(
     mut f: impl FnMut(InstanceId, bool, Result<InstanceRecord, EngineError>) -> Result<(), EngineError>,
 ) -> Result<(), EngineError> {
     let txn = db.begin_read()?;
-    let table = txn.open_table(INSTANCES)?;
+    let table = txn.open_table(INSTANCE_ROWS)?;
     let live = txn.open_table(LIVE)?;
-    for row in table.iter()? {
-        let (k, v) = row?;
-        let id = k.value();
-        f(id, live.get(id)?.is_some(), decode_instance(id, v.value()))?;
+    let mut records = Records::after(&table, 0);
+    while let Some((id, bytes)) = records.next()? {
+        f(id, live.get(id)?.is_some(), decode_instance(id, &bytes))?;
     }
     Ok(())
+}
+
+/// The instance records of an [`INSTANCE_ROWS`] table in id order, each found with two
+/// look-ups (the instance's first row, then its record) whatever the length of its history.
+struct Records<'t, T> {
+    table: &'t T,
+    /// The last id returned (0 before the first: ids start at 1).
+    after: InstanceId,
+}
+
+impl<'t, T: ReadableTable<(u64, u64), &'static [u8]>> Records<'t, T> {
+    fn after(table: &'t T, after: InstanceId) -> Self {
+        Records { table, after }
+    }
+
+    /// The next record: (id, encoded record). History rows without a record are passed over.
+    fn next(&mut self) -> Result<Option<(InstanceId, Vec<u8>)>, EngineError> {
+        loop {
+            let Some(from) = self.after.checked_add(1) else {
+                return Ok(None);
+            };
+            let Some(row) = self.table.range((from, 0)..)?.next() else {
+                return Ok(None);
+            };
+            let id = row?.0.value().0;
+            self.after = id;
+            if let Some(bytes) = self.table.get((id, RECORD))? {
+                return Ok(Some((id, bytes.value().to_vec())));
+            }
+        }
+    }
 }
 
 fn decode_instance(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, EngineError> {
@@ -571,9 +611,32 @@ fn decode_instance(id: InstanceId, bytes: &[u8]) -> Result<InstanceRecord, Engin
     })
 }
 
+/// Format 2 → 3: records and history move from `instances` and `history` into
+/// [`INSTANCE_ROWS`], byte for byte; the old tables are deleted. Returns the records moved.
+fn migrate_2_to_3(txn: &redb::WriteTransaction) -> Result<u64, EngineError> {
+    let mut rows = txn.open_table(INSTANCE_ROWS)?;
+    let mut moved = 0;
+    {
+        let instances = txn.open_table(OLD_INSTANCES)?;
+        for row in instances.iter()? {
+            let (k, v) = row?;
+            rows.insert((k.value(), RECORD), v.value())?;
+            moved += 1;
+        }
+        let history = txn.open_table(OLD_HISTORY)?;
+        for row in history.iter()? {
+            let (k, v) = row?;
+            rows.insert(k.value(), v.value())?;
+        }
+    }
+    txn.delete_table(OLD_INSTANCES)?;
+    txn.delete_table(OLD_HISTORY)?;
+    Ok(moved)
+}
+
 /// Format 1 → 2: index the instances that have not ended in `live`.
 fn migrate_1_to_2(txn: &redb::WriteTransaction) -> Result<(), EngineError> {
-    let instances = txn.open_table(INSTANCES)?;
+    let instances = txn.open_table(OLD_INSTANCES)?;
     let mut live = txn.open_table(LIVE)?;
     for row in instances.iter()? {
         let (k, v) = row?;

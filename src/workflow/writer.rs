@@ -31,9 +31,9 @@ use super::record::{
     IntentRecord, SignalRecord, Status, Timestamp, Wake, short,
 };
 use super::store::{
-    BY_PHASE, CONSUMERS, ENDED, FEED, HISTORY, IDEM_AGE, IDEMPOTENCY, INBOX, INSTANCE_KEYS,
-    INSTANCES, INTENTS, KEYS, LIVE, META, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX,
-    OUTBOX_PENDING, PHASES, REPLIES, REPLIES_KEPT, Store, TIMERS, feed_next,
+    BY_PHASE, CONSUMERS, ENDED, FEED, IDEM_AGE, IDEMPOTENCY, INBOX, INSTANCE_KEYS, INSTANCE_ROWS,
+    INTENTS, KEYS, LIVE, META, META_NEXT_EFFECT, META_NEXT_INSTANCE, OUTBOX, OUTBOX_PENDING,
+    PHASES, RECORD, REPLIES, REPLIES_KEPT, Store, TIMERS, feed_next,
 };
 
 mod prune;
@@ -539,8 +539,8 @@ pub(crate) fn once_key(key: &str) -> String {
 /// The tables of one write transaction, and the op logic on them.
 struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
-    instances: Table<'txn, u64, &'static [u8]>,
-    history: Table<'txn, (u64, u64), &'static [u8]>,
+    /// Records and history, side by side (see [`INSTANCE_ROWS`]).
+    rows: Table<'txn, (u64, u64), &'static [u8]>,
     inbox: Table<'txn, (u64, u64), &'static [u8]>,
     timers: Table<'txn, (u64, u64), ()>,
     outbox: Table<'txn, u64, &'static [u8]>,
@@ -577,8 +577,7 @@ impl<'txn> Tables<'txn> {
         let feed_next = feed_next(&meta, &feed)?;
         Ok(Tables {
             meta,
-            instances: txn.open_table(INSTANCES)?,
-            history: txn.open_table(HISTORY)?,
+            rows: txn.open_table(INSTANCE_ROWS)?,
             inbox: txn.open_table(INBOX)?,
             timers: txn.open_table(TIMERS)?,
             outbox: txn.open_table(OUTBOX)?,
@@ -719,8 +718,8 @@ impl<'txn> Tables<'txn> {
 
     fn load(&self, id: InstanceId) -> Result<InstanceRecord, EngineError> {
         let guard = self
-            .instances
-            .get(id)?
+            .rows
+            .get((id, RECORD))?
             .ok_or(EngineError::UnknownInstance(id))?;
         decode(guard.value()).map_err(|source| EngineError::Corrupt {
             what: format!("instance {id}"),
@@ -729,7 +728,7 @@ impl<'txn> Tables<'txn> {
     }
 
     fn save(&mut self, id: InstanceId, rec: &InstanceRecord) -> Result<(), EngineError> {
-        self.instances.insert(id, encode(rec)?.as_slice())?;
+        self.rows.insert((id, RECORD), encode(rec)?.as_slice())?;
         Ok(())
     }
 
@@ -742,11 +741,10 @@ impl<'txn> Tables<'txn> {
         now: Timestamp,
     ) -> Result<(), EngineError> {
         let bytes = encode(&Event { at: now, kind })?;
-        self.history
-            .insert((id, rec.history_next), bytes.as_slice())?;
+        self.rows.insert((id, rec.history_next), bytes.as_slice())?;
         rec.history_next += 1;
         while rec.history_next - rec.history_first > self.limits.history_cap {
-            self.history.remove((id, rec.history_first))?;
+            self.rows.remove((id, rec.history_first))?;
             rec.history_first += 1;
         }
         Ok(())

@@ -6,7 +6,7 @@
 //! rate (group commit batches thousands of ops when the disk is slow), a commit stays short,
 //! and an idle store has nothing new to prune.
 
-use super::super::store::META_FEED_NEXT;
+use super::super::store::{META_FEED_NEXT, RECORD};
 use super::{EngineError, FeedRecord, InstanceId, ReadableTable, Tables, Timestamp, decode};
 
 /// Idempotency keys forgotten per commit besides twice those it recorded.
@@ -93,9 +93,8 @@ impl Tables<'_> {
                     continue;
                 }
             };
-            self.instances.remove(id)?;
-            self.history
-                .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+            // Its record and history: one range.
+            self.rows.retain_in((id, 0)..=(id, RECORD), |_, _| false)?;
             self.replies
                 .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
             let phase = self.phases.remove(id)?.map(|g| g.value().to_string());
