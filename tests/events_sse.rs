@@ -172,6 +172,14 @@ async fn the_rows_of_a_submitted_task_arrive_in_order_with_their_ids() {
         assert_eq!(row.data["seq"], row.id);
         assert_eq!(row.data["kind"], row.event.as_str());
         assert!(row.data["at"].as_str().unwrap().ends_with('Z'), "{row:?}");
+        // Committed by this daemon just now: when the commit was durable, to the µs.
+        let durable = row.data["durable_at"].as_str().unwrap();
+        assert!(humantime::parse_rfc3339(durable).is_ok(), "{row:?}");
+        assert_eq!(
+            durable.len(),
+            "2026-12-03T19:00:00.000000Z".len(),
+            "{row:?}"
+        );
     }
     let first = rows.iter().find(|r| r.data["task"] == id.as_str()).unwrap();
     assert_eq!(first.event, "started");

@@ -16,11 +16,12 @@
 //! 4. **Feed lag** on the REAL daemon (`agent-fleet serve`, as in `latency` and `webhooks`):
 //!    tasks submitted open-loop at the rate that makes ~`lag_rows_per_s` feed rows per second
 //!    (tasks that wait for a host: their start and first steps), read by the project's own
-//!    SSE client (`client::Feed`, `GET /api/v1/events`) → `feed_lag_p99_ms`: the time from a
-//!    row's commit stamp (`at`, taken when its transaction began, in whole milliseconds) to
-//!    the client's reading it. It is an upper bound of commit → client: it includes the
-//!    commit itself and up to 1 ms of truncation. The lower bound, `feed_lag_after_ack_*`:
-//!    from the submit's answer (sent after its commit) to the client's reading its start row.
+//!    SSE client (`client::Feed`, `GET /api/v1/events`) → `feed_lag_p99_ms`: the time from
+//!    a row's commit being durable (`durable_at`, taken by the daemon when the commit's fsync
+//!    returned, in µs, same clock) to the client's reading it. Also `feed_commit_p99_ms`: from
+//!    the row's `at` (its transaction began, whole ms) to `durable_at`, the commit's own time;
+//!    and `feed_lag_after_ack_*`: from the submit's answer (sent after its commit) to the
+//!    client's reading its start row.
 //!
 //! Each figure is a `metric` line; a `goal` line per issue goal closes the run.
 
@@ -571,8 +572,10 @@ fn count_feed_rows(engine: &Engine) -> anyhow::Result<u64> {
 struct Seen {
     /// When the client read it.
     read: Instant,
-    /// Read time minus the row's commit stamp, in ms.
+    /// Read time minus the time its commit was durable, in ms.
     lag_ms: f64,
+    /// The time its commit was durable minus the time its transaction began, in ms.
+    commit_ms: f64,
     /// The task whose start this row is, if it is a start.
     started: Option<String>,
 }
@@ -627,9 +630,20 @@ async fn drive_daemon(
                         let read = Instant::now();
                         let at = humantime::parse_rfc3339(&row.at)
                             .with_context(|| format!("row {} at {:?}", row.seq, row.at))?;
-                        let lag = now.duration_since(at).unwrap_or(Duration::ZERO);
+                        let durable = row.durable_at.as_deref().with_context(|| {
+                            format!("row {} has no durable_at: {row:?}", row.seq)
+                        })?;
+                        let durable = humantime::parse_rfc3339(durable)
+                            .with_context(|| format!("row {} durable_at {durable:?}", row.seq))?;
+                        let lag = now.duration_since(durable).unwrap_or(Duration::ZERO);
+                        let commit = durable.duration_since(at).unwrap_or(Duration::ZERO);
                         let started = (row.kind == "started").then_some(row.task);
-                        seen.push(Seen { read, lag_ms: ms(lag), started });
+                        seen.push(Seen {
+                            read,
+                            lag_ms: ms(lag),
+                            commit_ms: ms(commit),
+                            started,
+                        });
                         rows.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -658,17 +672,17 @@ async fn drive_daemon(
     let _ = stop_tx.send(());
     let seen = reader.await.context("the feed reader panicked")??;
 
-    let mut lags: Vec<f64> = seen
-        .iter()
-        .filter(|s| s.read >= begun && s.read <= ended)
-        .map(|s| s.lag_ms)
-        .collect();
+    let in_window = |s: &&Seen| s.read >= begun && s.read <= ended;
+    let mut lags: Vec<f64> = seen.iter().filter(in_window).map(|s| s.lag_ms).collect();
+    let mut commits: Vec<f64> = seen.iter().filter(in_window).map(|s| s.commit_ms).collect();
     let window = ended.duration_since(begun).as_secs_f64();
     report.metric("feed_rows_per_s", lags.len() as f64 / window);
     report.metric("feed_lag_p50_ms", percentile(&mut lags, 0.5));
     let p99 = percentile(&mut lags, 0.99);
     report.metric("feed_lag_p99_ms", p99);
     report.metric("feed_lag_max_ms", percentile(&mut lags, 1.0));
+    report.metric("feed_commit_p50_ms", percentile(&mut commits, 0.5));
+    report.metric("feed_commit_p99_ms", percentile(&mut commits, 0.99));
     // The other bound: from the submit's answer (sent after the commit) to the start's row.
     let read_at: HashMap<&str, Instant> = seen
         .iter()
@@ -706,8 +720,8 @@ async fn drive_daemon(
         name: "feed_lag_p99_ms".into(),
         value: Some(p99),
         how: format!(
-            "real daemon, GET /api/v1/events read by client::Feed; row `at` (stamped as its \
-             transaction began, whole ms) to the client's read, at {:.0} rows/s; from the \
+            "real daemon, GET /api/v1/events read by client::Feed; the row's `durable_at` \
+             (its commit's fsync returned, µs) to the client's read, at {:.0} rows/s; from the \
              submit's answer instead: p99 {:.2} ms",
             lags.len() as f64 / window,
             percentile(&mut after_ack, 0.99)

@@ -210,8 +210,14 @@ pub struct FeedRowView {
     /// `effect_abandoned`: the last delivery error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Commit time.
+    /// When the change's transaction began (stored with the row), in ms.
     pub at: String,
+    /// When its commit was durable, in µs: present on rows this daemon committed recently (its
+    /// last 4,096 commits that changed something), absent on older ones. `at` to `durable_at`
+    /// is the commit's own time (mostly the disk's flush); `durable_at` to the moment a client
+    /// reads the event is how long the feed took to deliver it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_at: Option<String>,
 }
 
 /// `POST /api/v1/tasks/{id}/signals`.
@@ -582,6 +588,9 @@ impl From<&FeedRow> for FeedRowView {
             effect: None,
             error: None,
             at: rfc3339(r.at),
+            durable_at: r
+                .durable_at
+                .map(|t| humantime::format_rfc3339_micros(t).to_string()),
         };
         match &r.event {
             FeedEvent::Started | FeedEvent::Timer | FeedEvent::Woken => {}

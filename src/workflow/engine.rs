@@ -20,6 +20,7 @@ use super::codec;
 use super::context::RunInput;
 use super::definition::{Definition, Typed, Workflow};
 use super::error::{EngineError, StoreError};
+use super::feed::DurableClock;
 use super::outbox::{Backoff, EffectHandler, Outbox};
 use super::record::{Event, InstanceRecord, Status, Timestamp};
 use super::store::Store;
@@ -330,6 +331,7 @@ impl EngineBuilder {
             effects: effect_tx.clone(),
             changes,
             feed,
+            durable_clock: DurableClock::default(),
             config: self.config.clone(),
             writer_thread: Mutex::new(Some(writer_thread)),
             closed: AtomicBool::new(false),
@@ -405,6 +407,8 @@ struct Inner {
     changes: broadcast::Sender<Change>,
     /// The last committed feed row.
     feed: watch::Sender<u64>,
+    /// When the recent commits that wrote feed rows were durable.
+    durable_clock: DurableClock,
     config: EngineConfig,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
@@ -419,7 +423,7 @@ struct Inner {
 async fn notice_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Commit>) {
     while let Some(commit) = rx.recv().await {
         if let Some(inner) = inner.upgrade() {
-            inner.act_on(commit.notices);
+            inner.act_on(commit.notices, commit.durable_at);
         }
         for (tx, result) in commit.replies {
             let _ = tx.send(result);
@@ -445,7 +449,7 @@ async fn stop_on_failure(
 }
 
 impl Inner {
-    fn act_on(self: &Arc<Self>, n: Notices) {
+    fn act_on(self: &Arc<Self>, n: Notices, durable_at: std::time::SystemTime) {
         for id in n.cancelled {
             self.trip_cancel(id);
         }
@@ -494,6 +498,9 @@ impl Inner {
         }
         for (id, status) in n.changed {
             let _ = self.changes.send(Change { id, status });
+        }
+        if let (Some(first), Some(last)) = (n.feed_first, n.feed_last) {
+            self.durable_clock.record(first, last, durable_at);
         }
         if let Some(last) = n.feed_last {
             self.feed.send_if_modified(|v| {
@@ -678,6 +685,10 @@ impl Engine {
 
     pub(crate) fn feed_receiver(&self) -> watch::Receiver<u64> {
         self.inner.feed.subscribe()
+    }
+
+    pub(crate) fn durable_clock(&self) -> &DurableClock {
+        &self.inner.durable_clock
     }
 
     pub(crate) async fn submit(&self, op: Op) -> Result<Reply, EngineError> {

@@ -6,6 +6,10 @@
 //! change each describes; this module only reads them. A reader that falls behind loses
 //! nothing: it reads the table, never a bounded channel.
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
 use futures::Stream;
 use serde::Serialize;
 
@@ -18,6 +22,8 @@ use super::writer::{Op, Reply};
 
 /// Rows read from the store at a time by [`Engine::feed`].
 const PAGE: usize = 256;
+/// Commits [`DurableClock`] remembers.
+const CLOCK_COMMITS: usize = 4096;
 
 /// One committed change, numbered: rows come in `seq` order with no gap.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -30,8 +36,11 @@ pub struct FeedRow {
     /// The workflow's phase after a start or a step (see `Workflow::phase`); `None` otherwise.
     pub phase: Option<String>,
     pub event: FeedEvent,
-    /// Commit time.
+    /// When the row's transaction began (stored with it).
     pub at: Timestamp,
+    /// When its commit was durable (its fsync returned), if this engine made that commit
+    /// recently (among its last 4,096 commits that wrote rows); not stored.
+    pub durable_at: Option<SystemTime>,
 }
 
 impl FeedRow {
@@ -44,14 +53,49 @@ impl FeedRow {
             phase: r.phase,
             event: r.event,
             at: r.at,
+            durable_at: None,
         }
+    }
+}
+
+/// When recent commits became durable, by the feed rows they wrote: (first row, last row,
+/// when), oldest first, for the last [`CLOCK_COMMITS`] commits that wrote rows. In memory
+/// only: it tells how long a row took from its commit to a reader.
+#[derive(Debug, Default)]
+pub(crate) struct DurableClock(Mutex<VecDeque<(u64, u64, SystemTime)>>);
+
+impl DurableClock {
+    /// Rows `first..=last` were committed, durable at `at`.
+    pub(crate) fn record(&self, first: u64, last: u64, at: SystemTime) {
+        let mut commits = self.lock();
+        if commits.len() == CLOCK_COMMITS {
+            commits.pop_front();
+        }
+        commits.push_back((first, last, at));
+    }
+
+    /// When the commit that wrote row `seq` was durable, if it is remembered.
+    pub(crate) fn durable_at(&self, seq: u64) -> Option<SystemTime> {
+        let commits = self.lock();
+        let i = commits.partition_point(|&(_, last, _)| last < seq);
+        let &(first, _, at) = commits.get(i)?;
+        (first <= seq).then_some(at)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, u64, SystemTime)>> {
+        // A push or a search cannot leave the queue half-changed.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl Engine {
     /// Up to `limit` committed feed rows after row `after`, without waiting.
     pub fn feed_page(&self, after: u64, limit: usize) -> Result<Vec<FeedRow>, EngineError> {
-        self.store().feed_page(after, limit)
+        let mut rows = self.store().feed_page(after, limit)?;
+        for row in &mut rows {
+            row.durable_at = self.durable_clock().durable_at(row.seq);
+        }
+        Ok(rows)
     }
 
     /// The number of the last committed feed row (0: none yet).

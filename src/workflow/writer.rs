@@ -201,7 +201,8 @@ pub(crate) struct Notices {
     pub signalled: Vec<(InstanceId, u64)>,
     /// Signals taken by a committed step: (instance, seq, the step's reply if it gave one).
     pub answers: Vec<(InstanceId, u64, Option<Vec<u8>>)>,
-    /// The last feed row the batch appended.
+    /// The first and the last feed row the batch appended.
+    pub feed_first: Option<u64>,
     pub feed_last: Option<u64>,
 }
 
@@ -213,6 +214,10 @@ impl Notices {
         self.changed.extend(other.changed);
         self.signalled.extend(other.signalled);
         self.answers.extend(other.answers);
+        self.feed_first = match (self.feed_first, other.feed_first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.feed_last = self.feed_last.max(other.feed_last);
         self.earliest_timer = match (self.earliest_timer, other.earliest_timer) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -238,6 +243,8 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Reply, EngineError>>;
 /// What one committed batch hands to the engine.
 pub(crate) struct Commit {
     pub notices: Notices,
+    /// When the commit was durable.
+    pub durable_at: std::time::SystemTime,
     /// Each caller's reply, to be sent after the notices are acted on.
     pub replies: Vec<(ReplySender, Result<Reply, EngineError>)>,
 }
@@ -362,6 +369,7 @@ fn run(
         slow.observe(began.elapsed(), ops);
         match applied {
             Ok(results) => {
+                let durable_at = std::time::SystemTime::now();
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.ops.fetch_add(ops, Ordering::Relaxed);
                 let mut notices = Notices::default();
@@ -372,7 +380,11 @@ fn run(
                     }
                     replies.push((req.reply, result));
                 }
-                deliver(Commit { notices, replies });
+                deliver(Commit {
+                    notices,
+                    durable_at,
+                    replies,
+                });
             }
             Err(e) => {
                 let reason = match &e {
@@ -706,6 +718,7 @@ impl<'txn> Tables<'txn> {
         self.feed.insert(seq, encode(&row)?.as_slice())?;
         self.feed_next += 1;
         self.added.rows += 1;
+        n.feed_first.get_or_insert(seq);
         n.feed_last = Some(seq);
         Ok(())
     }
