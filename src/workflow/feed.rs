@@ -142,7 +142,10 @@ impl Engine {
             // Marks the current value seen before reading: a commit after the read wakes us.
             let committed = *last.borrow_and_update();
             if committed > after {
-                let rows = self.feed_page(after, limit)?;
+                let mut rows = self.feed_page(after, limit)?;
+                // Rows of a commit the engine has not acted on yet wait for its notice (which
+                // also tells when it was durable).
+                rows.retain(|r| r.seq <= committed);
                 if !rows.is_empty() {
                     return Ok(Some(rows));
                 }
