@@ -6,6 +6,7 @@
 //! deliver forge comments, labels and chat messages through them.
 
 pub mod forgejo;
+pub mod matrix;
 pub mod run;
 pub mod shell;
 pub mod ssh;
