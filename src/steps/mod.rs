@@ -9,6 +9,7 @@
 
 pub mod agent_task;
 pub mod agents;
+pub mod chat;
 pub mod dispatch;
 pub mod failure;
 pub mod forge;

@@ -193,7 +193,7 @@ mod tests {
         assert!(out.starts_with(ELLIPSIS));
         assert!(out.ends_with("end é"));
         // The cut falls inside a multi-byte character.
-        let s = "ab".to_owned() + &"é".repeat(3000);
+        let s = "ab".to_owned() + "é".repeat(3000).as_str();
         let out = tail_text(s.as_bytes(), 4096);
         assert!(out.len() <= 4096);
         assert!(
