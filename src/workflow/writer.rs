@@ -214,15 +214,17 @@ impl Notices {
         self.changed.extend(other.changed);
         self.signalled.extend(other.signalled);
         self.answers.extend(other.answers);
-        self.feed_first = match (self.feed_first, other.feed_first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.feed_first = earliest(self.feed_first, other.feed_first);
         self.feed_last = self.feed_last.max(other.feed_last);
-        self.earliest_timer = match (self.earliest_timer, other.earliest_timer) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        self.earliest_timer = earliest(self.earliest_timer, other.earliest_timer);
+    }
+}
+
+/// The smaller of two optional values; either one when the other is `None`.
+fn earliest<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -24,8 +24,8 @@ const LIST_MAX: usize = 6;
 /// Most runs and events shown by `task`.
 const RUNS_MAX: usize = 3;
 const EVENTS_MAX: usize = 5;
-/// Longest title, failure or event text shown, in characters.
-const TEXT_MAX: usize = 160;
+/// Longest title, failure or event text shown, in bytes.
+const TEXT_MAX: usize = 240;
 
 /// An answer to show in the room: the same lines as plain text and as HTML.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -615,14 +615,10 @@ fn error_line(e: &TaskError) -> String {
 // ---------------------------------------------------------------------------------------------
 // text
 
-/// `text`'s first line, at most [`TEXT_MAX`] characters.
+/// `text` on one line (whitespace collapsed), at most [`TEXT_MAX`] bytes: the parsers' rule
+/// for failure reasons and notes.
 fn cut(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    let mut out: String = line.chars().take(TEXT_MAX).collect();
-    if line.chars().count() > TEXT_MAX || text.lines().nth(1).is_some() {
-        out.push('…');
-    }
-    out
+    crate::steps::parse::text::one_line(text, TEXT_MAX)
 }
 
 /// `12s`, `5m`, `3h`, `2d`.

@@ -19,7 +19,7 @@ mod claude;
 mod codex;
 mod raw;
 mod reset;
-mod text;
+pub(crate) mod text;
 
 use std::collections::HashSet;
 
